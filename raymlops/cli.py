@@ -1,0 +1,191 @@
+"""The `raymlops` command. The only module that starts Ray (ray.init) for the user.
+
+Exit codes: 0 ok · 1 unexpected failure · 2 bad usage or config · 3 blocked by a gate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from raymlops.errors import RaymlopsError
+
+app = typer.Typer(
+    help="MLOps level 2 on Ray: validate data, train, register, serve and control models. "
+    "Every command takes a config file (see configs/churn.yaml) and --address for a Ray cluster.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Synthetic data for demos, tests and benchmarks.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+ConfigArg = Annotated[Path, typer.Argument(help="Pipeline config (YAML), e.g. configs/churn.yaml.")]
+SetOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--set", help="Override a config key: --set train.epochs=3 (repeatable)."),
+]
+AddressOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--address", help="Ray cluster address. Default: $RAY_ADDRESS, else a local Ray."),
+]
+
+
+def _say(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _load(config: Path | None, overrides: list[str] | None):
+    from raymlops.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to the given cluster, $RAY_ADDRESS (as under `ray job submit`), or start a small local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, object_store_memory=512 * 1024 * 1024, configure_logging=False)
+    from ray.data import DataContext
+
+    # Our steps print their own progress; Ray Data's bars would interleave with it.
+    DataContext.get_current().enable_progress_bars = False
+
+
+# ------------------------------------------------------------------------------------------------ data
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[str, typer.Option("--out", help="Output directory or URI for daily parquet files.")],
+    rows: Annotated[int, typer.Option("--rows", min=1, help="Rows per day.")] = 2000,
+    days: Annotated[int, typer.Option("--days", min=1, help="Number of daily files.")] = 7,
+    start_date: Annotated[str, typer.Option("--start-date", help="First day (YYYY-MM-DD).")] = "2026-01-01",
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same bytes.")] = 0,
+    drift: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--drift", help="Covariate drift FEATURE:shift=S,scale=K (repeatable), e.g. monthly_charges:shift=20,scale=1.5."),
+    ] = None,
+    drift_from_day: Annotated[int, typer.Option("--drift-from-day", help="First day (0-based) with drift.")] = 0,
+    concept_drift_from_day: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--concept-drift-from-day", help="From this day (0-based) the label function changes."),
+    ] = None,
+    schema_change: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--schema-change",
+            help="add_column | remove_column | rename_column | change_type | new_category (repeatable).",
+        ),
+    ] = None,
+    schema_change_from_day: Annotated[int, typer.Option("--schema-change-from-day")] = 0,
+    null_pct: Annotated[float, typer.Option("--null-pct", min=0, max=100, help="Nulls per feature, %.")] = 0.0,
+    corrupt_pct: Annotated[
+        float, typer.Option("--corrupt-pct", min=0, max=100, help="Corrupt values (negative, NaN, Inf, outliers), %.")
+    ] = 0.0,
+) -> None:
+    """Write churn-like synthetic data as daily parquet files."""
+    from raymlops.data.synthetic import DriftSpec, generate, parse_drift_option
+
+    spec = DriftSpec(features=parse_drift_option(drift), from_day=drift_from_day) if drift else None
+    result = generate(
+        out,
+        rows_per_day=rows,
+        days=days,
+        start_date=start_date,
+        seed=seed,
+        drift=spec,
+        concept_drift_from_day=concept_drift_from_day,
+        schema_change=schema_change or [],
+        schema_change_from_day=schema_change_from_day,
+        null_pct=null_pct,
+        corrupt_pct=corrupt_pct,
+    )
+    typer.echo(f"wrote {result.rows:,} rows in {len(result.files)} files under {out}")
+
+
+# -------------------------------------------------------------------------------------------- validate
+@app.command("validate")
+def validate_cmd(
+    config: ConfigArg,
+    data: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--data", help="Dataset to validate (file, glob, dir, URI). Default: data.source."),
+    ] = None,
+    set_: SetOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Profile a dataset and check it against the frozen schema (schema skew → exit 3) and reference (drift)."""
+    cfg = _load(config, set_)
+    init_ray(address)
+    from raymlops.data.validate import validate_data
+
+    outcome = validate_data(cfg, data_uri=data, progress=_say)
+    typer.echo(outcome.report.summary())
+    typer.echo(f"report: {outcome.report_uri}\nhtml:   {outcome.html_uri}")
+    if outcome.decision == "STOP":
+        raise typer.Exit(3)
+
+
+# ------------------------------------------------------------------------------------------------ config
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of the pipeline config."""
+    from raymlops.config import config_json_schema
+
+    typer.echo(json.dumps(config_json_schema(), indent=2))
+
+
+@config_app.command("show")
+def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Print the fully resolved config (defaults, overrides and ${ENV} filled in) as YAML."""
+    import yaml
+
+    cfg = _load(config, set_)
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: run the app and turn raymlops errors into messages and exit codes."""
+    try:
+        # standalone_mode=False: click hands us exit codes and errors instead of calling sys.exit itself.
+        rv = app(args=argv, standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except typer.Exit as e:
+        return e.exit_code
+    except RaymlopsError as err:
+        _say(f"error: {err}")
+        return err.exit_code
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except Exception as err:  # click usage errors and the unexpected
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            return err.exit_code
+        if isinstance(err, click.exceptions.Abort):
+            return 1
+        if os.environ.get("RAYMLOPS_DEBUG"):
+            traceback.print_exc()
+        _say(f"unexpected error: {type(err).__name__}: {err}\n(set RAYMLOPS_DEBUG=1 for the traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""Pipeline configuration: pydantic models for every section, YAML loading, overrides and ${ENV} interpolation.
+
+``load_config(path, overrides)`` is the single entry point. Every error is a ``ConfigError`` whose message names
+the key path (``train.num_workers``), the bad value and what is allowed, so a user can fix the file without
+reading this module.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raymlops.errors import ConfigError
+
+Pct = Annotated[float, Field(ge=0, le=100)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------------- data
+class TimeWindow(_Section):
+    start: str | None = Field(None, description="Inclusive ISO-8601 start of the window on `data.timestamp`.")
+    end: str | None = Field(None, description="Exclusive ISO-8601 end of the window on `data.timestamp`.")
+
+
+class SplitConfig(_Section):
+    method: Literal["random", "time"] = Field(
+        "random", description="`random` (seeded) or `time` (oldest rows train, newest rows test)."
+    )
+    validation_pct: Pct = Field(15.0, description="Share of rows for the validation split, in percent.")
+    test_pct: Pct = Field(15.0, description="Share of rows for the test split, in percent.")
+    seed: int = Field(42, description="Seed of the random split; the same seed gives the same split.")
+    stratify: bool = Field(True, description="Keep the label distribution equal across splits (random method).")
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitConfig:
+        if self.validation_pct + self.test_pct >= 100:
+            raise ValueError(
+                f"validation_pct + test_pct = {self.validation_pct + self.test_pct} leaves no training rows; "
+                "keep their sum below 100 (e.g. 15 and 15)"
+            )
+        return self
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        "./.raymlops/landing",
+        description="Training data: a file, glob, directory or any pyarrow filesystem URI (s3://, gs://).",
+    )
+    format: Literal["auto", "parquet", "csv"] = Field("auto", description="File format; `auto` uses the suffix.")
+    label: str = Field("churned", description="Name of the label column.")
+    task: Literal["binary", "multiclass", "regression"] = Field("binary", description="Learning task.")
+    timestamp: str | None = Field("event_ts", description="Event-time column (time window, time split).")
+    id_columns: list[str] = Field(
+        default_factory=lambda: ["customer_id"], description="Identifier columns: kept in data, never features."
+    )
+    features: list[str] | None = Field(
+        None, description="Feature columns. Null: every column except label, timestamp and id columns."
+    )
+    categorical: list[str] | None = Field(
+        None, description="Columns to treat as categorical. Null: string/boolean/dictionary columns."
+    )
+    slices: list[str] = Field(default_factory=lambda: ["region"], description="Columns to evaluate slices on.")
+    window: TimeWindow = Field(default_factory=TimeWindow)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+# --------------------------------------------------------------------------------------------- validation
+DriftMetric = Literal["psi", "js", "ks", "linf"]
+
+
+class DriftRule(_Section):
+    metric: DriftMetric = Field(description="psi | js (Jensen-Shannon distance) | ks (numeric) | linf (categorical)")
+    threshold: Annotated[float, Field(gt=0)] = Field(description="Drift is reported above this value.")
+
+
+class DriftConfig(_Section):
+    numeric: DriftRule = Field(
+        default_factory=lambda: DriftRule(metric="psi", threshold=0.2),
+        description="Default rule for numeric features.",
+    )
+    categorical: DriftRule = Field(
+        default_factory=lambda: DriftRule(metric="linf", threshold=0.1),
+        description="Default rule for categorical features.",
+    )
+    features: dict[str, DriftRule] = Field(default_factory=dict, description="Per-feature rules override defaults.")
+
+    @model_validator(mode="after")
+    def _metric_fits_kind(self) -> DriftConfig:
+        if self.numeric.metric == "linf":
+            raise ValueError("numeric.metric 'linf' is for categorical features; use psi, js or ks")
+        if self.categorical.metric == "ks":
+            raise ValueError("categorical.metric 'ks' is for numeric features; use linf, psi or js")
+        return self
+
+
+class ValidationConfig(_Section):
+    schema_uri: str | None = Field(
+        None,
+        description="Frozen schema (YAML) to validate against. Null: the latest under "
+        "`{storage_uri}/schemas/{name}/`, inferred and frozen from the first accepted data if none exists.",
+    )
+    reference_uri: str | None = Field(
+        None, description="Reference statistics (JSON) for drift. Null: those frozen with the schema."
+    )
+    max_null_pct: Pct = Field(5.0, description="A feature frozen as non-null may have at most this % nulls.")
+    max_unseen_category_pct: Pct = Field(
+        1.0, description="Share of rows with a category outside the frozen domain tolerated before STOP."
+    )
+    max_out_of_range_pct: Pct = Field(
+        1.0, description="Share of rows outside the frozen numeric range tolerated before STOP."
+    )
+    range_margin_pct: Annotated[float, Field(ge=0)] = Field(
+        10.0, description="When inferring a schema, widen numeric ranges by this % of their span."
+    )
+    histogram_bins: Annotated[int, Field(ge=2, le=200)] = Field(
+        10, description="Bins of the reference histogram (quantile edges) used by psi and js."
+    )
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    stop_on_drift: bool = Field(False, description="Treat drift as a gate (exit 3) instead of a report.")
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+class PrepareConfig(_Section):
+    numeric_impute: Literal["median", "mean", "zero"] = Field(
+        "median", description="Value that replaces nulls in numeric features (fitted on the training split)."
+    )
+    standardize: bool = Field(True, description="Scale numeric features to zero mean and unit variance.")
+    min_category_count: Annotated[int, Field(ge=1)] = Field(
+        1, description="Categories seen fewer times in training go to the out-of-vocabulary bucket."
+    )
+    max_categories: PositiveInt = Field(1000, description="Vocabulary size cap per categorical feature.")
+
+
+# -------------------------------------------------------------------------------------------------- train
+class TrainConfig(_Section):
+    model: str = Field(
+        "mlp", description="`mlp` (built-in tabular MLP) or a `module:factory` path returning an nn.Module."
+    )
+    hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [64, 32], description="MLP hidden widths.")
+    embedding_dim: PositiveInt = Field(8, description="Embedding width for each categorical feature.")
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    num_workers: PositiveInt = Field(2, description="Ray Train workers (DDP ranks).")
+    use_gpu: bool = Field(False, description="One GPU per worker; DDP uses nccl instead of gloo.")
+    cpus_per_worker: Annotated[float, Field(gt=0)] = Field(0.5, description="CPUs reserved per worker.")
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 256
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    early_stopping_patience: Annotated[int, Field(ge=0)] = Field(
+        3, description="Epochs without validation improvement before stopping; 0 disables."
+    )
+    max_failures: Annotated[int, Field(ge=0)] = Field(2, description="Worker failures tolerated (resume).")
+    seed: int = 42
+
+
+class SearchDim(_Section):
+    type: Literal["uniform", "loguniform", "choice", "randint"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchDim:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("type 'choice' needs a non-empty `values` list")
+        elif self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError(f"type '{self.type}' needs numbers `low` < `high`")
+        elif self.type == "loguniform" and self.low <= 0:
+            raise ValueError("type 'loguniform' needs `low` > 0")
+        return self
+
+
+class TuneConfig(_Section):
+    enabled: bool = Field(False, description="Search hyper-parameters with Ray Tune; false trains once.")
+    num_samples: PositiveInt = 8
+    max_concurrent_trials: PositiveInt = 2
+    metric: str = Field("val_loss", description="Metric the search optimises.")
+    mode: Literal["min", "max"] = "min"
+    grace_period: PositiveInt = Field(2, description="ASHA: epochs before a trial may be stopped.")
+    reduction_factor: Annotated[int, Field(ge=2)] = 3
+    search_space: dict[str, SearchDim] = Field(
+        default_factory=lambda: {
+            "learning_rate": SearchDim(type="loguniform", low=1e-4, high=1e-2),
+            "batch_size": SearchDim(type="choice", values=[128, 256, 512]),
+        },
+        description="`train` keys to search over.",
+    )
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_keys(cls, space: dict[str, SearchDim]) -> dict[str, SearchDim]:
+        unknown = sorted(set(space) - set(TrainConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown train keys {unknown}; allowed: {sorted(TrainConfig.model_fields)}")
+        return space
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+class EvaluationConfig(_Section):
+    primary_metric: str = Field("roc_auc", description="Metric the gates compare (higher is better unless "
+                                "it is log_loss, rmse or mae).")
+    min_primary: float | None = Field(0.6, description="Absolute minimum of the primary metric on the test split.")
+    min_delta_vs_champion: float = Field(
+        0.0, description="The challenger must beat the champion's primary metric by at least this much."
+    )
+    max_slice_drop: Annotated[float, Field(ge=0)] = Field(
+        0.05, description="No slice may be worse than the champion's same slice by more than this."
+    )
+    min_slice_rows: PositiveInt = Field(50, description="Slices with fewer test rows are reported, not gated.")
+    max_package_mb: Annotated[float, Field(gt=0)] = Field(200.0, description="Model package size limit.")
+    max_load_memory_mb: Annotated[float, Field(gt=0)] = Field(
+        2048.0, description="Memory limit when the package is loaded in a fresh process."
+    )
+
+
+# ------------------------------------------------------------------------------------------------ serving
+class PredictionLogConfig(_Section):
+    enabled: bool = True
+    flush_rows: PositiveInt = Field(1000, description="Flush the prediction log after this many rows ...")
+    flush_interval_s: Annotated[float, Field(gt=0)] = Field(2.0, description="... or after this many seconds.")
+    buffer_rows: PositiveInt = Field(100_000, description="Rows buffered before new rows are counted as dropped.")
+
+
+class ServingConfig(_Section):
+    host: str = Field("127.0.0.1", description="HTTP bind address; 0.0.0.0 exposes the API to the network.")
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    app_name: str | None = Field(None, description="Serve application name. Null: the pipeline name.")
+    route_prefix: str = "/"
+    num_replicas: PositiveInt = 1
+    num_cpus: Annotated[float, Field(gt=0)] = Field(0.25, description="CPUs reserved per replica.")
+    max_ongoing_requests: PositiveInt = 64
+    max_queued_requests: Annotated[int, Field(ge=-1)] = Field(256, description="-1: unbounded (not advised).")
+    max_body_bytes: PositiveInt = Field(1_048_576, description="Larger request bodies get 413.")
+    max_instances: PositiveInt = Field(1000, description="Instances per request; more gets 422.")
+    challenger_weight_pct: Pct = Field(0.0, description="Traffic share of `challenger` when deployed by hand.")
+    shadow_pct: Pct = Field(0.0, description="Share of traffic mirrored to the shadow version.")
+    prediction_log: PredictionLogConfig = Field(default_factory=PredictionLogConfig)
+
+
+# ------------------------------------------------------------------------------------------------- canary
+class CanaryConfig(_Section):
+    steps: list[Annotated[float, Field(gt=0, le=100)]] = Field(
+        default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0], description="Canary weights in %, rising."
+    )
+    interval_s: Annotated[float, Field(gt=0)] = Field(60.0, description="Analysis window length.")
+    min_requests: PositiveInt = Field(100, description="Requests per version in a window before judging.")
+    min_labels: PositiveInt = Field(50, description="Joined feedback labels per version before judging quality.")
+    max_error_rate_pct: Pct = 1.0
+    max_p99_ratio: Annotated[float, Field(gt=0)] = Field(1.5, description="Canary p99 / champion p99 limit.")
+    max_quality_drop: Annotated[float, Field(ge=0)] = Field(0.02, description="Allowed drop of the quality metric.")
+    max_prediction_psi: Annotated[float, Field(gt=0)] = Field(0.25, description="Prediction distribution shift.")
+    failure_limit: PositiveInt = 2
+    require_approval: bool = False
+
+    @field_validator("steps")
+    @classmethod
+    def _rising(cls, steps: list[float]) -> list[float]:
+        if not steps or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"steps must be a non-empty, strictly rising list of percents, got {steps}")
+        return steps
+
+
+# ----------------------------------------------------------------------------------------------- triggers
+class DegradationTrigger(_Section):
+    min_quality: float | None = Field(None, description="Retrain when online quality falls below this.")
+    max_drop_vs_offline: float | None = Field(
+        None, description="Retrain when online quality is below the champion's offline figure by more."
+    )
+
+
+class TriggersConfig(_Section):
+    landing_uri: str | None = Field(None, description="Watched for new data. Null: `data.source`.")
+    new_data: bool = True
+    schedule_cron: str | None = Field(None, description="Cron expression, e.g. '0 3 * * *'.")
+    interval_s: Annotated[float, Field(gt=0)] | None = Field(None, description="Retrain every N seconds.")
+    on_drift: bool = True
+    degradation: DegradationTrigger = Field(default_factory=DegradationTrigger)
+    cooldown_s: Annotated[float, Field(ge=0)] = Field(300.0, description="Minimum time between triggered runs.")
+    poll_interval_s: Annotated[float, Field(gt=0)] = 5.0
+
+
+# ------------------------------------------------------------------------------------------------- config
+class Config(_Section):
+    """A whole pipeline configuration (one YAML file)."""
+
+    name: str = Field("churn", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", description="Pipeline and model name.")
+    storage_uri: str = Field("./.raymlops", description="Root of every artifact (local path or pyarrow URI).")
+    tracking_uri: str = Field("sqlite:///./.raymlops/mlflow.db", description="MLflow tracking URI.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    triggers: TriggersConfig = Field(default_factory=TriggersConfig)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, path: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{path}: environment variable ${{{name}}} is not set; export it or write ${{{name}:-default}}"
+        )
+
+    return _ENV.sub(repl, value)
+
+
+def _apply_override(doc: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected KEY.PATH=VALUE, e.g. --set train.epochs=3")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {override!r}: empty key segment; write e.g. --set train.epochs=3")
+    node = doc
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{part}' is a value, not a section")
+        node = child
+    # YAML parsing gives numbers, booleans, lists and null their natural types ("3" -> 3, "[1,2]" -> list).
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - {path}: unknown key; check the spelling (see `raymlops config schema`)")
+            continue
+        allowed = ""
+        ctx = e.get("ctx") or {}
+        if "expected" in ctx:
+            allowed = f"; allowed: {ctx['expected']}"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  - {path}: {e['msg']}{shown}{allowed}")
+    return "\n".join(lines)
+
+
+def config_from_dict(doc: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "<dict>") -> Config:
+    """Validate a config document (after ``--set`` overrides and ``${ENV}`` interpolation)."""
+    doc = dict(doc)
+    for override in overrides:
+        _apply_override(doc, override)
+    doc = _interpolate(doc, "")
+    try:
+        return Config.model_validate(doc)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load and validate a YAML config. ``path=None`` gives the embedded defaults (plus overrides)."""
+    if path is None:
+        return config_from_dict({}, overrides, source="embedded defaults")
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist; pass a path like configs/churn.yaml") from None
+    except OSError as err:
+        raise ConfigError(f"config file {p} cannot be read: {err.strerror}") from None
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {p} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections (name:, data:, ...), not {type(doc).__name__}")
+    return config_from_dict(doc, overrides, source=str(p))
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON schema of the whole config (``raymlops config schema``)."""
+    return Config.model_json_schema()

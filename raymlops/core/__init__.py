@@ -1,0 +1,1 @@
+"""Pure logic (numpy / pyarrow / polars only): statistics sketches, schema, drift, validation, transforms."""
