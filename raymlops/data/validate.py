@@ -101,6 +101,7 @@ def policy_from_config(cfg: Config) -> ValidationPolicy:
         categorical_rule=(v.drift.categorical.metric, v.drift.categorical.threshold),
         feature_rules={k: (r.metric, r.threshold) for k, r in v.drift.features.items()},
         stop_on_drift=v.stop_on_drift,
+        histogram_bins=v.histogram_bins,
     )
 
 

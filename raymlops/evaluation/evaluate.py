@@ -1,0 +1,213 @@
+"""Evaluate a model package on the data splits: metrics per split, and per slice on the test split.
+
+Predictions run where the data is: a Ray Dataset goes through ``map_batches`` with ``PredictBatch`` (an actor pool
+that loads the model once per actor); a ``pa.Table`` is predicted in-process in batches by the same class. Labels,
+slice values and outputs are then collected on the driver, where ``raymlops.core.metrics`` scores them (evaluation
+splits are small next to training data).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raymlops.core.metrics import (
+    EvalResult,
+    explain_metrics,
+    metrics_for_task,
+    sliced_metrics,
+    split_fingerprint,
+)
+from raymlops.errors import DataError, PackageError
+
+__all__ = ["EvalResult", "PredictBatch", "evaluate", "evaluate_champion_on", "tag_split"]
+
+_Y = "__y"
+_SLICE = "__slice__"
+_OUT = "__out__"
+_SPLIT = "__split__"
+
+
+def _load(model: Any) -> Any:
+    if isinstance(model, str):
+        from raymlops.registry.package import load_package
+
+        return load_package(model)
+    return model
+
+
+class PredictBatch:
+    """``map_batches`` callable: a pyarrow batch in; its label, slice columns and model outputs out.
+
+    ``model`` is a loaded model (anything with ``.predict(batch) -> dict[str, np.ndarray]``) or a package URI,
+    loaded once per actor so the weights never travel through the task arguments.
+    """
+
+    def __init__(self, model: Any, label: str, slices: Sequence[str] = ()):
+        self.model = _load(model)
+        self.label = label
+        self.slices = list(slices)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        columns = {_Y: batch.column(self.label)}
+        columns.update({_SLICE + s: batch.column(s) for s in self.slices})
+        if _SPLIT in batch.column_names:
+            columns[_SPLIT] = batch.column(_SPLIT)
+            batch = batch.drop_columns([_SPLIT])
+        outputs = self.model.predict(batch)
+        if not isinstance(outputs, Mapping) or not outputs:
+            raise PackageError(f"model.predict returned {type(outputs).__name__}, expected a dict of arrays")
+        for key, value in outputs.items():
+            arr = np.asarray(value)
+            if arr.shape[:1] != (n,) or arr.ndim > 2:
+                raise PackageError(
+                    f"model output {key!r} has shape {arr.shape} for a batch of {n} rows; expected ({n},) or ({n}, k)"
+                )
+            if arr.ndim == 2:
+                flat = pa.array(np.ascontiguousarray(arr).reshape(-1))
+                columns[_OUT + key] = pa.FixedSizeListArray.from_arrays(flat, arr.shape[1])
+            else:
+                columns[_OUT + key] = pa.array(arr)
+        return pa.table(columns)
+
+
+def tag_split(batch: pa.Table, name: str) -> pa.Table:
+    """``map_batches`` function: add the split name as a column, so all splits share one prediction pass."""
+    return batch.append_column(_SPLIT, pa.array([name] * batch.num_rows, pa.string()))
+
+
+def _column_numpy(col: pa.ChunkedArray) -> np.ndarray:
+    if pa.types.is_fixed_size_list(col.type):
+        width = col.type.list_size
+        flat = pa.concat_arrays([c.flatten() for c in col.chunks]) if col.num_chunks else pa.array([], pa.float64())
+        return flat.to_numpy(zero_copy_only=False).reshape(-1, width)
+    return col.to_numpy()
+
+
+def _predict_all(model: Any, local_model: Any, splits: Mapping[str, Any], label: str, slices: Sequence[str], batch_size: int,
+                 num_cpus: float, max_actors: int) -> dict[str, pa.Table | None]:
+    """Label, slice columns and outputs of every row of each split; ``None`` for an empty split."""
+    out: dict[str, pa.Table | None] = {}
+    predict = None
+    for name, data in splits.items():
+        if isinstance(data, pa.Table):
+            predict = predict or PredictBatch(local_model, label, slices)
+            parts = [predict(data.slice(i, batch_size)) for i in range(0, data.num_rows, batch_size)]
+            out[name] = pa.concat_tables(parts) if parts else None
+    remote = [name for name, data in splits.items() if not isinstance(data, pa.Table)]
+    if not remote:
+        return out
+    import ray.data
+
+    # One union and one actor pool for every split: actors (and the model in them) start once, not per split.
+    tagged = [splits[name].map_batches(tag_split, fn_kwargs={"name": name}, batch_format="pyarrow",
+                                       num_cpus=num_cpus) for name in remote]
+    ds = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]
+    ds = ds.map_batches(
+        PredictBatch,
+        fn_constructor_kwargs={"model": model, "label": label, "slices": list(slices)},
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        num_cpus=num_cpus,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors),
+    )
+    parts = [b for b in ds.iter_batches(batch_size=None, batch_format="pyarrow") if b.num_rows]
+    table = pa.concat_tables(parts) if parts else None
+    for name in remote:
+        rows = None if table is None else table.filter(pc.equal(table.column(_SPLIT), name))
+        out[name] = rows.drop_columns([_SPLIT]) if rows is not None and rows.num_rows else None
+    return out
+
+
+def _columns_of(data: Any) -> list[str]:
+    return list(data.column_names) if isinstance(data, pa.Table) else list(data.schema().names)
+
+
+def _model_classes(model: Any) -> list[Any] | None:
+    classes = getattr(model, "classes", None)
+    if classes is None:
+        classes = getattr(getattr(model, "transform", None), "classes", None)
+    return list(classes) if classes else None
+
+
+def evaluate(
+    model: Any,
+    splits: Mapping[str, Any],
+    *,
+    task: str,
+    label: str,
+    slices: Sequence[str] = (),
+    classes: Sequence[Any] | None = None,
+    slice_split: str = "test",
+    batch_size: int = 4096,
+    num_cpus: float = 0.25,
+    max_actors: int = 2,
+) -> EvalResult:
+    """Metrics of ``model`` on each split, and per slice column on ``slice_split``.
+
+    ``model``: a loaded package (``load_package(uri)``) or its URI. ``splits``: ``{name: pa.Table | ray Dataset}``
+    with the raw columns (features, label, slice columns). ``classes``: label classes in the order of the model's
+    probability columns; by default the model's transform's.
+    """
+    local_model = model
+    has_local = any(isinstance(d, pa.Table) for d in splits.values())
+    if isinstance(model, str) and (has_local or (classes is None and task != "regression")):
+        local_model = _load(model)  # the driver needs the classes; actors still load from the URI themselves
+    classes = list(classes) if classes is not None else _model_classes(local_model)
+    for name, data in splits.items():
+        missing = [c for c in (label, *slices) if c not in _columns_of(data)]
+        if missing:
+            raise DataError(
+                f"split {name!r} has no column(s) {missing} (label {label!r}, slices {list(slices)}); "
+                "check data.label and data.slices against the data"
+            )
+    metrics: dict[str, dict[str, float]] = {}
+    rows: dict[str, int] = {}
+    notes: dict[str, str] = {}
+    result_slices: dict[str, dict[str, dict[str, float]]] = {}
+    test_fingerprint = None
+    tables = _predict_all(model, local_model, splits, label, slices, batch_size, num_cpus, max_actors)
+    for name in splits:
+        table = tables[name]
+        if table is None:
+            metrics[name] = {m: math.nan for m in metrics_for_task(task)}
+            notes.update({f"{name}.{m}": f"split {name!r} has no rows" for m in metrics[name]})
+            rows[name] = 0
+            continue
+        if table.column(_Y).null_count:
+            raise DataError(
+                f"split {name!r}: label column {label!r} has {table.column(_Y).null_count} nulls; "
+                "rows without a label cannot be scored: drop them before evaluation (validation.require_label)"
+            )
+        y = _column_numpy(table.column(_Y))
+        outputs = {c[len(_OUT):]: _column_numpy(table.column(c)) for c in table.column_names if c.startswith(_OUT)}
+        metrics[name], why = explain_metrics(task, y, outputs, classes)
+        notes.update({f"{name}.{m}": reason for m, reason in why.items()})
+        rows[name] = table.num_rows
+        if name == slice_split:
+            slice_values = {s: table.column(_SLICE + s) for s in slices}
+            result_slices = sliced_metrics(task, y, outputs, slice_values, classes)
+            test_fingerprint = split_fingerprint(y, slice_values)
+    return EvalResult(
+        task=task,
+        label=label,
+        metrics=metrics,
+        rows=rows,
+        slices=result_slices,
+        slice_split=slice_split,
+        notes=notes,
+        test_fingerprint=test_fingerprint,
+    )
+
+
+def evaluate_champion_on(
+    test_split: Any, champion_model: Any, *, task: str, label: str, slices: Sequence[str] = (), **kwargs: Any
+) -> EvalResult:
+    """Evaluate the champion on the challenger's test split, so that blessing compares both on the same rows."""
+    return evaluate(champion_model, {"test": test_split}, task=task, label=label, slices=slices, **kwargs)

@@ -1,0 +1,363 @@
+"""The model package: a directory that holds everything needed to serve one trained model, and nothing pickled.
+
+Layout::
+
+    weights.safetensors   model state_dict (safetensors: no code is executed when it is read)
+    model_spec.json       keyword arguments of ``raymlops.train.model.build_model``
+    transform.json        fitted ``Transform`` (``Transform.to_json()``)
+    schema.yaml           the frozen input schema
+    signature.json        inputs and outputs, for clients and the HTTP API
+    metrics.json          offline evaluation metrics
+    manifest.json         sha256 of each file above, the package digest and lineage tags (written last)
+
+The package digest is the sha256 of the lines ``"{sha256}  {name}\\n"`` sorted by name (the output of
+``sha256sum`` over the six files), so it depends on the content only, never on paths, times or tags.
+
+``load_package`` is the single loading path used by evaluation, batch prediction and online serving, so
+training-serving skew cannot come from two implementations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pyarrow.fs as pafs
+import torch
+import yaml
+from safetensors.numpy import save as save_numpy
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_torch
+
+from raymlops import storage
+from raymlops.core.transform import Transform, apply_transform
+from raymlops.errors import DataError, PackageError
+from raymlops.train.model import build_model, predict_outputs
+
+WEIGHTS = "weights.safetensors"
+MANIFEST = "manifest.json"
+PACKAGE_FILES = (
+    WEIGHTS,
+    "model_spec.json",
+    "transform.json",
+    "schema.yaml",
+    "signature.json",
+    "metrics.json",
+)
+FORMAT = "raymlops-model-package"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PackageInfo:
+    """A complete, verified package: where it is, its content digest, its size (all files) and lineage tags."""
+
+    uri: str
+    digest: str
+    size_bytes: int
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedModel:
+    """A package loaded for inference. ``predict`` is the one inference path used everywhere."""
+
+    uri: str
+    digest: str
+    model: torch.nn.Module  # in eval mode, gradients off
+    transform: Transform
+    model_spec: dict[str, Any]
+    schema_yaml: str
+    signature: dict[str, Any]
+    metrics: dict[str, Any]
+    tags: dict[str, str]
+    version: str | None = None
+
+    @cached_property
+    def schema(self) -> dict[str, Any]:
+        """The frozen schema as a dict (``schema_yaml`` holds the text)."""
+        return yaml.safe_load(self.schema_yaml) or {}
+
+    def predict(self, batch: Any) -> dict[str, np.ndarray]:
+        """Predict a ``pa.Table`` or a dict of columns: apply the transform, run the model, decode the outputs."""
+        # No label at prediction time: a batch that still carries one (evaluation) must not fail on its values.
+        arrays = apply_transform(self.transform, batch, with_label=False)
+        x_num = torch.from_numpy(np.ascontiguousarray(arrays["x_num"], dtype=np.float32))
+        x_cat = torch.from_numpy(np.ascontiguousarray(arrays["x_cat"], dtype=np.int64))
+        with torch.no_grad():
+            logits = self.model(x_num, x_cat)
+        return predict_outputs(self.transform.task, logits)
+
+
+# ------------------------------------------------------------------------------------------------- save
+def save_package(
+    dir_uri: str,
+    *,
+    state_dict: Mapping[str, Any],
+    model_spec: dict[str, Any],
+    transform_json: str,
+    schema_yaml: str,
+    signature: dict[str, Any],
+    metrics: dict[str, Any],
+    tags: Mapping[str, Any],
+) -> PackageInfo:
+    """Write a package to ``dir_uri`` atomically and return its info.
+
+    Saving the same content to the same directory again returns the existing package (a restarted step is
+    harmless); a different package there raises ``PackageError`` because packages are immutable.
+    """
+    if not isinstance(transform_json, str) or not isinstance(schema_yaml, str):
+        raise PackageError(
+            "transform_json and schema_yaml must be text (Transform.to_json(), Schema.to_yaml())"
+        )
+    try:
+        json.loads(transform_json)
+    except ValueError as err:
+        raise PackageError(f"transform_json is not valid JSON ({err}); pass Transform.to_json()") from None
+    files = {
+        WEIGHTS: _weights_bytes(state_dict),
+        "model_spec.json": _json_bytes(model_spec, "model_spec"),
+        "transform.json": transform_json.encode("utf-8"),
+        "schema.yaml": schema_yaml.encode("utf-8"),
+        "signature.json": _json_bytes(signature, "signature"),
+        "metrics.json": _json_bytes(metrics, "metrics"),
+    }
+    hashes = {name: _sha256(data) for name, data in files.items()}
+    digest = package_digest(hashes)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "digest": digest,
+        "files": {name: {"sha256": hashes[name], "size_bytes": len(files[name])} for name in PACKAGE_FILES},
+        "tags": {str(k): str(v) for k, v in tags.items()},
+    }
+    files[MANIFEST] = _json_bytes(manifest, "manifest")
+
+    if storage.exists(storage.join(dir_uri, MANIFEST)):
+        return _same_package_or_refuse(dir_uri, digest)
+    fs, path = storage.resolve(dir_uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        if not _rename_into_place(path, files):
+            return _same_package_or_refuse(dir_uri, digest)
+    else:
+        # Object stores cannot rename a directory; each file lands whole, and the manifest, written last,
+        # is what marks the package complete.
+        for name in (*PACKAGE_FILES, MANIFEST):
+            storage.atomic_write_bytes(storage.join(dir_uri, name), files[name])
+    return PackageInfo(dir_uri, digest, sum(len(b) for b in files.values()), manifest["tags"])
+
+
+def _rename_into_place(path: str, files: dict[str, bytes]) -> bool:
+    """Write into a temporary sibling directory, then rename it to ``path``; False when ``path`` is taken."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        os.mkdir(tmp)
+        for name in (*PACKAGE_FILES, MANIFEST):
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(files[name])
+                f.flush()
+                os.fsync(f.fileno())  # the rename must not publish files whose bytes are still in flight
+        try:
+            os.rename(tmp, path)  # replaces an empty directory, fails on a non-empty one
+        except OSError:
+            if not os.path.isdir(path) or not os.listdir(path):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
+
+
+def _same_package_or_refuse(dir_uri: str, digest: str) -> PackageInfo:
+    if not storage.exists(storage.join(dir_uri, MANIFEST)):
+        raise PackageError(
+            f"{dir_uri} already exists and is not a model package (no manifest.json); "
+            "delete it or save the package to a new directory"
+        )
+    info = verify_package(dir_uri)
+    if info.digest != digest:
+        raise PackageError(
+            f"{dir_uri} already holds a different package (digest {info.digest}, new {digest}); "
+            "packages are immutable: save the new one to a new directory"
+        )
+    return info
+
+
+def _weights_bytes(state_dict: Mapping[str, Any]) -> bytes:
+    if any(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        # contiguous() because safetensors refuses strided views (e.g. a transposed weight).
+        return save_torch({k: torch.as_tensor(v).detach().cpu().contiguous() for k, v in state_dict.items()})
+    return save_numpy({k: np.ascontiguousarray(v) for k, v in state_dict.items()})
+
+
+def _json_bytes(obj: Any, what: str) -> bytes:
+    try:
+        text = json.dumps(_json_safe(obj), indent=2, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise PackageError(
+            f"{what} cannot be written as JSON ({err}); use plain dicts, lists, str and numbers"
+        ) from None
+    return text.encode("utf-8")
+
+
+def _json_safe(obj: Any) -> Any:
+    """numpy scalars/arrays to plain values; NaN/Inf to null (a metric can be undefined, e.g. AUC on one class)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# ------------------------------------------------------------------------------------------------- load
+def package_digest(file_hashes: Mapping[str, str]) -> str:
+    """Digest of a package from its files' sha256 (see the module docstring)."""
+    lines = "".join(f"{file_hashes[name]}  {name}\n" for name in sorted(file_hashes))
+    return _sha256(lines.encode("utf-8"))
+
+
+def verify_package(dir_uri: str, expected_digest: str | None = None) -> PackageInfo:
+    """Check that the package is complete and untampered (every sha256, the digest) without loading the model."""
+    _, info = _read_verified(dir_uri, expected_digest)
+    return info
+
+
+def load_package(
+    dir_uri: str, expected_digest: str | None = None, *, version: str | None = None
+) -> LoadedModel:
+    """Verify and load a package: weights via safetensors (never pickle), model via ``build_model``."""
+    files, info = _read_verified(dir_uri, expected_digest)
+    spec = _parse_json(files, "model_spec.json", dir_uri)
+    try:
+        state = load_safetensors(files[WEIGHTS])
+    except Exception as err:  # safetensors raises its own SafetensorError with varied wording
+        raise PackageError(
+            f"{WEIGHTS} in {dir_uri} is not a readable safetensors file ({err}); re-create the package"
+        ) from None
+    try:
+        model = build_model(spec)
+        model.load_state_dict(state, strict=True)
+    except Exception as err:  # a missing user factory or a shape mismatch: this code cannot run the package
+        raise PackageError(
+            f"cannot rebuild the model of {dir_uri} from model_spec.json and {WEIGHTS}: {err}; load it with the "
+            "raymlops version (and user model module) that trained it"
+        ) from None
+    model.eval()
+    model.requires_grad_(False)
+    try:
+        transform = Transform.from_json(files["transform.json"].decode("utf-8"))
+    except Exception as err:
+        raise PackageError(
+            f"transform.json in {dir_uri} cannot be read ({err}); re-create the package"
+        ) from None
+    return LoadedModel(
+        uri=dir_uri,
+        digest=info.digest,
+        model=model,
+        transform=transform,
+        model_spec=spec,
+        schema_yaml=files["schema.yaml"].decode("utf-8"),
+        signature=_parse_json(files, "signature.json", dir_uri),
+        metrics=_parse_json(files, "metrics.json", dir_uri),
+        tags=info.tags,
+        version=version,
+    )
+
+
+def _read_verified(dir_uri: str, expected_digest: str | None) -> tuple[dict[str, bytes], PackageInfo]:
+    try:
+        raw = storage.read_bytes(storage.join(dir_uri, MANIFEST))
+    except DataError:
+        raise PackageError(
+            f"{dir_uri} has no {MANIFEST}: the package is incomplete (its save was interrupted) or the path is not "
+            "a model package; re-run the step that saved it, or pass the directory that holds manifest.json"
+        ) from None
+    manifest = _parse_manifest(raw, dir_uri)
+    recorded = {name: manifest["files"][name]["sha256"] for name in PACKAGE_FILES}
+    files: dict[str, bytes] = {}
+    bad: list[str] = []
+    for name in PACKAGE_FILES:
+        try:
+            files[name] = storage.read_bytes(storage.join(dir_uri, name))
+        except DataError:
+            bad.append(f"{name} is missing")
+            continue
+        actual = _sha256(files[name])
+        if actual != recorded[name]:
+            bad.append(f"{name} has sha256 {actual[:16]}… but {MANIFEST} records {recorded[name][:16]}…")
+    if bad:
+        raise PackageError(
+            f"model package {dir_uri} failed verification: {'; '.join(bad)}. It was tampered with or is incomplete; "
+            "do not use it: re-run the pipeline step that packages the model, or register a good copy"
+        )
+    digest = package_digest(recorded)
+    if digest != manifest["digest"]:
+        raise PackageError(
+            f"{MANIFEST} in {dir_uri} records digest {manifest['digest']} but its file hashes give {digest}: "
+            "the manifest was edited (tampered with); do not use this package, re-create it"
+        )
+    if expected_digest is not None and digest != expected_digest:
+        raise PackageError(
+            f"model package {dir_uri} has digest {digest} but {expected_digest} was expected (the registry's "
+            "record): the package was replaced or tampered with after registration; do not use it, re-register "
+            "the package or load the version whose digest matches"
+        )
+    size = len(raw) + sum(len(b) for b in files.values())
+    return files, PackageInfo(dir_uri, digest, size, dict(manifest.get("tags") or {}))
+
+
+def _parse_manifest(raw: bytes, dir_uri: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise PackageError(
+            f"{MANIFEST} in {dir_uri} is not a raymlops package manifest; re-create the package"
+        )
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise PackageError(
+            f"{dir_uri} uses package format {manifest.get('format_version')}, this raymlops reads "
+            f"{FORMAT_VERSION}; load it with the raymlops version that wrote it"
+        )
+    listed = manifest.get("files")
+    well_formed = isinstance(listed, dict) and all(
+        isinstance(e, dict) and isinstance(e.get("sha256"), str) for e in listed.values()
+    )
+    if not well_formed or set(listed) != set(PACKAGE_FILES) or not isinstance(manifest.get("digest"), str):
+        have = sorted(listed) if isinstance(listed, dict) else []
+        raise PackageError(
+            f"{MANIFEST} in {dir_uri} lists {have}, expected {sorted(PACKAGE_FILES)} and a digest: "
+            "the manifest was edited or is corrupt; re-create the package"
+        )
+    return manifest
+
+
+def _parse_json(files: dict[str, bytes], name: str, dir_uri: str) -> dict[str, Any]:
+    try:
+        return json.loads(files[name])
+    except ValueError as err:
+        raise PackageError(f"{name} in {dir_uri} is not valid JSON ({err}); re-create the package") from None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
