@@ -61,10 +61,19 @@ def init_ray(address: str | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(include_dashboard=False, object_store_memory=512 * 1024 * 1024, configure_logging=False)
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """Our steps print their own progress; Ray Data's bars and INFO lines would bury it."""
+    import logging
+
     from ray.data import DataContext
 
-    # Our steps print their own progress; Ray Data's bars would interleave with it.
-    DataContext.get_current().enable_progress_bars = False
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -114,12 +114,6 @@ def profile_columns(cfg: Config) -> tuple[set[str] | None, set[str]]:
     return categorical, skip
 
 
-def dataset_dtypes(ds) -> dict[str, str]:
-    """Arrow type name of every column of a Ray Dataset (from metadata; reads no rows)."""
-    schema = ds.schema()
-    return {name: str(t) for name, t in zip(schema.names, schema.types, strict=True)}
-
-
 def validate_data(
     cfg: Config,
     *,
@@ -166,7 +160,7 @@ def validate_data(
         profile = profile_dataset(ingested.dataset, categorical=categorical, skip=skip, edges=edges)
     progress(f"  profiled in {time.perf_counter() - t0:.1f}s")
 
-    report = validate(schema, reference, profile, policy_from_config(cfg), observed_dtypes=dataset_dtypes(ingested.dataset))
+    report = validate(schema, reference, profile, policy_from_config(cfg), observed_dtypes={f.name: str(f.type) for f in ingested.schema})
     frozen_now = False
     if frozen is None and report.decision != "STOP":
         schema_uri = freeze_schema(cfg, schema, profile)

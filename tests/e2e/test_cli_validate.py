@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 
 
 def _report(stdout: str) -> dict:
-    line = next(l for l in stdout.splitlines() if l.startswith("report:"))
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("report:"))
     with open(line.split(":", 1)[1].strip()) as f:
         return json.load(f)
 
