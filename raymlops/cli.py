@@ -149,6 +149,112 @@ def validate_cmd(
         raise typer.Exit(3)
 
 
+# ------------------------------------------------------------------------------------------------- run
+@app.command("run")
+def run_cmd(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    resume: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--resume", help="Resume a failed run: only steps that did not complete run again."),
+    ] = None,
+    address: AddressOpt = None,
+) -> None:
+    """Run the continuous-training pipeline: validate → prepare → train (+tune) → evaluate → bless → register."""
+    cfg = _load(config, set_)
+    init_ray(address)
+    from raymlops.pipeline.ct import run_ct_pipeline
+
+    result = run_ct_pipeline(cfg, resume_run_id=resume, progress=_say)
+    typer.echo(result.summary())
+    result.raise_for_status()
+
+
+@app.command("runs")
+def runs_cmd(
+    config: ConfigArg,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many runs, newest first.")] = 20,
+    set_: SetOpt = None,
+) -> None:
+    """List pipeline runs with their status and step states."""
+    import datetime as dt
+
+    from raymlops.registry.tracking import MetadataStore
+
+    cfg = _load(config, set_)
+    runs = MetadataStore(cfg.tracking_uri).list_runs(cfg.name, limit)
+    if not runs:
+        typer.echo(f"no runs of pipeline {cfg.name!r} yet; start one with `raymlops run {config}`")
+    for r in runs:
+        started = dt.datetime.fromtimestamp(r.started_at).isoformat(timespec="seconds") if r.started_at else "-"
+        took = f"{r.duration_s:.0f}s" if r.duration_s is not None else "-"
+        steps = " ".join(f"{k}:{v}" for k, v in r.steps.items())
+        typer.echo(f"{r.pipeline_run_id}  {r.status:<9} {started}  {took:>6}  {steps}")
+        if r.error:
+            typer.echo(f"    {r.error}")
+
+
+@app.command("lineage")
+def lineage_cmd(
+    config: ConfigArg,
+    version: Annotated[str, typer.Argument(help="Model version number or alias (champion, challenger).")],
+    set_: SetOpt = None,
+) -> None:
+    """Walk from a model version back to its pipeline run, steps, artifacts and data."""
+    from raymlops.registry.models import ModelRegistry
+    from raymlops.registry.tracking import MetadataStore
+
+    cfg = _load(config, set_)
+    v = ModelRegistry(cfg.tracking_uri).resolve(cfg.name, version).version
+    typer.echo(MetadataStore(cfg.tracking_uri).lineage(cfg.name, v).render())
+
+
+@app.command("promote")
+def promote_cmd(
+    config: ConfigArg,
+    version: Annotated[str, typer.Argument(help="Version number or alias to make the champion.")],
+    set_: SetOpt = None,
+) -> None:
+    """Make a version the champion (the old champion is kept as `previous` for rollback)."""
+    from raymlops.registry.models import ModelRegistry
+
+    cfg = _load(config, set_)
+    reg = ModelRegistry(cfg.tracking_uri)
+    info = reg.promote(cfg.name, reg.resolve(cfg.name, version).version)
+    typer.echo(f"{cfg.name} v{info.version} is the champion; aliases: {reg.aliases(cfg.name)}")
+
+
+@app.command("rollback")
+def rollback_cmd(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Make the `previous` champion the champion again."""
+    from raymlops.registry.models import ModelRegistry
+
+    cfg = _load(config, set_)
+    reg = ModelRegistry(cfg.tracking_uri)
+    info = reg.rollback(cfg.name)
+    typer.echo(f"rolled back: {cfg.name} v{info.version} is the champion; aliases: {reg.aliases(cfg.name)}")
+
+
+@app.command("demo")
+def demo_cmd(
+    config: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Argument(help="Config to run the demo with. Default: the embedded defaults."),
+    ] = None,
+    set_: SetOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Generate data, validate it (clean, drifted, broken), then run the CT pipeline; prints a timeline."""
+    cfg = _load(config, set_)
+    init_ray(address)
+    from raymlops.demo import run_demo
+
+    where = run_demo(cfg, say=typer.echo)
+    typer.echo("\nwhere to look:")
+    for what, uri in where.items():
+        typer.echo(f"  {what:<20} {uri}")
+
+
 # ------------------------------------------------------------------------------------------------ config
 @config_app.command("schema")
 def config_schema() -> None:

@@ -161,6 +161,21 @@ def filter_window(batch: pa.Table, *, column: str, start_us: int | None, end_us:
 
 
 # ------------------------------------------------------------------------------------------------ files
+def snapshot(source: str, fmt: str = "auto") -> tuple[list[str], str]:
+    """The data files under `source` and a cheap digest of them (path, size, mtime): new or changed files change it.
+
+    Reads no data, so a pipeline can decide whether its ingest step is a cache hit before running it.
+    """
+    import hashlib
+
+    fs, prefix, found = _list(source, fmt)
+    infos = fs.get_file_info(sorted(path for path, _ in found))
+    h = hashlib.sha256()
+    for fi in infos:
+        h.update(f"{fi.path}\0{fi.size}\0{fi.mtime_ns}\n".encode())
+    return [prefix + fi.path for fi in infos], h.hexdigest()
+
+
 def _list(source: str, fmt: str) -> tuple[pafs.FileSystem, str, list[tuple[str, int]]]:
     """Filesystem, display prefix (`s3://`, or '' for local paths) and the (path, size) of each data file."""
     prefix = source.split("://", 1)[0] + "://" if "://" in source else ""

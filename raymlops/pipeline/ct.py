@@ -1,0 +1,279 @@
+"""The built-in continuous-training pipeline, assembled from components:
+
+    validate → prepare → train (+ tune) → evaluate → bless → register
+
+Each step reads only what its inputs point at, so a failed run resumes from the last completed step and an unchanged
+step is a cache hit. Steps that start distributed work themselves (Ray Data, Train, Tune) run on the driver; the
+fresh-process package check runs as a Ray task, wherever the cluster places it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from raymlops import storage
+from raymlops.config import Config
+from raymlops.errors import DataError, DataValidationError, ModelValidationError
+from raymlops.pipeline.component import Artifact, Pipeline, Step, component
+from raymlops.pipeline.runner import PipelineResult, run_pipeline
+
+CHALLENGER_SAMPLE_ROWS = 16
+
+
+def _ingest(cfg: Config, expected_digest: str):
+    from raymlops.data.ingest import ingest, snapshot
+
+    # Steps re-read the source rather than ship data between them; refuse if it changed since validation.
+    if snapshot(cfg.data.source, cfg.data.format)[1] != expected_digest:
+        raise DataError(f"{cfg.data.source} changed since the validate step of this run; start a new run "
+                        "(without --resume) so the new data is validated first")
+    return ingest(cfg.data.source, fmt=cfg.data.format, timestamp=cfg.data.timestamp,
+                  window_start=cfg.data.window.start, window_end=cfg.data.window.end)
+
+
+@component(outputs=("snapshot", "schema", "report"), executor="driver", config_keys=("name", "data", "validation"))
+def validate(ctx, data_digest: str):
+    """Ingest and validate the data; schema skew stops the pipeline (exit 3)."""
+    from raymlops.data.validate import validate_data
+
+    cfg: Config = ctx.config
+    outcome = validate_data(cfg, report_dir=ctx.path("report"), progress=ctx.progress)
+    ctx.log_metrics({"rows": outcome.report.rows, "anomalies": len(outcome.report.anomalies),
+                     "drifted_features": sum(d.drifted for d in outcome.report.drift)})
+    ctx.log_artifact("report/report.json")
+    ctx.log_artifact("report/report.html")
+    if outcome.decision == "STOP":
+        raise DataValidationError(
+            f"data validation stopped the pipeline: {outcome.report.summary()} (report: {outcome.html_uri})",
+            report_uri=outcome.report_uri,
+        )
+    ctx.progress(outcome.report.summary())
+    snapshot = Artifact(uri=cfg.data.source, kind="dataset", digest=data_digest,
+                        metadata={"files": outcome.files, "rows": outcome.report.rows})
+    schema = Artifact(uri=outcome.schema_uri, kind="schema", digest=_digest_text(storage.read_text(outcome.schema_uri)),
+                      metadata={"version": outcome.schema.version})
+    return {"snapshot": snapshot, "schema": schema,
+            "report": ctx.artifact("report/report.json", kind="statistics", metadata={"decision": outcome.decision})}
+
+
+@component(outputs=("prepared",), executor="driver", config_keys=("data", "prepare"))
+def prepare(ctx, snapshot: Artifact, schema: Artifact):
+    """Split the snapshot, write each split and fit the transform on the training split only."""
+    from raymlops.core.schema import Schema
+    from raymlops.data.prepare import prepare as prepare_data
+
+    cfg: Config = ctx.config
+    sch = Schema.from_yaml(storage.read_text(schema.uri))
+    prepared = prepare_data(cfg, _ingest(cfg, snapshot.digest).dataset, sch, ctx.path("prepared"))
+    ctx.progress("rows per split: " + ", ".join(f"{k} {v:,}" for k, v in prepared.rows.items()))
+    ctx.log_metrics({f"rows_{k}": v for k, v in prepared.rows.items()})
+    return {"prepared": ctx.artifact("prepared", kind="dataset", metadata={"rows": prepared.rows}, digest="stat")}
+
+
+@component(outputs=("model",), executor="driver", config_keys=("train", "tune"))
+def train(ctx, prepared: Artifact):
+    """Train with Ray Train (and search with Ray Tune when enabled); keep the best weights."""
+    from safetensors.numpy import save_file
+
+    from raymlops.data.prepare import load_prepared
+    from raymlops.train.loop import train_model
+    from raymlops.train.tune import tune_model
+
+    cfg: Config = ctx.config
+    data = load_prepared(prepared.uri)
+    checkpoints = storage.join(ctx.storage_uri, "checkpoints", ctx.run_id)
+
+    def report(m: dict) -> None:
+        keys = ("trial_id", "epoch", "train_loss", "val_loss")
+        ctx.progress(" ".join(f"{k}={m[k]:.4f}" if isinstance(m[k], float) else f"{k}={m[k]}" for k in keys if k in m))
+
+    if cfg.tune.enabled:
+        tuned = tune_model(cfg, data, storage_uri=checkpoints, run_name="tune", progress=report)
+        ctx.log_trials(tuned.trials)
+        ctx.progress(f"best of {len(tuned.trials)} trials: {tuned.best_params}")
+        result = tuned.best
+    else:
+        result = train_model(cfg, data, storage_uri=checkpoints, run_name="train", progress=report)
+    save_file({k: v for k, v in result.state_dict.items()}, ctx.path("model", "weights.safetensors"))
+    meta = {"model_spec": result.model_spec, "history": result.history, "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss, "params": result.params, "checkpoint_uri": result.checkpoint_uri}
+    storage.atomic_write_text(ctx.path("model", "training.json"), json.dumps(meta, default=str))
+    last = result.history[-1] if result.history else {}
+    ctx.log_metrics({"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
+                     "epochs": len(result.history), "fit_time_s": result.fit_time_s,
+                     **{f"final_{k}": v for k, v in last.items() if isinstance(v, int | float)}})
+    return {"model": ctx.artifact("model", kind="model", metadata={"best_epoch": result.best_epoch})}
+
+
+@component(outputs=("package", "evaluation"), executor="driver",
+           config_keys=("name", "tracking_uri", "data.label", "data.task", "data.slices"))
+def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
+    """Package the model and evaluate it (and the champion, on the same test rows) overall and per slice."""
+    import ray.data
+    from safetensors.numpy import load_file
+
+    from raymlops.data.prepare import load_prepared
+    from raymlops.evaluation.evaluate import evaluate as run_eval
+    from raymlops.evaluation.evaluate import evaluate_champion_on
+    from raymlops.registry.models import ModelRegistry
+    from raymlops.registry.package import load_package, save_package
+
+    cfg: Config = ctx.config
+    data = load_prepared(prepared.uri)
+    meta = json.loads(storage.read_text(storage.join(model.uri, "training.json")))
+    info = save_package(
+        ctx.path("package"),
+        state_dict=load_file(storage.join(model.uri, "weights.safetensors")),
+        model_spec=meta["model_spec"],
+        transform_json=data.transform.to_json(),
+        schema_yaml=storage.read_text(schema.uri),
+        signature=_signature(cfg, data),
+        metrics={"best_val_loss": meta["best_val_loss"], "best_epoch": meta["best_epoch"]},
+        tags={"pipeline_run_id": ctx.run_id, "schema_uri": schema.uri},
+    )
+    splits = {k: ray.data.read_parquet(u) for k, u in data.split_uris.items()}
+    ctx.progress(f"packaged {info.size_bytes / 1e6:.2f} MB (digest {info.digest[:12]}); evaluating")
+    result = run_eval(load_package(info.uri, info.digest), splits, task=cfg.data.task, label=cfg.data.label,
+                      slices=cfg.data.slices)
+    doc: dict[str, Any] = {"challenger": result.to_dict(), "champion": None, "champion_version": None}
+    champ = ModelRegistry(cfg.tracking_uri).get_by_alias(cfg.name, "champion")
+    if champ is not None:
+        ctx.progress(f"evaluating champion v{champ.version} on the same test rows")
+        champ_model = load_package(champ.package_uri, champ.digest)
+        champ_eval = evaluate_champion_on(splits["test"], champ_model, task=cfg.data.task, label=cfg.data.label,
+                                          slices=cfg.data.slices)
+        doc |= {"champion": champ_eval.to_dict(), "champion_version": champ.version}
+    storage.atomic_write_text(ctx.path("evaluation.json"), json.dumps(doc, indent=2, default=str))
+    ctx.log_artifact("evaluation.json")
+    ctx.log_metrics({f"{split}_{k}": v for split, ms in result.metrics.items() for k, v in ms.items()
+                     if isinstance(v, int | float) and v == v})
+    ctx.progress(_metrics_line(result.metrics.get("test", {})))
+    return {"package": Artifact(uri=info.uri, kind="package", digest=info.digest, metadata={"mb": info.size_bytes / 1e6}),
+            "evaluation": ctx.artifact("evaluation.json", kind="evaluation")}
+
+
+@component(outputs=("infra",), executor="task", num_cpus=0.25, config_keys=())
+def check_package(ctx, package: Artifact, prepared: Artifact):
+    """Load the package in a fresh process with the serving code path and predict on sample test rows."""
+    from raymlops.data.prepare import load_prepared
+    from raymlops.evaluation.infra_check import check_package_in_fresh_process
+
+    rows = _sample_rows(load_prepared(prepared.uri).split_uris["test"], CHALLENGER_SAMPLE_ROWS)
+    infra = check_package_in_fresh_process(package.uri, rows, expected_rows=len(rows))
+    ctx.progress(f"fresh process: loaded={infra['loaded']} predicted={infra['predict_ok']} "
+                 f"peak {infra.get('peak_memory_mb', 0):.0f} MB")
+    return {"infra": infra}
+
+
+@component(outputs=("blessing",), executor="driver", config_keys=("evaluation",))
+def bless(ctx, evaluation: Artifact, infra: dict):
+    """Apply the gates; a model that fails one is not registered (exit 3)."""
+    from raymlops.core.blessing import GatePolicy
+    from raymlops.core.blessing import bless as decide
+
+    cfg: Config = ctx.config
+    doc = json.loads(storage.read_text(evaluation.uri))
+    decision = decide(doc["challenger"], doc["champion"], infra, GatePolicy.from_config(cfg.evaluation))
+    storage.atomic_write_text(ctx.path("blessing.json"), json.dumps(decision.to_dict(), indent=2, default=str))
+    ctx.log_artifact("blessing.json")
+    ctx.log_metrics({"blessed": float(decision.blessed)})
+    if not decision.blessed:
+        raise ModelValidationError(f"model not blessed: {decision.summary()}")
+    ctx.progress(decision.summary())
+    return {"blessing": ctx.artifact("blessing.json", kind="blessing")}
+
+
+@component(outputs=("version",), executor="driver", config_keys=("name", "tracking_uri"))
+def register(ctx, package: Artifact, blessing: Artifact, snapshot: Artifact, evaluation: Artifact):
+    """Register the blessed package as a new model version with alias `challenger`."""
+    from raymlops.registry.models import ModelRegistry
+
+    cfg: Config = ctx.config
+    test = json.loads(storage.read_text(evaluation.uri))["challenger"]["metrics"].get("test", {})
+    info = ModelRegistry(cfg.tracking_uri).register(
+        cfg.name, package.uri, run_id=ctx.mlflow_run_id, digest=package.digest,
+        tags={"pipeline_run_id": ctx.run_id, "data_fingerprint": snapshot.digest, "blessing_uri": blessing.uri,
+              **{f"test_{k}": v for k, v in test.items() if v is not None}},
+    )
+    ctx.progress(f"registered {cfg.name} v{info.version} as challenger")
+    return {"version": info.version}
+
+
+def build_ct_pipeline(cfg: Config) -> Pipeline:
+    """The CT pipeline for one config (steps and wiring; parameters come from the config)."""
+    return Pipeline(cfg.name, [
+        Step(validate),
+        Step(prepare, inputs={"snapshot": "validate.snapshot", "schema": "validate.schema"}),
+        Step(train, inputs={"prepared": "prepare.prepared"}),
+        Step(evaluate, inputs={"model": "train.model", "prepared": "prepare.prepared", "schema": "validate.schema"}),
+        Step(check_package, inputs={"package": "evaluate.package", "prepared": "prepare.prepared"}),
+        Step(bless, inputs={"evaluation": "evaluate.evaluation", "infra": "check_package.infra"}),
+        Step(register, inputs={"package": "evaluate.package", "blessing": "bless.blessing",
+                               "snapshot": "validate.snapshot", "evaluation": "evaluate.evaluation"}),
+    ])
+
+
+@dataclass
+class CTResult:
+    """Outcome of one CT run: status (completed, blocked, failed), the registered version, the gates' verdicts."""
+
+    run_id: str
+    status: str
+    version: int | None
+    error: str | None
+    pipeline: PipelineResult = field(repr=False)
+
+    def summary(self) -> str:
+        steps = ", ".join(f"{n} {s.status}" for n, s in self.pipeline.steps.items())
+        if self.status == "completed":
+            return f"run {self.run_id}: registered version {self.version} as challenger ({steps})"
+        return f"run {self.run_id} {self.status}: {self.error} ({steps}); resume with --resume {self.run_id}"
+
+    def raise_for_status(self) -> CTResult:
+        self.pipeline.raise_for_status()
+        return self
+
+
+def run_ct_pipeline(cfg: Config, *, resume_run_id: str | None = None, progress=print) -> CTResult:
+    """Run (or resume) the CT pipeline for `cfg`. Ray must be initialised. Failures are in the result."""
+    from raymlops.data.ingest import snapshot
+
+    _, digest = snapshot(cfg.data.source, cfg.data.format)
+    storage.makedirs(cfg.storage_uri)  # the default SQLite tracking database lives there
+    result = run_pipeline(
+        build_ct_pipeline(cfg), storage_uri=cfg.storage_uri, tracking_uri=cfg.tracking_uri, config=cfg,
+        params={"validate.data_digest": digest}, resume_run_id=resume_run_id, progress=progress,
+    )
+    version = result.outputs.get("register.version")
+    return CTResult(result.run_id, result.status, version, result.error, result)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _digest_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _signature(cfg: Config, data) -> dict[str, Any]:
+    t = data.transform
+    return {"inputs": {"numeric": [c.name for c in t.numeric], "categorical": [c.name for c in t.categorical]},
+            "outputs": {"binary": ["probability", "label"], "multiclass": ["probabilities", "label"],
+                        "regression": ["value"]}[cfg.data.task],
+            "task": cfg.data.task, "label": cfg.data.label, "classes": list(t.classes or [])}
+
+
+def _sample_rows(split_uri: str, n: int) -> list[dict[str, Any]]:
+    """A few rows as a JSON client would send them (timestamps as ISO text)."""
+    import pyarrow.dataset as pads
+
+    fs, path = storage.resolve(split_uri)
+    table = pads.dataset(path, filesystem=fs, format="parquet").head(n)
+    rows = table.to_pylist()
+    return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()} for r in rows]
+
+
+def _metrics_line(metrics: dict[str, Any]) -> str:
+    return "test: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, int | float))
