@@ -60,7 +60,9 @@ def init_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, object_store_memory=512 * 1024 * 1024, configure_logging=False)
+        # Worker logs stay in /tmp/ray/session_latest/logs: the steps report progress (and errors) themselves.
+        ray.init(include_dashboard=False, object_store_memory=512 * 1024 * 1024, configure_logging=False,
+                 log_to_driver=False)
     quiet_ray_data()
 
 
@@ -74,6 +76,7 @@ def quiet_ray_data() -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled": we know
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -276,6 +279,9 @@ def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
 # --------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app and turn raymlops errors into messages and exit codes."""
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema migrations and the like are not news
     try:
         # standalone_mode=False: click hands us exit codes and errors instead of calling sys.exit itself.
         rv = app(args=argv, standalone_mode=False)

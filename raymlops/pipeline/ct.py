@@ -75,7 +75,7 @@ def prepare(ctx, snapshot: Artifact, schema: Artifact):
 @component(outputs=("model",), executor="driver", config_keys=("train", "tune"))
 def train(ctx, prepared: Artifact):
     """Train with Ray Train (and search with Ray Tune when enabled); keep the best weights."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save as save_weights
 
     from raymlops.data.prepare import load_prepared
     from raymlops.train.loop import train_model
@@ -96,7 +96,7 @@ def train(ctx, prepared: Artifact):
         result = tuned.best
     else:
         result = train_model(cfg, data, storage_uri=checkpoints, run_name="train", progress=report)
-    save_file({k: v for k, v in result.state_dict.items()}, ctx.path("model", "weights.safetensors"))
+    storage.atomic_write_bytes(ctx.path("model", "weights.safetensors"), save_weights(result.state_dict))
     meta = {"model_spec": result.model_spec, "history": result.history, "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss, "params": result.params, "checkpoint_uri": result.checkpoint_uri}
     storage.atomic_write_text(ctx.path("model", "training.json"), json.dumps(meta, default=str))
@@ -112,7 +112,7 @@ def train(ctx, prepared: Artifact):
 def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
     """Package the model and evaluate it (and the champion, on the same test rows) overall and per slice."""
     import ray.data
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load as load_weights
 
     from raymlops.data.prepare import load_prepared
     from raymlops.evaluation.evaluate import evaluate as run_eval
@@ -125,7 +125,7 @@ def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
     meta = json.loads(storage.read_text(storage.join(model.uri, "training.json")))
     info = save_package(
         ctx.path("package"),
-        state_dict=load_file(storage.join(model.uri, "weights.safetensors")),
+        state_dict=load_weights(storage.read_bytes(storage.join(model.uri, "weights.safetensors"))),
         model_spec=meta["model_spec"],
         transform_json=data.transform.to_json(),
         schema_yaml=storage.read_text(schema.uri),

@@ -25,7 +25,7 @@ CHALLENGER = "challenger"
 PREVIOUS = "previous"
 
 DIGEST_TAG = "raymlops.package_digest"
-RUN_TAG = "raymlops.pipeline_run_id"
+RUN_TAG = "raymlops.mlflow_run_id"  # the MLflow run that registered it (the register step)
 
 _PAGE = 1000
 

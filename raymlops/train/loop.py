@@ -1,0 +1,572 @@
+"""Training loop: one epoch function shared by Ray Train workers (TorchTrainer, DDP) and a single-process variant.
+
+Checkpoints are a directory per epoch holding safetensors files and ``state.json`` (nothing is pickled):
+``weights.safetensors`` (best weights so far, what goes forward), ``last.safetensors`` and
+``optimizer.safetensors`` (to resume), ``state.json`` (epoch, history, early-stopping state, model spec, params).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from raymlops import storage
+from raymlops.config import Config, TrainConfig
+from raymlops.errors import ConfigError, DataError, RaymlopsError
+from raymlops.train.model import build_model, loss_fn, set_seed
+
+_GRAD_CLIP_NORM = 5.0  # keeps one outlier batch from blowing up the weights (extreme standardized inputs)
+_DATA_CPUS = 0.25  # Ray Data read/transform tasks must not starve the training workers on small machines
+_CHECKPOINTS_TO_KEEP = 2
+_STATE_FILE = "state.json"
+
+
+@dataclass
+class TrainResult:
+    """Outcome of one training run; ``state_dict`` holds the best epoch's weights (CPU numpy, no DDP prefix)."""
+
+    model_spec: dict[str, Any]
+    state_dict: dict[str, np.ndarray]
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_loss: float
+    checkpoint_uri: str | None
+    fit_time_s: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_train_config(train: TrainConfig, params: Mapping[str, Any] | None = None) -> TrainConfig:
+    """``train`` with ``params`` (train keys, e.g. from Tune) applied and validated."""
+    if not params:
+        return train
+    unknown = sorted(set(params) - set(TrainConfig.model_fields))
+    if unknown:
+        raise ConfigError(f"unknown train keys {unknown} in params; allowed: {sorted(TrainConfig.model_fields)}")
+    # Tune samples numpy scalars; pydantic wants plain Python numbers.
+    clean = {k: v.item() if isinstance(v, np.generic) else v for k, v in params.items()}
+    try:
+        return TrainConfig.model_validate({**train.model_dump(), **clean})
+    except Exception as err:
+        raise ConfigError(f"invalid train params {clean}: {err}") from None
+
+
+def make_model_spec(train: TrainConfig, transform: Any) -> dict[str, Any]:
+    """JSON-safe model spec from the train config and the fitted transform (feature counts, task, classes)."""
+    task = transform.task
+    return {
+        "model": train.model,
+        "n_numeric": len(transform.numeric),
+        "cardinalities": [int(c) for c in transform.cardinalities],
+        "embedding_dim": train.embedding_dim,
+        "hidden_sizes": list(train.hidden_sizes),
+        "dropout": train.dropout,
+        "task": task,
+        "n_classes": len(transform.classes) if task != "regression" else 1,
+    }
+
+
+# ----------------------------------------------------------------------------------------- the shared loop
+@dataclass
+class _State:
+    epoch: int = 0
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    bad_epochs: int = 0
+    stopped: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_weights: dict[str, torch.Tensor] | None = None
+
+
+class _LocalIO:
+    """Single process: no DDP; optional checkpoints in a local directory (resumes from the latest one)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, progress: Callable[[dict], None] | None, checkpoint_dir: str | None):
+        self.progress, self.dir, self.latest = progress, checkpoint_dir, None
+
+    def restore(self) -> tuple[dict, dict[str, dict[str, torch.Tensor]]] | None:
+        done = sorted(p for p in os.listdir(self.dir) if p.startswith("epoch_")) if self.dir else []
+        if not done:
+            return None
+        self.latest = os.path.join(self.dir, done[-1])
+        return _read_checkpoint(self.latest)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def all_reduce(self, values: list[float]) -> list[float]:
+        return values
+
+    def report(self, metrics: dict, save: Callable[[str], None]) -> None:
+        if self.dir:
+            final = os.path.join(self.dir, f"epoch_{metrics['epoch']:04d}")
+            tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.dir)
+            save(tmp)
+            os.replace(tmp, final)  # a crash mid-save leaves only a hidden temporary directory
+            self.latest = final
+        if self.progress:
+            self.progress(dict(metrics))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    # clone() also breaks storage sharing (tied weights), which safetensors refuses to save.
+    out = {}
+    for k, v in _unwrap(model).state_dict().items():
+        while k.startswith("module."):
+            k = k[len("module.") :]
+        out[k] = v.detach().cpu().clone().contiguous()
+    return out
+
+
+def _optimizer(train: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params, lr, wd = model.parameters(), train.learning_rate, train.weight_decay
+    if train.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=0.9)
+
+
+def _target(y: torch.Tensor, task: str) -> torch.Tensor:
+    return y.long() if task == "multiclass" else y.float()
+
+
+def run_epoch(model, batches, criterion, optimizer, task, device) -> tuple[float, int]:
+    """One training pass; returns (sum of per-row loss, rows)."""
+    model.train()
+    total, n = 0.0, 0
+    for b in batches:
+        x_num, x_cat, y = (b[k].to(device) for k in ("x_num", "x_cat", "y"))
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(x_num, x_cat), _target(y, task))
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), _GRAD_CLIP_NORM)
+        optimizer.step()
+        total += float(loss.detach()) * len(y)
+        n += len(y)
+    return total, n
+
+
+@torch.no_grad()
+def evaluate(model, batches, criterion, task, device) -> tuple[float, int, int]:
+    """Returns (sum of per-row loss, rows, correctly classified rows; 0 for regression)."""
+    model.eval()
+    total, n, correct = 0.0, 0, 0
+    for b in batches:
+        x_num, x_cat, y = (b[k].to(device) for k in ("x_num", "x_cat", "y"))
+        z = model(x_num, x_cat)
+        total += float(criterion(z, _target(y, task))) * len(y)
+        n += len(y)
+        if task == "binary":
+            correct += int(((z >= 0) == (y >= 0.5)).sum())
+        elif task == "multiclass":
+            correct += int((z.argmax(dim=1) == y.long()).sum())
+    return total, n, correct
+
+
+def _fit(train: TrainConfig, spec: dict, batches: Callable[[str, int], Iterable[dict]], io) -> _State:
+    task = spec["task"]
+    set_seed(train.seed)
+    model = build_model(spec)
+    restored = io.restore()
+    state = _State()
+    if restored is not None:
+        meta, tensors = restored
+        model.load_state_dict(tensors["last"])
+        state = _State(**{k: meta[k] for k in ("epoch", "best_epoch", "best_val_loss", "bad_epochs", "stopped")},
+                       history=meta["history"], best_weights=tensors["weights"])
+    model = io.prepare(model)
+    optimizer = _optimizer(train, model)
+    if restored is not None:
+        optimizer.load_state_dict(_unflatten_optimizer(restored[1]["optimizer"], restored[0]["optimizer"]))
+    criterion = loss_fn(task)
+    while state.epoch < train.epochs and not state.stopped:
+        epoch = state.epoch + 1
+        set_seed(train.seed + epoch)  # dropout masks do not depend on whether the run was resumed
+        t0 = time.perf_counter()
+        tr_sum, tr_n = run_epoch(model, batches("train", epoch), criterion, optimizer, task, io.device)
+        va_sum, va_n, va_ok = evaluate(model, batches("validation", epoch), criterion, task, io.device)
+        tr_sum, tr_n, va_sum, va_n, va_ok = io.all_reduce([tr_sum, tr_n, va_sum, va_n, va_ok])
+        if tr_n == 0 or va_n == 0:
+            raise DataError(f"the {'training' if tr_n == 0 else 'validation'} split has no rows; check "
+                            "data.split (validation_pct, test_pct) and the data window")
+        metrics = {"epoch": epoch, "train_loss": tr_sum / tr_n, "val_loss": va_sum / va_n}
+        if task != "regression":
+            metrics["val_accuracy"] = va_ok / va_n
+        if not math.isfinite(metrics["val_loss"]):
+            raise RaymlopsError(f"training diverged at epoch {epoch} (val_loss={metrics['val_loss']}); "
+                                "lower train.learning_rate or check the inputs")
+        metrics["epoch_time_s"] = time.perf_counter() - t0
+        state.epoch = epoch
+        if metrics["val_loss"] < state.best_val_loss:
+            state.best_epoch, state.best_val_loss, state.bad_epochs = epoch, metrics["val_loss"], 0
+            state.best_weights = _cpu_state(model)
+        else:
+            state.bad_epochs += 1
+        state.stopped = 0 < train.early_stopping_patience <= state.bad_epochs
+        state.history.append(metrics)
+        io.report(metrics, lambda d: _save_checkpoint(d, state, model, optimizer, spec, train))
+    return state
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, extras = {}, {}
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{idx}/{name}"] = v.detach().cpu().clone().contiguous()
+            else:
+                extras[f"{idx}/{name}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "extras": extras}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in [*tensors.items(), *meta["extras"].items()]:
+        idx, name = key.split("/", 1)
+        state.setdefault(int(idx), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _save_checkpoint(d: str, state: _State, model, optimizer, spec: dict, train: TrainConfig) -> None:
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    save_file(state.best_weights or _cpu_state(model), os.path.join(d, "weights.safetensors"))
+    save_file(_cpu_state(model), os.path.join(d, "last.safetensors"))
+    save_file(opt_tensors, os.path.join(d, "optimizer.safetensors"))
+    meta = {
+        "format": 1,
+        "epoch": state.epoch,
+        "best_epoch": state.best_epoch,
+        "best_val_loss": state.best_val_loss,
+        "bad_epochs": state.bad_epochs,
+        "stopped": state.stopped,
+        "history": state.history,
+        "model_spec": spec,
+        "params": train.model_dump(mode="json"),
+        "optimizer": opt_meta,
+    }
+    with open(os.path.join(d, _STATE_FILE), "w") as f:
+        json.dump(meta, f)
+
+
+def _read_checkpoint(d: str) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    with open(os.path.join(d, _STATE_FILE)) as f:
+        meta = json.load(f)
+    tensors = {name: load_file(os.path.join(d, f"{name}.safetensors")) for name in ("weights", "last", "optimizer")}
+    return meta, tensors
+
+
+def read_checkpoint(checkpoint: Any, fit_time_s: float = 0.0, uri: str | None = None) -> TrainResult:
+    """TrainResult from a checkpoint written by this loop (a ``ray.train.Checkpoint`` or a local directory)."""
+    if not hasattr(checkpoint, "as_directory"):
+        meta, tensors = _read_checkpoint(str(checkpoint))
+        uri = uri or str(checkpoint)
+    else:
+        with checkpoint.as_directory() as d:
+            meta, tensors = _read_checkpoint(d)
+    return TrainResult(
+        model_spec=meta["model_spec"],
+        state_dict={k: v.numpy() for k, v in tensors["weights"].items()},
+        history=meta["history"],
+        best_epoch=meta["best_epoch"],
+        best_val_loss=meta["best_val_loss"],
+        checkpoint_uri=uri,
+        fit_time_s=fit_time_s,
+        params=meta["params"],
+    )
+
+
+# ------------------------------------------------------------------------------------------ single process
+def numpy_batches(arrays: Mapping[str, np.ndarray], batch_size: int, shuffle: bool, seed: int):
+    """Batches of torch tensors from in-memory arrays (the single-process stand-in for a Ray Data shard)."""
+    n = len(arrays["y"])
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        yield {k: torch.from_numpy(np.ascontiguousarray(arrays[k][idx])) for k in ("x_num", "x_cat", "y")}
+
+
+def train_local(
+    cfg: Config,
+    model_spec: dict[str, Any],
+    train: Mapping[str, np.ndarray],
+    validation: Mapping[str, np.ndarray],
+    *,
+    params: dict | None = None,
+    progress: Callable[[dict], None] | None = None,
+    checkpoint_dir: str | None = None,
+) -> TrainResult:
+    """Train in this process on transformed arrays (``x_num``, ``x_cat``, ``y``): same loop, no Ray, no DDP.
+
+    ``model_spec`` comes from ``make_model_spec``; its architecture keys are refreshed from ``params``.
+    With ``checkpoint_dir`` (a local directory) each epoch is checkpointed there and a rerun resumes from the
+    latest checkpoint.
+    """
+    tc = resolve_train_config(cfg.train, params)
+    spec = {**model_spec, **_arch(tc)}
+    splits = {"train": train, "validation": validation}
+
+    def batches(split: str, epoch: int):
+        return numpy_batches(splits[split], tc.batch_size, split == "train", tc.seed + epoch)
+
+    if checkpoint_dir:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+    io = _LocalIO(progress, checkpoint_dir)
+    t0 = time.perf_counter()
+    state = _fit(tc, spec, batches, io)
+    return TrainResult(
+        model_spec=spec,
+        state_dict={k: v.numpy() for k, v in (state.best_weights or {}).items()},
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_val_loss=state.best_val_loss,
+        checkpoint_uri=io.latest,
+        fit_time_s=time.perf_counter() - t0,
+        params=tc.model_dump(mode="json"),
+    )
+
+
+def _arch(tc: TrainConfig) -> dict[str, Any]:
+    return {"model": tc.model, "embedding_dim": tc.embedding_dim, "hidden_sizes": list(tc.hidden_sizes),
+            "dropout": tc.dropout}
+
+
+def load_split(prepared: Any, split: str) -> dict[str, np.ndarray]:
+    """Read one prepared split into memory and transform it (no Ray; for baselines and small data)."""
+    import pyarrow.dataset as pads
+
+    from raymlops.core.transform import apply_transform
+
+    fs, path = storage.resolve(prepared.split_uris[split])
+    table = pads.dataset(path, filesystem=fs, format="parquet").to_table()
+    return apply_transform(prepared.transform, table)
+
+
+# --------------------------------------------------------------------------------------------- Ray Train
+class _TrainIO:
+    """Inside a Ray Train worker: DDP, all-reduce over ranks, checkpoints via ray.train.report."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        self.device = ray.train.torch.get_device()
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+
+    def restore(self):
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return _read_checkpoint(d)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def all_reduce(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def report(self, metrics: dict, save: Callable[[str], None]) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if self.rank == 0:  # one writer; every rank must still call report (it is a barrier)
+                save(d)
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{metrics['epoch']:04d}")
+
+
+def train_worker(config: dict) -> None:
+    """Ray Train per-worker function: ``config = {"train": TrainConfig dump, "spec": model spec}``."""
+    import ray.train
+
+    tc = TrainConfig.model_validate(config["train"])
+    io = _TrainIO()
+
+    def batches(split: str, epoch: int):
+        shuffle = split == "train"
+        return ray.train.get_dataset_shard(split).iter_torch_batches(
+            batch_size=tc.batch_size,
+            device=io.device,
+            local_shuffle_buffer_size=4 * tc.batch_size if shuffle else None,
+            local_shuffle_seed=tc.seed + 1000 * epoch + io.rank if shuffle else None,
+        )
+
+    _fit(tc, config["spec"], batches, io)
+
+
+def split_datasets(prepared: Any, splits: tuple[str, ...] = ("train", "validation")) -> dict[str, Any]:
+    """Ray Datasets of transformed batches (``x_num``, ``x_cat``, ``y``) read from the prepared splits.
+
+    Splits whose transformed arrays take under a tenth of the object store are materialized once, so the
+    epochs do not re-read and re-transform the parquet files; larger ones stream every epoch.
+    """
+    import ray
+    import ray.data
+
+    from raymlops.data.prepare import TransformBatch  # the same apply_transform path as batch/online serving
+
+    t = prepared.transform
+    row_bytes = 4 * len(t.numeric) + 8 * len(t.categorical) + 8
+    budget = 0.1 * ray.cluster_resources().get("object_store_memory", 0)
+    out = {}
+    for split in splits:
+        fs, path = storage.resolve(prepared.split_uris[split])
+        ds = ray.data.read_parquet(path, filesystem=fs, num_cpus=_DATA_CPUS)
+        ds = ds.map_batches(TransformBatch(t), batch_format="pyarrow", num_cpus=_DATA_CPUS)
+        out[split] = ds.materialize() if prepared.rows[split] * row_bytes < budget else ds
+    return out
+
+
+def storage_args(storage_uri: str) -> dict[str, Any]:
+    """RunConfig storage arguments for a local path or a pyarrow URI."""
+    fs, path = storage.resolve(storage_uri)
+    if storage.is_local(storage_uri):
+        return {"storage_path": path}
+    return {"storage_path": path, "storage_filesystem": fs}
+
+
+def checkpoint_uri(storage_uri: str, path: str) -> str:
+    """URI of a checkpoint path on the storage filesystem (re-adds the scheme stripped by pyarrow)."""
+    if storage.is_local(storage_uri):
+        return path
+    return f"{storage_uri.split('://', 1)[0]}://{path}"
+
+
+def make_trainer(tc: TrainConfig, spec: dict, datasets: dict, *, storage_uri: str, run_name: str,
+                 callbacks: list | None = None):
+    """TorchTrainer for ``train_worker`` (shared by ``train_model`` and each Tune trial)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"train": tc.model_dump(mode="json"), "spec": spec},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=_CHECKPOINTS_TO_KEEP),
+            callbacks=callbacks or [],
+            **storage_args(storage_uri),
+        ),
+        datasets=datasets,
+    )
+
+
+def _progress_pump(progress: Callable[[dict], None]):
+    """A Ray queue fed by a Train callback (runs in the controller actor) and a thread calling ``progress``."""
+    import ray.train
+    from ray.util.queue import Empty, Queue
+
+    class _Forward(ray.train.UserCallback):
+        def __init__(self, queue):
+            self.queue = queue
+
+        def after_report(self, run_context, metrics, checkpoint):
+            self.queue.put(dict(metrics[0]))
+
+    queue, done = Queue(actor_options={"num_cpus": 0}), threading.Event()
+
+    def pump():
+        while True:
+            try:
+                progress(queue.get(timeout=0.5))
+            except Empty:
+                if done.is_set():
+                    return
+
+    thread = threading.Thread(target=pump, name="raymlops-train-progress", daemon=True)
+    thread.start()
+
+    def stop():
+        done.set()
+        thread.join(timeout=10)
+        queue.shutdown()
+
+    return _Forward(queue), stop
+
+
+def training_error(err: BaseException, run_name: str, max_failures: int) -> RaymlopsError:
+    """The raymlops error a worker raised (DataError, ConfigError, ...), else a RaymlopsError describing ``err``."""
+    todo, seen = [err, *getattr(err, "worker_failures", {}).values()], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, RaymlopsError):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return RaymlopsError(f"training run {run_name!r} failed (after train.max_failures={max_failures} retries): {err}")
+
+
+def train_model(
+    cfg: Config,
+    prepared: Any,
+    *,
+    storage_uri: str,
+    run_name: str,
+    params: dict | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train with Ray Train (TorchTrainer, ``train.num_workers`` DDP workers) on the prepared splits.
+
+    One checkpoint per epoch under ``{storage_uri}/{run_name}/``; a worker failure resumes from the latest one
+    (up to ``train.max_failures`` times). A ``run_name`` that already holds checkpoints resumes that run.
+    ``progress`` gets each epoch's metrics as they are reported. Returns the best epoch's weights.
+    """
+    from ray.train import TrainingFailedError
+
+    tc = resolve_train_config(cfg.train, params)
+    spec = make_model_spec(tc, prepared.transform)
+    build_model(spec)  # fail on a bad spec or user factory here, before any cluster time is spent
+    callbacks, stop = [], None
+    if progress is not None:
+        forward, stop = _progress_pump(progress)
+        callbacks.append(forward)
+    trainer = make_trainer(tc, spec, split_datasets(prepared), storage_uri=storage_uri, run_name=run_name,
+                           callbacks=callbacks)
+    t0 = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:
+        raise training_error(err, run_name, tc.max_failures) from err
+    finally:
+        if stop:
+            stop()
+    fit_time = time.perf_counter() - t0
+    if result.checkpoint is None:
+        raise RaymlopsError(f"training run {run_name!r} finished without a checkpoint; check train.epochs")
+    return read_checkpoint(result.checkpoint, fit_time, checkpoint_uri(storage_uri, result.checkpoint.path))

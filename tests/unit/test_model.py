@@ -1,0 +1,230 @@
+"""Built-in model, user-model loading and the single-process training loop (no Ray)."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from raymlops.config import load_config
+from raymlops.errors import ConfigError
+from raymlops.train.loop import read_checkpoint, resolve_train_config, train_local
+from raymlops.train.model import TabularMLP, build_model, loss_fn, predict_outputs, set_seed
+
+SPEC = {"model": "mlp", "n_numeric": 3, "cardinalities": [4, 3], "embedding_dim": 4, "hidden_sizes": [16],
+        "dropout": 0.0, "task": "binary", "n_classes": 2}
+
+
+def cfg(*overrides: str):
+    return load_config(None, ["train.dropout=0", "train.weight_decay=0", *overrides])
+
+
+def learnable(n: int, seed: int, task: str = "binary") -> dict[str, np.ndarray]:
+    """A numeric signal plus a categorical effect; category 0 (OOV) included."""
+    rng = np.random.default_rng(seed)
+    x_num = rng.normal(size=(n, 3)).astype(np.float32)
+    x_cat = np.stack([rng.integers(0, 4, n), rng.integers(0, 3, n)], axis=1).astype(np.int64)
+    score = 2 * x_num[:, 0] - x_num[:, 1] + 1.5 * (x_cat[:, 0] == 2) - 0.5
+    if task == "binary":
+        y = (score > 0).astype(np.float32)
+    elif task == "multiclass":
+        y = np.digitize(score, [-1.0, 1.0]).astype(np.int64)
+    else:
+        y = score.astype(np.float32)
+    return {"x_num": x_num, "x_cat": x_cat, "y": y}
+
+
+def spec_for(task: str) -> dict:
+    return {**SPEC, "task": task, "n_classes": 3 if task == "multiclass" else (2 if task == "binary" else 1)}
+
+
+# ------------------------------------------------------------------------------------------------- model
+def test_category_zero_is_oov_and_out_of_range_indices_map_to_it():
+    set_seed(0)
+    model = TabularMLP(2, [4], embedding_dim=3, hidden_sizes=[8], dropout=0.0, task="binary").eval()
+    assert torch.equal(model.embeddings[0].weight[0], torch.zeros(3))  # OOV starts neutral
+    x_num = torch.zeros(4, 2)
+    out = model(x_num, torch.tensor([[0], [7], [-1], [2]]))
+    assert out[0] == out[1] == out[2]  # unseen / corrupt indices behave as OOV
+    assert out[3] != out[0]  # a known category has its own vector
+
+
+@pytest.mark.parametrize(("task", "shape"), [("binary", (5,)), ("regression", (5,)), ("multiclass", (5, 3))])
+def test_forward_shapes(task, shape):
+    model = build_model(spec_for(task))
+    out = model(torch.randn(5, 3), torch.randint(0, 3, (5, 2)))
+    assert out.shape == shape
+
+
+def test_numeric_only_and_categorical_only_models():
+    assert build_model({**SPEC, "cardinalities": []})(torch.randn(2, 3), torch.zeros(2, 0)).shape == (2,)
+    assert build_model({**SPEC, "n_numeric": 0})(torch.zeros(2, 0), torch.ones(2, 2, dtype=torch.long)).shape == (2,)
+
+
+def test_predict_outputs_per_task_and_extreme_logits():
+    b = predict_outputs("binary", torch.tensor([-1000.0, 0.0, 3.0, 1000.0]))
+    assert np.allclose(b["probability"], [0.0, 0.5, 1 / (1 + math.exp(-3)), 1.0])
+    assert b["label"].tolist() == [0, 1, 1, 1] and b["label"].dtype == np.int64
+    m = predict_outputs("multiclass", np.array([[1000.0, 0.0, -1000.0], [0.0, 2.0, 0.0]]))
+    assert np.allclose(m["probabilities"].sum(axis=1), 1.0) and np.isfinite(m["probabilities"]).all()
+    assert m["label"].tolist() == [0, 1]
+    assert predict_outputs("regression", torch.tensor([[1.5], [-2.0]]))["value"].tolist() == [1.5, -2.0]
+
+
+def test_losses_match_tasks():
+    assert isinstance(loss_fn("binary"), torch.nn.BCEWithLogitsLoss)
+    assert isinstance(loss_fn("multiclass"), torch.nn.CrossEntropyLoss)
+    assert isinstance(loss_fn("regression"), torch.nn.MSELoss)
+    with pytest.raises(ConfigError, match="data.task"):
+        loss_fn("ranking")
+
+
+def test_mlp_spec_errors_name_the_problem():
+    with pytest.raises(ConfigError, match=r"unknown keys \['depth'\]"):
+        build_model({**SPEC, "depth": 3})
+    with pytest.raises(ConfigError, match="n_classes >= 2"):
+        build_model({**SPEC, "task": "multiclass", "n_classes": 1})
+    with pytest.raises(ConfigError, match="no input features"):
+        build_model({**SPEC, "n_numeric": 0, "cardinalities": []})
+
+
+# ---------------------------------------------------------------------------------------------- user models
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(textwrap.dedent("""
+        import torch
+
+        class Linear(torch.nn.Module):
+            def __init__(self, n_numeric, cardinalities, **kwargs):
+                super().__init__()
+                self.kwargs = kwargs
+                self.lin = torch.nn.Linear(n_numeric, 1)
+
+            def forward(self, x_num, x_cat):
+                return self.lin(x_num).squeeze(-1)
+
+        def factory(**spec):
+            return Linear(**spec)
+
+        def not_a_model(**spec):
+            return "model"
+
+        def broken(**spec):
+            raise ValueError("bad width")
+
+        CONSTANT = 3
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_models"
+
+
+def test_user_factory_gets_the_spec_and_builds_a_module(user_module):
+    model = build_model({**SPEC, "model": f"{user_module}:factory"})
+    assert model.kwargs["task"] == "binary" and "model" not in model.kwargs
+    assert model(torch.randn(4, 3), torch.zeros(4, 2, dtype=torch.long)).shape == (4,)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("no_such_module_xyz:factory", "cannot import module 'no_such_module_xyz'"),
+        ("my_models:missing", "has no attribute 'missing'"),
+        ("my_models:CONSTANT", "not a callable"),
+        ("my_models:not_a_model", "returned str, not a torch.nn.Module"),
+        ("my_models:broken", "raised ValueError: bad width"),
+        ("my_models", "use 'mlp' or 'package.module:factory'"),
+    ],
+)
+def test_user_factory_errors_name_the_path(user_module, path, message):
+    with pytest.raises(ConfigError, match="train.model") as info:
+        build_model({**SPEC, "model": path})
+    assert message in str(info.value) and path in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------- training
+def test_overfits_32_rows():
+    data = learnable(32, seed=1)
+    data["y"] = np.random.default_rng(2).integers(0, 2, 32).astype(np.float32)  # pure memorisation
+    res = train_local(cfg("train.epochs=60", "train.batch_size=32", "train.learning_rate=0.01",
+                          "train.early_stopping_patience=0"), {**SPEC, "hidden_sizes": [64, 64]}, data, data)
+    assert res.history[-1]["train_loss"] < 0.02
+    assert res.history[-1]["val_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_loss_goes_down_on_learnable_data(task):
+    seen = []
+    res = train_local(cfg("train.epochs=15", "train.batch_size=64", "train.learning_rate=0.01"), spec_for(task),
+                      learnable(600, 3, task), learnable(200, 4, task), progress=seen.append)
+    first, last = res.history[0], res.history[-1]
+    assert last["train_loss"] < 0.6 * first["train_loss"] and res.best_val_loss < 0.6 * first["val_loss"]
+    assert seen == res.history and [h["epoch"] for h in res.history] == list(range(1, len(res.history) + 1))
+    if task != "regression":
+        assert max(h["val_accuracy"] for h in res.history) > 0.8
+    # the returned weights are the best epoch's and load into a fresh model
+    model = build_model(res.model_spec)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in res.state_dict.items()})
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_extreme_standardized_inputs_train_without_nan(optimizer):
+    data = learnable(256, 5)
+    x = data["x_num"]
+    x[::7, 0], x[1::7, 0], x[2::7, 0] = 1e6, -1e6, 3.0e38  # absurd outliers (the transform only clips to f32)
+    x[:, 1] = 1e-12  # tiny
+    x[:, 2] = 0.0  # constant column (standardized to 0)
+    res = train_local(cfg("train.epochs=5", f"train.optimizer={optimizer}", "train.learning_rate=0.1"), SPEC,
+                      data, data)
+    assert all(math.isfinite(h[k]) for h in res.history for k in ("train_loss", "val_loss"))
+    assert all(np.isfinite(v).all() for v in res.state_dict.values())
+    model = build_model(res.model_spec)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in res.state_dict.items()})
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.from_numpy(x), torch.from_numpy(data["x_cat"]))).all()
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    data = learnable(64, 6)
+    noise = learnable(64, 7)
+    noise["y"] = 1 - noise["y"]  # validation disagrees with training: val loss rises as training fits
+    res = train_local(cfg("train.epochs=50", "train.learning_rate=0.05", "train.early_stopping_patience=2"), SPEC,
+                      data, noise)
+    assert len(res.history) == res.best_epoch + 2 < 50
+    assert res.best_val_loss == min(h["val_loss"] for h in res.history)
+
+
+def test_same_seed_same_result():
+    c = cfg("train.epochs=3", "train.dropout=0.3")
+    a = train_local(c, SPEC, learnable(200, 8), learnable(50, 9))
+    b = train_local(c, SPEC, learnable(200, 8), learnable(50, 9))
+    assert a.history[-1]["val_loss"] == b.history[-1]["val_loss"]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, optimizer):
+    train, val = learnable(300, 10), learnable(100, 11)
+    c = cfg(f"train.optimizer={optimizer}", "train.dropout=0.2", "train.early_stopping_patience=0")
+    full = train_local(c, SPEC, train, val, params={"epochs": 4})
+    ckpt = str(tmp_path / "ckpt")
+    train_local(c, SPEC, train, val, params={"epochs": 2}, checkpoint_dir=ckpt)  # "crashes" after epoch 2
+    resumed = train_local(c, SPEC, train, val, params={"epochs": 4}, checkpoint_dir=ckpt)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [f"epoch_000{i}" for i in range(1, 5)]
+    # the checkpoint is safetensors + JSON and gives the same result as the run
+    back = read_checkpoint(resumed.checkpoint_uri)
+    assert back.best_epoch == resumed.best_epoch and back.history == resumed.history
+    assert all(np.array_equal(back.state_dict[k], v) for k, v in resumed.state_dict.items())
+
+
+def test_params_override_train_keys_and_are_validated():
+    train = load_config(None).train
+    tc = resolve_train_config(train, {"learning_rate": np.float64(0.01), "batch_size": np.int64(64),
+                                      "hidden_sizes": [8]})
+    assert (tc.learning_rate, tc.batch_size, tc.hidden_sizes) == (0.01, 64, [8])
+    with pytest.raises(ConfigError, match=r"unknown train keys \['lr'\]"):
+        resolve_train_config(train, {"lr": 0.1})
+    with pytest.raises(ConfigError, match="learning_rate"):
+        resolve_train_config(train, {"learning_rate": -1.0})
