@@ -1,0 +1,342 @@
+"""The prediction log and the feedback log: buffered, batched parquet writers that never slow a request.
+
+``append`` only puts records in a bounded in-memory buffer (a lock held for a list extend). A daemon thread
+turns the buffer into parquet parts ``{uri}/date=YYYY-MM-DD/part-{writer_id}-{seq:06d}.parquet`` when it holds
+``flush_rows`` rows or ``flush_interval_s`` has passed, each part written atomically (temporary name, then a
+rename), so a reader never sees a partial file. JSON encoding of features and outputs happens on that thread,
+not on the request path. A failed write keeps its rows for the next try (up to ``buffer_rows``) and counts an
+error; a full buffer counts the rows it refuses in ``dropped``.
+
+Durability: ``drain()`` (called on reconfigure and shutdown) writes everything synchronously. A hard kill of the
+process loses what was still buffered: at most the last ``flush_interval_s`` of rows (or ``flush_rows``, whichever
+came first), plus rows kept back after failed writes; ``pending`` tells how many that is at any moment.
+
+``writer_id`` must be unique per writer instance (e.g. the replica id plus a random suffix): two writers with
+the same id would overwrite each other's parts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raymlops import storage
+from raymlops.errors import DataError, ServingError
+
+__all__ = [
+    "FEEDBACK_SCHEMA",
+    "PREDICTION_SCHEMA",
+    "FeedbackLog",
+    "PredictionLog",
+    "join_feedback",
+    "read_log",
+]
+
+_TS = pa.timestamp("us", tz="UTC")
+PREDICTION_SCHEMA = pa.schema([
+    pa.field("request_id", pa.string()),
+    pa.field("row", pa.int32()),  # index of the instance within its request
+    pa.field("ts", _TS),
+    pa.field("model_version", pa.string()),
+    pa.field("role", pa.string()),  # 'primary' | 'shadow'
+    pa.field("routing_key", pa.string()),
+    pa.field("features", pa.string()),  # JSON of the instance as sent
+    pa.field("outputs", pa.string()),  # JSON of this row's prediction
+    pa.field("latency_ms", pa.float64()),
+    pa.field("status", pa.string()),  # 'ok' | 'error'
+])
+FEEDBACK_SCHEMA = pa.schema([
+    pa.field("request_id", pa.string()),
+    pa.field("ts", _TS),
+    pa.field("labels", pa.string()),  # JSON list, one label per instance of the request (null: unlabelled)
+])
+_JSON_FIELDS = frozenset(("features", "outputs", "labels"))
+_TEXT_FIELDS = frozenset(("model_version", "role", "routing_key", "status"))
+_WRITER_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+
+def _json_default(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)  # numpy scalars and arrays from LoadedModel.predict
+    return tolist() if callable(tolist) else str(value)
+
+
+def _timestamp(value: Any) -> dt.datetime:
+    if value is None:  # not given: the flush time, a little late; pass ts at append time for accuracy
+        return dt.datetime.now(dt.timezone.utc)
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.fromtimestamp(float(value), dt.timezone.utc)  # epoch seconds (time.time())
+
+
+def _normalise(record: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
+    """A record as plain values of the schema's columns; raises on one that cannot be logged."""
+    row = {name: record.get(name) for name in names}
+    if not isinstance(row["request_id"], str) or not row["request_id"]:
+        raise ValueError("request_id must be a non-empty string")
+    row["ts"] = _timestamp(row["ts"])
+    if "row" in row and row["row"] is None:
+        row["row"] = 0  # a one-instance request
+    for name in _JSON_FIELDS.intersection(row):
+        value = row[name]
+        if value is not None and not isinstance(value, str):
+            row[name] = json.dumps(value, default=_json_default, separators=(",", ":"))
+    for name in _TEXT_FIELDS.intersection(row):
+        value = row[name]
+        if value is not None and not isinstance(value, str):
+            row[name] = str(value)  # model_version 3, status 200: log them rather than refuse the row
+    return row
+
+
+class PredictionLog:
+    """Buffered parquet log of predictions (see the module docstring).
+
+    A record is a mapping with the ``PREDICTION_SCHEMA`` keys, one per instance: ``request_id``, ``row`` (index
+    of the instance in its request, default 0), ``ts`` (aware datetime or epoch seconds; default: flush time),
+    ``model_version``, ``role`` ('primary' | 'shadow'), ``routing_key``, ``features`` and ``outputs`` (JSON text,
+    or any JSON-able value incl. numpy, encoded on the writer thread), ``latency_ms``, ``status`` ('ok' |
+    'error'). Counters: ``written``, ``dropped``, ``pending``, ``flushes``, ``errors`` (failed writes),
+    ``invalid`` (records that could not be logged, also counted in ``dropped``).
+    """
+
+    schema: pa.Schema = PREDICTION_SCHEMA
+
+    def __init__(self, uri: str, *, flush_rows: int, flush_interval_s: float, buffer_rows: int, writer_id: str):
+        if not _WRITER_ID.match(writer_id or ""):
+            raise ServingError(f"writer_id {writer_id!r} must be 1-100 letters, digits, '.', '_' or '-'; use the "
+                               "replica id")
+        if flush_rows < 1 or buffer_rows < 1 or not flush_interval_s > 0:
+            raise ServingError(f"prediction log limits flush_rows={flush_rows}, buffer_rows={buffer_rows}, "
+                               f"flush_interval_s={flush_interval_s} must all be positive; fix "
+                               "serving.prediction_log")
+        self.uri = uri.rstrip("/")
+        # A buffer smaller than a flush would never fill one: flush when the buffer is full instead.
+        self.flush_rows = min(flush_rows, buffer_rows)
+        self.flush_interval_s, self.buffer_rows = flush_interval_s, buffer_rows
+        self.writer_id = writer_id
+        self.written = self.dropped = self.flushes = self.errors = self.invalid = 0  # see stats()
+        self._buffer: list[Mapping[str, Any]] = []
+        self._inflight = 0
+        self._seq = 0
+        self._closed = False
+        self._last_flush = time.monotonic()
+        self._retry_at = 0.0
+        self._lock = threading.Lock()  # guards the buffer and counters; never held during IO
+        self._write_lock = threading.Lock()  # one flush at a time (background thread vs drain)
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"raymlops-log-{writer_id}", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Rows appended but not yet durable (buffered, being written, or kept back after a failed write)."""
+        return len(self._buffer) + self._inflight
+
+    def stats(self) -> dict[str, int]:
+        """The counters as a dict (for status pages and metrics)."""
+        return {"written": self.written, "dropped": self.dropped, "pending": self.pending,
+                "flushes": self.flushes, "errors": self.errors, "invalid": self.invalid}
+
+    def append(self, records: list[Mapping[str, Any]]) -> None:
+        """Buffer records for the next flush. Never blocks on IO and never raises; rows over the buffer limit
+        (or appended after ``close``) are counted in ``dropped``."""
+        try:
+            n = len(records)
+            with self._lock:
+                room = 0 if self._closed else max(0, self.buffer_rows - len(self._buffer) - self._inflight)
+                if n > room:
+                    self.dropped += n - room
+                    records = records[:room]
+                self._buffer.extend(records)
+                due = len(self._buffer) >= self.flush_rows
+            if due:
+                self._wake.set()
+        except Exception:  # a malformed argument must not fail the request that logs it
+            self.dropped += 1
+
+    def drain(self) -> int:
+        """Write everything buffered now (synchronously); returns the rows still pending (0: all durable)."""
+        self._flush()
+        return self.pending
+
+    def close(self) -> int:
+        """Stop the background thread and drain; returns the rows that could not be written. Idempotent."""
+        with self._lock:
+            self._closed = True
+        self._wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=max(5.0, 2 * self.flush_interval_s))
+        return self.drain()
+
+    # ----------------------------------------------------------------------------------------------- writer
+    def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            wait = max(0.0, max(self._last_flush + self.flush_interval_s, self._retry_at) - now)
+            self._wake.wait(timeout=wait)
+            self._wake.clear()
+            if self._closed:
+                return
+            now = time.monotonic()
+            if now < self._retry_at:  # back off after a failed write instead of retrying on every append
+                continue
+            if len(self._buffer) >= self.flush_rows or now - self._last_flush >= self.flush_interval_s:
+                self._flush()
+
+    def _flush(self) -> None:
+        with self._write_lock:
+            with self._lock:
+                batch, self._buffer = self._buffer, []
+                self._inflight = len(batch)
+            self._last_flush = time.monotonic()
+            written, invalid, failed = 0, 0, batch
+            try:
+                parts, invalid = self._parts(batch)
+                failed = []
+                for k, (date, table, _rows) in enumerate(parts):
+                    try:
+                        self._write_part(date, table)
+                    except Exception:
+                        # Parts already written stay written; only the rest is kept for the next try.
+                        failed = [r for _, _, later in parts[k:] for r in later]
+                        break
+                    written += table.num_rows
+            except Exception:  # building the parts failed: keep the whole batch and count the error
+                pass
+            with self._lock:
+                self.written += written
+                self.invalid += invalid
+                self.dropped += invalid
+                if failed:
+                    self.errors += 1
+                    # Failed rows go back in front of newer ones; whatever no longer fits is counted as dropped.
+                    kept = failed + self._buffer
+                    self.dropped += max(0, len(kept) - self.buffer_rows)
+                    self._buffer = kept[: self.buffer_rows]
+                    self._retry_at = time.monotonic() + self.flush_interval_s
+                elif batch:
+                    self.flushes += 1
+                self._inflight = 0
+
+    def _parts(self, batch: list[Mapping[str, Any]]) -> tuple[list[tuple[str, pa.Table, list[dict]]], int]:
+        """The batch as one table per UTC date, and how many records were unusable (and left out)."""
+        names = self.schema.names
+        by_date: dict[str, list[dict[str, Any]]] = {}
+        invalid = 0
+        for record in batch:
+            try:
+                row = _normalise(record, names)
+            except Exception:  # one unusable record (bad ts, not a mapping) must not block the others forever
+                invalid += 1
+                continue
+            by_date.setdefault(row["ts"].strftime("%Y-%m-%d"), []).append(row)
+        parts = []
+        for date, rows in sorted(by_date.items()):
+            table, rows = self._table(rows)
+            invalid += len(by_date[date]) - len(rows)
+            if rows:
+                parts.append((date, table, rows))
+        return parts, invalid
+
+    def _table(self, rows: list[dict[str, Any]]) -> tuple[pa.Table, list[dict[str, Any]]]:
+        try:
+            return pa.Table.from_pylist(rows, schema=self.schema), rows
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            pass
+        good = []  # rare: find the rows arrow refuses (a wrong type) so they are counted, not retried forever
+        for row in rows:
+            try:
+                pa.Table.from_pylist([row], schema=self.schema)
+                good.append(row)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+                pass
+        return pa.Table.from_pylist(good, schema=self.schema), good
+
+    def _write_part(self, date: str, table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        name = f"part-{self.writer_id}-{self._seq:06d}.parquet"
+        storage.atomic_write_bytes(storage.join(self.uri, f"date={date}", name), sink.getvalue().to_pybytes())
+        self._seq += 1
+
+
+class FeedbackLog(PredictionLog):
+    """The same writer for feedback records: ``request_id``, ``ts`` and ``labels`` (a list, one per instance)."""
+
+    schema = FEEDBACK_SCHEMA
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def read_log(uri: str, schema: pa.Schema = PREDICTION_SCHEMA) -> pa.Table:
+    """Every part under ``uri`` as one table with ``schema`` (an empty table when there are none)."""
+    fs, path = storage.resolve(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    except OSError as err:
+        raise DataError(f"cannot list the log at {uri}: {err}; check the URI and credentials") from None
+    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-")
+                   and i.base_name.endswith(".parquet"))
+    if not files:
+        return schema.empty_table()
+    # The schema is given, so the date= directories are not turned into a column and older parts missing a
+    # newer column read as nulls.
+    return ds.dataset(files, schema=schema, format="parquet", filesystem=fs).to_table()
+
+
+def _labels(feedback: pa.Table) -> tuple[list[str], list[int], list[Any], list[Any]]:
+    latest: dict[str, tuple[Any, Any]] = {}
+    order = pc.sort_indices(feedback, [("ts", "ascending")])
+    for rid, ts, labels in zip(*(pc.take(feedback.column(c), order).to_pylist()
+                                 for c in ("request_id", "ts", "labels")), strict=True):
+        latest[rid] = (ts, labels)  # a request labelled twice: the latest feedback wins
+    rids, rows, values, times = [], [], [], []
+    for rid, (ts, text) in latest.items():
+        try:
+            labels = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            continue
+        if not isinstance(labels, list):
+            labels = [labels]  # a single label for a one-instance request
+        for i, label in enumerate(labels):
+            if label is not None:
+                rids.append(rid)
+                rows.append(i)
+                values.append(label)
+                times.append(ts)
+    return rids, rows, values, times
+
+
+def join_feedback(predictions: pa.Table, feedback: pa.Table, *, how: str = "inner") -> pa.Table:
+    """Predictions with their labels: one row per (request_id, row) with ``label`` and ``feedback_ts`` added.
+
+    ``labels[i]`` of the latest feedback for a request labels its instance ``i``. ``how='inner'`` keeps labelled
+    rows only; ``'left'`` keeps every prediction (label null when none arrived). Shadow predictions join too,
+    so a shadow version is judged on the same labels. ``label`` has the labels' JSON type (number, string,
+    bool); labels of mixed types come back as JSON text.
+    """
+    if how not in ("inner", "left"):
+        raise ValueError(f"how={how!r}; use 'inner' or 'left'")
+    rids, rows, values, times = _labels(feedback)
+    try:
+        label = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        label = pa.array([json.dumps(v) for v in values], pa.string())
+    right = pa.table({
+        "request_id": pa.array(rids, pa.string()),
+        "row": pa.array(rows, pa.int32()),
+        "label": label if len(values) else pa.nulls(0, pa.float64()),
+        "feedback_ts": pa.array(times, _TS),
+    })
+    joined = predictions.join(right, keys=["request_id", "row"], join_type=f"{how} outer" if how == "left"
+                              else "inner")
+    return joined.sort_by([("ts", "ascending"), ("request_id", "ascending"), ("row", "ascending")])
