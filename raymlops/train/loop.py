@@ -102,7 +102,7 @@ class _LocalIO:
         if not done:
             return None
         self.latest = os.path.join(self.dir, done[-1])
-        return _read_checkpoint(self.latest)
+        return load_checkpoint_dir(self.latest)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         return model
@@ -181,7 +181,12 @@ def evaluate(model, batches, criterion, task, device) -> tuple[float, int, int]:
     return total, n, correct
 
 
-def _fit(train: TrainConfig, spec: dict, batches: Callable[[str, int], Iterable[dict]], io) -> _State:
+def fit_loop(train: TrainConfig, spec: dict, batches: Callable[[str, int], Iterable[dict]], io) -> _State:
+    """The epoch loop behind every runner: early stopping, best weights, one checkpoint per epoch.
+
+    ``batches(split, epoch)`` yields torch batches; ``io`` adapts it to its runner (``device``, ``restore()``,
+    ``prepare(model)``, ``all_reduce(values)``, ``report(metrics, save)``; see ``_LocalIO``).
+    """
     task = spec["task"]
     set_seed(train.seed)
     model = build_model(spec)
@@ -202,7 +207,8 @@ def _fit(train: TrainConfig, spec: dict, batches: Callable[[str, int], Iterable[
         set_seed(train.seed + epoch)  # dropout masks do not depend on whether the run was resumed
         t0 = time.perf_counter()
         tr_sum, tr_n = run_epoch(model, batches("train", epoch), criterion, optimizer, task, io.device)
-        va_sum, va_n, va_ok = evaluate(model, batches("validation", epoch), criterion, task, io.device)
+        # The bare module: evaluation needs no DDP collectives, so ranks cannot wait on each other here.
+        va_sum, va_n, va_ok = evaluate(_unwrap(model), batches("validation", epoch), criterion, task, io.device)
         tr_sum, tr_n, va_sum, va_n, va_ok = io.all_reduce([tr_sum, tr_n, va_sum, va_n, va_ok])
         if tr_n == 0 or va_n == 0:
             raise DataError(f"the {'training' if tr_n == 0 else 'validation'} split has no rows; check "
@@ -267,7 +273,8 @@ def _save_checkpoint(d: str, state: _State, model, optimizer, spec: dict, train:
         json.dump(meta, f)
 
 
-def _read_checkpoint(d: str) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+def load_checkpoint_dir(d: str) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """``state.json`` and the safetensors files of a checkpoint directory (nothing is unpickled)."""
     with open(os.path.join(d, _STATE_FILE)) as f:
         meta = json.load(f)
     tensors = {name: load_file(os.path.join(d, f"{name}.safetensors")) for name in ("weights", "last", "optimizer")}
@@ -277,11 +284,11 @@ def _read_checkpoint(d: str) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
 def read_checkpoint(checkpoint: Any, fit_time_s: float = 0.0, uri: str | None = None) -> TrainResult:
     """TrainResult from a checkpoint written by this loop (a ``ray.train.Checkpoint`` or a local directory)."""
     if not hasattr(checkpoint, "as_directory"):
-        meta, tensors = _read_checkpoint(str(checkpoint))
+        meta, tensors = load_checkpoint_dir(str(checkpoint))
         uri = uri or str(checkpoint)
     else:
         with checkpoint.as_directory() as d:
-            meta, tensors = _read_checkpoint(d)
+            meta, tensors = load_checkpoint_dir(d)
     return TrainResult(
         model_spec=meta["model_spec"],
         state_dict={k: v.numpy() for k, v in tensors["weights"].items()},
@@ -331,7 +338,7 @@ def train_local(
         os.makedirs(checkpoint_dir, exist_ok=True)
     io = _LocalIO(progress, checkpoint_dir)
     t0 = time.perf_counter()
-    state = _fit(tc, spec, batches, io)
+    state = fit_loop(tc, spec, batches, io)
     return TrainResult(
         model_spec=spec,
         state_dict={k: v.numpy() for k, v in (state.best_weights or {}).items()},
@@ -379,7 +386,7 @@ class _TrainIO:
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            return _read_checkpoint(d)
+            return load_checkpoint_dir(d)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -404,7 +411,7 @@ class _TrainIO:
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{metrics['epoch']:04d}")
 
 
-def train_worker(config: dict) -> None:
+def _train_worker(config: dict) -> None:
     """Ray Train per-worker function: ``config = {"train": TrainConfig dump, "spec": model spec}``."""
     import ray.train
 
@@ -420,14 +427,16 @@ def train_worker(config: dict) -> None:
             local_shuffle_seed=tc.seed + 1000 * epoch + io.rank if shuffle else None,
         )
 
-    _fit(tc, config["spec"], batches, io)
+    fit_loop(tc, config["spec"], batches, io)
 
 
-def split_datasets(prepared: Any, splits: tuple[str, ...] = ("train", "validation")) -> dict[str, Any]:
+def split_datasets(
+    prepared: Any, splits: tuple[str, ...] = ("train", "validation"), *, materialize: bool | None = None
+) -> dict[str, Any]:
     """Ray Datasets of transformed batches (``x_num``, ``x_cat``, ``y``) read from the prepared splits.
 
-    Splits whose transformed arrays take under a tenth of the object store are materialized once, so the
-    epochs do not re-read and re-transform the parquet files; larger ones stream every epoch.
+    ``materialize=None`` materializes splits whose arrays take under a tenth of the object store, so the epochs
+    do not re-read and re-transform the parquet files; larger ones stream every epoch.
     """
     import ray
     import ray.data
@@ -439,10 +448,14 @@ def split_datasets(prepared: Any, splits: tuple[str, ...] = ("train", "validatio
     budget = 0.1 * ray.cluster_resources().get("object_store_memory", 0)
     out = {}
     for split in splits:
+        if not prepared.rows.get(split):
+            raise DataError(f"the {split} split at {prepared.split_uris[split]} has no rows; check data.split "
+                            "(validation_pct, test_pct) and the data window")
         fs, path = storage.resolve(prepared.split_uris[split])
         ds = ray.data.read_parquet(path, filesystem=fs, num_cpus=_DATA_CPUS)
         ds = ds.map_batches(TransformBatch(t), batch_format="pyarrow", num_cpus=_DATA_CPUS)
-        out[split] = ds.materialize() if prepared.rows[split] * row_bytes < budget else ds
+        small = prepared.rows[split] * row_bytes < budget
+        out[split] = ds.materialize() if materialize or (materialize is None and small) else ds
     return out
 
 
@@ -461,15 +474,15 @@ def checkpoint_uri(storage_uri: str, path: str) -> str:
     return f"{storage_uri.split('://', 1)[0]}://{path}"
 
 
-def make_trainer(tc: TrainConfig, spec: dict, datasets: dict, *, storage_uri: str, run_name: str,
+def _make_trainer(tc: TrainConfig, spec: dict, datasets: dict, *, storage_uri: str, run_name: str,
                  callbacks: list | None = None):
-    """TorchTrainer for ``train_worker`` (shared by ``train_model`` and each Tune trial)."""
+    """TorchTrainer running ``_train_worker`` with the config's scaling, failure and checkpoint settings."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}
     return TorchTrainer(
-        train_worker,
+        _train_worker,
         train_loop_config={"train": tc.model_dump(mode="json"), "spec": spec},
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
@@ -552,12 +565,12 @@ def train_model(
     tc = resolve_train_config(cfg.train, params)
     spec = make_model_spec(tc, prepared.transform)
     build_model(spec)  # fail on a bad spec or user factory here, before any cluster time is spent
+    datasets = split_datasets(prepared)
     callbacks, stop = [], None
     if progress is not None:
         forward, stop = _progress_pump(progress)
         callbacks.append(forward)
-    trainer = make_trainer(tc, spec, split_datasets(prepared), storage_uri=storage_uri, run_name=run_name,
-                           callbacks=callbacks)
+    trainer = _make_trainer(tc, spec, datasets, storage_uri=storage_uri, run_name=run_name, callbacks=callbacks)
     t0 = time.perf_counter()
     try:
         result = trainer.fit()

@@ -1,37 +1,40 @@
-"""Hyper-parameter search with Ray Tune over the Ray Train loop.
+"""Hyper-parameter search with Ray Tune over the training loop.
 
-Each trial is a small Tune function that launches its own ``TorchTrainer`` (Ray 2.60's way to tune Train v2
-runs: the trainer is no longer a Tune trainable; ``TuneReportCallback`` forwards every epoch's metrics and
-checkpoint path to Tune). ASHA stops weak trials early. Trials never log to MLflow: their configs and metrics come
-back in ``TuneResult.trials`` for the driver to record.
+Each trial is a Tune function running the same epoch loop as Ray Train (``fit_loop``) in one process, with
+``tune.report`` + ``tune.Checkpoint`` per epoch. Ray 2.60's documented alternative, a ``TorchTrainer`` launched
+inside every trial, costs a Train controller and worker group per trial (~20 s here), and when ASHA stops such
+a trial its Train run keeps going until it ends on its own; a stopped function trial ends at its next report.
+Trials never log to MLflow: their configs and metrics come back in ``TuneResult.trials`` for the driver.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from raymlops import storage
+import torch
+
 from raymlops.config import Config, SearchDim, TrainConfig
 from raymlops.errors import ConfigError, RaymlopsError
 from raymlops.train.loop import (
     TrainResult,
     checkpoint_uri,
+    fit_loop,
+    load_checkpoint_dir,
     make_model_spec,
-    make_trainer,
     read_checkpoint,
     resolve_train_config,
     split_datasets,
     storage_args,
+    training_error,
 )
 from raymlops.train.model import build_model
 
-# The trial function only waits on its TorchTrainer; the workers reserve their own CPUs.
-_TRIAL_CPUS = 0.01
-_REPORTED = ("train_loss", "val_loss", "val_accuracy", "epoch", "epoch_time_s")
+_REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "epoch_time_s")
 
 
 @dataclass
@@ -61,16 +64,51 @@ def search_space(space: dict[str, SearchDim]) -> dict[str, Any]:
     return out
 
 
-def _trial(params: dict, *, train: dict, transform: Any, datasets: dict, storage_uri: str, run_name: str) -> None:
-    """One Tune trial: a TorchTrainer run with the sampled ``params`` over the train config."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
+class _TuneIO:
+    """Inside a Tune trial: one process, checkpoints and metrics via ``tune.report``."""
 
+    def __init__(self, use_gpu: bool):
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+    def restore(self):
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return load_checkpoint_dir(d)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def all_reduce(self, values: list[float]) -> list[float]:
+        return values
+
+    def report(self, metrics: dict, save: Callable[[str], None]) -> None:
+        from ray import tune
+
+        with tempfile.TemporaryDirectory() as d:
+            save(d)
+            # A trial that ASHA stopped exits here (Tune ends the function at its next report).
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _trial(params: dict, *, train: dict, transform: Any, datasets: dict) -> None:
+    """One Tune trial: the epoch loop with the sampled ``params`` over the train config."""
     tc = resolve_train_config(TrainConfig.model_validate(train), params)
-    spec = make_model_spec(tc, transform)
-    trainer = make_trainer(tc, spec, datasets, storage_uri=storage.join(storage_uri, run_name),
-                           run_name=f"train-{tune.get_context().get_trial_id()}", callbacks=[TuneReportCallback()])
-    trainer.fit()
+    io = _TuneIO(tc.use_gpu)
+
+    def batches(split: str, epoch: int):
+        shuffle = split == "train"
+        return datasets[split].iter_torch_batches(
+            batch_size=tc.batch_size,
+            device=io.device,
+            local_shuffle_buffer_size=4 * tc.batch_size if shuffle else None,
+            local_shuffle_seed=tc.seed + 1000 * epoch if shuffle else None,
+        )
+
+    fit_loop(tc, make_model_spec(tc, transform), batches, io)
 
 
 def _progress_callback(progress: Callable[[dict], None]):
@@ -83,35 +121,39 @@ def _progress_callback(progress: Callable[[dict], None]):
     return _Forward()
 
 
-def _check_metric(cfg: Config) -> None:
+def _check(cfg: Config) -> None:
     allowed = ["val_loss", "train_loss"] + (["val_accuracy"] if cfg.data.task != "regression" else [])
     if cfg.tune.metric not in allowed:
         raise ConfigError(f"tune.metric {cfg.tune.metric!r} is not reported by training; use one of {allowed}")
+    mode = "max" if cfg.tune.metric == "val_accuracy" else "min"
+    if cfg.tune.mode != mode:
+        raise ConfigError(f"tune.metric {cfg.tune.metric!r} is best when it is the {mode}imum; set tune.mode: {mode}")
 
 
 def _max_epochs(cfg: Config) -> int:
     dim = cfg.tune.search_space.get("epochs")
     if dim is None:
         return cfg.train.epochs
-    return int(max(dim.values) if dim.type == "choice" else dim.high)
+    return int(max(dim.values or [1]) if dim.type == "choice" else dim.high or 1)
 
 
 def _trial_record(result: Any, metric: str, mode: str) -> dict[str, Any]:
     last = result.metrics or {}
-    df = result.metrics_dataframe
     best = math.nan
-    if df is not None and metric in df:
-        values = df[metric].dropna()
-        best = float(values.min() if mode == "min" else values.max()) if len(values) else math.nan
+    df = result.metrics_dataframe
+    if df is not None and metric in df and df[metric].notna().any():
+        best = float(df[metric].min() if mode == "min" else df[metric].max())
+    trial_id = last.get("trial_id") or str(result.path).rstrip("/").rsplit("/", 1)[-1]
+    metrics = {k: float(last[k]) for k in _REPORTED if k in last}
+    metrics.update({f"best_{metric}": best, "time_total_s": float(last.get("time_total_s", 0.0))})
     return {
-        "trial_id": last.get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1],
+        "name": f"trial-{trial_id}",
+        "trial_id": trial_id,
         "params": dict(result.config or {}),
-        "status": "error" if result.error else "ok",
+        "status": "FAILED" if result.error else "FINISHED",  # MLflow run statuses; ASHA-stopped trials finished
         "epochs": int(last.get("epoch", 0)),
-        "metrics": {k: float(last[k]) for k in _REPORTED if k in last},
-        f"best_{metric}": best,
-        "time_total_s": float(last.get("time_total_s", 0.0)),
-        "checkpoint_path": last.get("checkpoint_path"),
+        "metrics": metrics,  # the last epoch's, plus the trial's best value of the tuned metric
+        "best": best,
         "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}",
     }
 
@@ -126,39 +168,42 @@ def tune_model(
 ) -> TuneResult:
     """Search ``cfg.tune.search_space`` with ASHA on ``cfg.tune.metric``; returns the best trial's weights.
 
-    Every trial trains with ``cfg.train`` (workers, CPUs, epochs) plus its sampled keys. ``progress`` gets
-    ``{"trial_id", "epoch", "train_loss", "val_loss", ...}`` for each trial epoch.
+    Each trial trains in one process reserving ``train.cpus_per_worker`` CPUs (and a GPU with ``use_gpu``),
+    at most ``tune.max_concurrent_trials`` at a time; checkpoints go under ``{storage_uri}/{run_name}/``.
+    ``progress`` gets ``{"trial_id", "epoch", "train_loss", "val_loss", ...}`` for every trial epoch.
     """
-    import ray.train
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    _check_metric(cfg)
+    _check(cfg)
     tc = cfg.train
     build_model(make_model_spec(tc, prepared.transform))  # fail on a bad spec or user factory before any trial
+    # Materialized once for every trial: Ray Data tasks started inside a trial would be confined to the trial's
+    # placement group, which has no CPU to spare for them (the read would hang).
+    datasets = split_datasets(prepared, materialize=True)
     trainable = tune.with_parameters(
-        _trial, train=tc.model_dump(mode="json"), transform=prepared.transform, datasets=split_datasets(prepared),
-        storage_uri=storage_uri, run_name=run_name,
+        _trial, train=tc.model_dump(mode="json"), transform=prepared.transform, datasets=datasets
     )
+    resources = {"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}
     max_epochs = _max_epochs(cfg)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"CPU": _TRIAL_CPUS}),
+        tune.with_resources(trainable, resources),
         param_space=search_space(cfg.tune.search_space),
         tune_config=tune.TuneConfig(
             metric=cfg.tune.metric,
             mode=cfg.tune.mode,
-            scheduler=ASHAScheduler(
-                max_t=max_epochs, grace_period=min(cfg.tune.grace_period, max_epochs),
-                reduction_factor=cfg.tune.reduction_factor,
-            ),
+            scheduler=ASHAScheduler(max_t=max_epochs, grace_period=min(cfg.tune.grace_period, max_epochs),
+                                    reduction_factor=cfg.tune.reduction_factor),
             num_samples=cfg.tune.num_samples,
             max_concurrent_trials=cfg.tune.max_concurrent_trials,
         ),
+        # No CheckpointConfig(num_to_keep): with it every checkpoint forces a snapshot of the whole experiment
+        # state, which costs more than the small tabular checkpoints it would delete.
         run_config=tune.RunConfig(
             name=run_name,
             verbose=0,
             callbacks=[_progress_callback(progress)] if progress else None,
-            failure_config=tune.FailureConfig(max_failures=0),  # Ray Train inside the trial already retries
+            failure_config=tune.FailureConfig(max_failures=tc.max_failures),  # a retry resumes from its checkpoint
             **storage_args(storage_uri),
         ),
     )
@@ -166,16 +211,16 @@ def tune_model(
     grid = tuner.fit()
     elapsed = time.perf_counter() - t0
     metric, mode = cfg.tune.metric, cfg.tune.mode
-    trials = [_trial_record(r, metric, mode) for r in grid]
-    done = [t for t in trials if t["checkpoint_path"] and not math.isnan(t[f"best_{metric}"])]
+    results = list(grid)
+    trials = [_trial_record(r, metric, mode) for r in results]
+    done = [(t, r) for t, r in zip(trials, results, strict=True) if r.checkpoint is not None and not math.isnan(t["best"])]
     if not done:
-        errors = "; ".join(f"{t['trial_id']}: {t['error']}" for t in trials if t["error"]) or "no trial reported"
-        raise RaymlopsError(f"tuning run {run_name!r}: no trial finished an epoch ({errors})")
-    best = (min if mode == "min" else max)(done, key=lambda t: t[f"best_{metric}"])
-    fs, _ = storage.resolve(storage_uri)
-    result = read_checkpoint(
-        ray.train.Checkpoint(best["checkpoint_path"], filesystem=fs),
-        best["time_total_s"],
-        checkpoint_uri(storage_uri, best["checkpoint_path"]),
-    )
-    return TuneResult(best_params=best["params"], best=result, trials=trials, tune_time_s=elapsed)
+        errors = [r.error for r in results if r.error is not None]
+        if errors:
+            raise training_error(errors[0], run_name, tc.max_failures)
+        raise RaymlopsError(f"tuning run {run_name!r}: no trial finished an epoch; check train.epochs")
+    sign = 1 if mode == "min" else -1
+    record, best = min(done, key=lambda tr: sign * tr[0]["best"])
+    uri = checkpoint_uri(storage_uri, best.checkpoint.path)
+    result = read_checkpoint(best.checkpoint, record["metrics"]["time_total_s"], uri)
+    return TuneResult(best_params=record["params"], best=result, trials=trials, tune_time_s=elapsed)

@@ -123,13 +123,14 @@ def test_tune_runs_trials_and_keeps_the_best(ray_session, prepared, tmp_path):
     seen = []
     res = tune_model(cfg, prepared, storage_uri=str(tmp_path / "store"), run_name="tune-1", progress=seen.append)
 
-    assert len(res.trials) == 2 and all(t["status"] == "ok" for t in res.trials)
+    assert len(res.trials) == 2 and all(t["status"] == "FINISHED" and t["epochs"] >= 1 for t in res.trials)
     assert {t["trial_id"] for t in res.trials} == {m["trial_id"] for m in seen}
     rates = [t["params"]["learning_rate"] for t in res.trials]
     assert rates[0] != rates[1] and all(1e-4 <= r <= 3e-2 for r in rates)
-    best = min(res.trials, key=lambda t: t["best_val_loss"])
+    best = min(res.trials, key=lambda t: t["best"])
+    assert best["best"] == best["metrics"]["best_val_loss"] < max(t["best"] for t in res.trials)
     assert res.best_params == best["params"]
-    assert res.best.best_val_loss == pytest.approx(best["best_val_loss"])
+    assert res.best.best_val_loss == pytest.approx(best["best"])
     assert res.best.params["learning_rate"] == pytest.approx(best["params"]["learning_rate"])
     assert res.best.checkpoint_uri.startswith(str(tmp_path / "store" / "tune-1"))
     model = build_model(res.best.model_spec)

@@ -228,3 +228,29 @@ def test_params_override_train_keys_and_are_validated():
         resolve_train_config(train, {"lr": 0.1})
     with pytest.raises(ConfigError, match="learning_rate"):
         resolve_train_config(train, {"learning_rate": -1.0})
+
+
+def test_search_space_maps_config_dims_to_tune_domains():
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    from raymlops.config import config_from_dict
+    from raymlops.train.tune import search_space
+
+    space = search_space(config_from_dict({"tune": {"search_space": {
+        "learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+        "dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
+        "epochs": {"type": "randint", "low": 2, "high": 6},
+        "hidden_sizes": {"type": "choice", "values": [[32], [64, 32]]},
+    }}}).tune.search_space)
+    assert isinstance(space["learning_rate"], Float) and space["learning_rate"].lower == 1e-4
+    assert isinstance(space["dropout"], Float) and space["dropout"].upper == 0.5
+    assert isinstance(space["epochs"], Integer) and (space["epochs"].lower, space["epochs"].upper) == (2, 6)
+    assert isinstance(space["hidden_sizes"], Categorical) and space["hidden_sizes"].categories == [[32], [64, 32]]
+
+
+def test_tune_metric_must_be_one_training_reports():
+    from raymlops.config import config_from_dict
+    from raymlops.train.tune import tune_model
+
+    with pytest.raises(ConfigError, match="tune.metric 'roc_auc'"):
+        tune_model(config_from_dict({"tune": {"metric": "roc_auc"}}), None, storage_uri="x", run_name="r")
