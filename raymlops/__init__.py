@@ -22,16 +22,25 @@ _EXPORTS = {
     "generate": "raymlops.data.synthetic",
     "ingest": "raymlops.data.ingest",
     "prepare": "raymlops.data.prepare",
+    "run_pipeline": "raymlops.pipeline.ct:run",
+    "CTResult": "raymlops.pipeline.ct",
+    "component": "raymlops.pipeline",
+    "Pipeline": "raymlops.pipeline",
+    "Step": "raymlops.pipeline",
+    "Artifact": "raymlops.pipeline",
+    "ModelRegistry": "raymlops.registry.models",
+    "load_package": "raymlops.registry.package",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    target = _EXPORTS.get(name)
+    if target is None:
         raise AttributeError(f"module 'raymlops' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+    module, _, attr = target.partition(":")
+    return getattr(import_module(module), attr or name)
 
 
 def __dir__() -> list[str]:

@@ -281,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app and turn raymlops errors into messages and exit codes."""
     import logging
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema migrations and the like are not news
+    # Schema migrations and the like are not news; MLflow sets its own level when imported, hence the env var.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         # standalone_mode=False: click hands us exit codes and errors instead of calling sys.exit itself.
         rv = app(args=argv, standalone_mode=False)

@@ -58,5 +58,15 @@ def run_demo(cfg: Config, say: Callable[[str], None] = print, *, train: bool = T
         tl("running the continuous-training pipeline on the clean data")
         result = run_ct_pipeline(cfg, progress=lambda m: tl(f"  {m}"))
         tl(result.summary())
+        if result.version is not None:
+            from raymlops.registry.models import ModelRegistry
+
+            reg = ModelRegistry(cfg.tracking_uri)
+            if reg.get_by_alias(cfg.name, "champion") is None:
+                # The controller promotes after a canary; with no champion yet there is nothing to compare with.
+                reg.promote(cfg.name, result.version)
+                tl(f"no champion yet: promoted v{result.version} to champion")
+            where["lineage"] = f"raymlops lineage configs/churn.yaml {result.version}"
+        where["runs"] = "raymlops runs configs/churn.yaml"
         where["MLflow"] = f"mlflow ui --backend-store-uri {cfg.tracking_uri}"
     return where

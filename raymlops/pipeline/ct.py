@@ -277,3 +277,22 @@ def _sample_rows(split_uri: str, n: int) -> list[dict[str, Any]]:
 
 def _metrics_line(metrics: dict[str, Any]) -> str:
     return "test: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, int | float))
+
+
+def run(config: Config | str | None = None, *, overrides: list[str] | tuple[str, ...] = (),
+        resume_run_id: str | None = None, progress=print) -> CTResult:
+    """Python API: run the CT pipeline for a config (object, YAML path, or None for the embedded defaults).
+
+    Starts a local Ray when none is running (or connects to ``$RAY_ADDRESS``). Returns the result; call
+    ``.raise_for_status()`` to turn a blocked or failed run into an exception.
+    """
+    from raymlops.config import load_config
+
+    cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    import ray
+
+    if not ray.is_initialized():
+        from raymlops.cli import init_ray
+
+        init_ray()
+    return run_ct_pipeline(cfg, resume_run_id=resume_run_id, progress=progress)
