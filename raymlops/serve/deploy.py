@@ -1,0 +1,414 @@
+"""Deploy the serving application from the registry's aliases, change its traffic live, inspect and remove it.
+
+One Serve application per model, with ONE ingress deployment (``ModelServer``) whose replicas co-host every live
+version (see ``raymlops.serve.app``). Everything that changes while serving (which versions are live, their
+packages, weights, shadow, request limits) travels in the deployment's ``user_config``; the deployment's code
+version is pinned to a hash of what cannot change in place (model name, storage, replica resources, raymlops
+code). So a second ``deploy``/``set_weights`` is a Serve *lightweight update*: each running replica gets
+``reconfigure(user_config)`` and keeps its process (no restart, no dropped request); only a change of replica
+resources or of the code restarts replicas (rolling, by Serve).
+
+Packages are verified against the registry's digest here, on the driver, before anything is sent to Serve, and
+again by each replica when it loads them: a tampered package is refused with ``PackageError``.
+
+Direct ingress (Ray 2.60's ``RAY_SERVE_ENABLE_DIRECT_INGRESS``), on by default: each replica also serves the
+same HTTP API on its own port (30000 and up, bound to ``serving.host``), skipping the proxy hop, which measured
+about twice the throughput of the proxy path here. The proxy URL keeps working and spreads requests over all
+replicas; ``DeployInfo.direct_urls`` lists the per-replica URLs (put a load balancer in front of them when there
+are several). Like the HTTP host and port it is decided when Serve first starts on the cluster; turn it off with
+``direct_ingress=False`` or ``RAY_SERVE_ENABLE_DIRECT_INGRESS=0``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raymlops.config import Config
+from raymlops.core.routing import RoutingTable, validate_weights
+from raymlops.errors import PackageError, RegistryError, ServingError
+from raymlops.registry.models import CHALLENGER, CHAMPION, ModelRegistry, ModelVersionInfo
+
+__all__ = [
+    "DEPLOYMENT_NAME", "DeployInfo", "app_name", "build_app", "deploy", "plan", "set_weights", "status", "undeploy",
+]
+
+DEPLOYMENT_NAME = "ModelServer"
+_DIRECT_ENV = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+# The replica's drain before it stops defaults to 30 s under direct ingress (for external load balancers to
+# deregister it); nothing in front of a local replica needs that, and it would make every undeploy take 30 s.
+_DIRECT_DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+_RETRY_AFTER_S = 1.0
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeployInfo:
+    """What is being served: the base URL, live versions with their roles, weights and shadow."""
+
+    app_name: str
+    model: str
+    url: str
+    versions: dict[str, str]  # version -> role (champion, canary, shadow)
+    weights: dict[str, float]
+    shadow: str | None = None
+    shadow_pct: float = 0.0
+    direct_urls: list[str] = field(default_factory=list)
+    revision: str = ""  # GET /v1/models/{name} reports it once a replica has applied this deploy
+
+    @property
+    def predict_url(self) -> str:
+        """``POST`` here to predict (through the proxy)."""
+        return f"{self.url}/v1/models/{self.model}:predict"
+
+
+# ------------------------------------------------------------------------------------------------ planning
+def plan(
+    cfg: Config,
+    registry: ModelRegistry,
+    *,
+    weights: dict[str, float] | None = None,
+    shadow: str | None = None,
+    shadow_pct: float | None = None,
+) -> dict[str, Any]:
+    """The ``user_config`` of the serving deployment: live versions (package, digest, role), weights, shadow.
+
+    Default weights: the champion gets ``100 - serving.challenger_weight_pct`` and the challenger the rest
+    (when there is one and that percent is > 0). ``weights`` keys may be version numbers (``"3"``, ``"v3"``) or
+    aliases. With ``serving.shadow_pct > 0`` and no explicit shadow, a challenger that gets no live weight is
+    the shadow. Raises ``ServingError`` (no champion, bad weights, bad shadow) or ``PackageError`` (a package
+    does not match its registry digest).
+    """
+    name = cfg.name
+    champion = registry.get_by_alias(name, CHAMPION)
+    if champion is None:
+        raise ServingError(
+            f"model '{name}' has no champion yet, so there is nothing to serve; promote a version first: "
+            f"`raymlops promote CONFIG VERSION` (list versions with `raymlops status CONFIG`)"
+        )
+    challenger = registry.get_by_alias(name, CHALLENGER)
+    infos: dict[str, ModelVersionInfo] = {str(champion.version): champion}
+    if weights is None:
+        pct = cfg.serving.challenger_weight_pct
+        raw = {str(champion.version): 100.0}
+        if challenger is not None and challenger.version != champion.version and pct > 0:
+            infos[str(challenger.version)] = challenger
+            raw = {str(champion.version): 100.0 - pct, str(challenger.version): pct}
+    else:
+        raw = {}
+        for ref, w in weights.items():
+            info = _resolve(registry, name, ref)
+            if str(info.version) in raw:
+                raise ServingError(f"version {info.version} is named twice in the weights ({ref!r}); give each "
+                                   "version one weight")
+            infos[str(info.version)] = info
+            raw[str(info.version)] = w
+    resolved = validate_weights(raw, infos.keys())
+
+    if shadow is None and shadow_pct is None and cfg.serving.shadow_pct > 0 and challenger is not None:
+        if resolved.get(str(challenger.version), 0.0) == 0 and challenger.version != champion.version:
+            shadow = str(challenger.version)
+    shadow_version: str | None = None
+    pct = 0.0
+    if shadow is not None:
+        info = _resolve(registry, name, shadow)
+        shadow_version = str(info.version)
+        infos[shadow_version] = info
+        pct = cfg.serving.shadow_pct if shadow_pct is None else float(shadow_pct)
+        if pct <= 0:
+            raise ServingError(
+                f"shadow version {shadow_version} would get no mirrored traffic (shadow_pct is {pct:g}); pass "
+                "--shadow-pct P (percent of requests to mirror) or set serving.shadow_pct in the config"
+            )
+    elif shadow_pct:
+        raise ServingError(f"shadow_pct is {shadow_pct:g} but no shadow version is given; pass --shadow VERSION")
+    RoutingTable(resolved, shadow_version, pct)  # refuses e.g. a shadow that also carries live weight
+
+    versions: dict[str, dict[str, str]] = {}
+    for v, info in sorted(infos.items(), key=lambda kv: int(kv[0])):
+        if v != str(champion.version) and v != shadow_version and resolved.get(v, 0.0) == 0:
+            continue  # named with weight 0 and not the shadow: nothing would reach it
+        _verify(info)
+        role = "champion" if v == str(champion.version) else "shadow" if v == shadow_version else "canary"
+        versions[v] = {"uri": info.package_uri, "digest": info.digest, "role": role}
+    resolved = {v: w for v, w in resolved.items() if v in versions}
+    return {
+        # A fresh revision makes every deploy a reconfigure (which also drains the logs), even an unchanged one.
+        "revision": uuid.uuid4().hex[:12],
+        "model": name,
+        "champion": str(champion.version),
+        "versions": versions,
+        "weights": resolved,
+        "shadow": shadow_version,
+        "shadow_pct": pct,
+        "limits": {"max_body_bytes": cfg.serving.max_body_bytes, "max_instances": cfg.serving.max_instances},
+        "num_replicas": cfg.serving.num_replicas,  # for GET /v1/models/{name}; scaling must not restart replicas
+    }
+
+
+def _resolve(registry: ModelRegistry, name: str, ref: str | int) -> ModelVersionInfo:
+    try:
+        return registry.resolve(name, ref)
+    except RegistryError as err:
+        raise ServingError(f"cannot route traffic to '{ref}': {err}") from None
+
+
+def _verify(info: ModelVersionInfo) -> None:
+    from raymlops.registry.package import verify_package
+
+    if not info.digest:
+        raise PackageError(
+            f"version {info.version} of model '{info.name}' has no package digest in the registry, so its package "
+            "cannot be verified and will not be served; register the package again (`raymlops run CONFIG`)"
+        )
+    verify_package(info.package_uri, info.digest)
+
+
+# ------------------------------------------------------------------------------------------------ the app
+def build_app(
+    cfg: Config,
+    *,
+    weights: dict[str, float] | None = None,
+    shadow: str | None = None,
+    shadow_pct: float | None = None,
+    direct_ingress: bool | None = None,
+) -> Any:
+    """The Serve ``Application`` for ``cfg`` (see ``plan`` for the routing it starts with)."""
+    user_config = plan(cfg, ModelRegistry(cfg.tracking_uri), weights=weights, shadow=shadow, shadow_pct=shadow_pct)
+    return _application(cfg, user_config, _direct(direct_ingress))
+
+
+def _application(cfg: Config, user_config: dict[str, Any], direct: bool) -> Any:
+    from ray import serve
+
+    from raymlops.serve.app import ModelServer
+
+    s = cfg.serving
+    init = {
+        "name": cfg.name,
+        "storage_uri": str(Path(cfg.storage_uri).resolve()) if "://" not in cfg.storage_uri else cfg.storage_uri,
+        "log": s.prediction_log.model_dump(),
+    }
+    actor_options: dict[str, Any] = {"num_cpus": s.num_cpus}
+    if direct:
+        actor_options["runtime_env"] = {"env_vars": {_DIRECT_ENV: "1", _DIRECT_DRAIN_ENV: "0"}}
+    deployment = serve.deployment(ModelServer, name=DEPLOYMENT_NAME).options(
+        num_replicas=s.num_replicas,
+        max_ongoing_requests=s.max_ongoing_requests,
+        max_queued_requests=s.max_queued_requests,
+        backpressure_config={"status_code": 503, "retry_after_s": _RETRY_AFTER_S},
+        ray_actor_options=actor_options,
+        user_config=user_config,
+    )
+    # Serve gives every serve.run a random code version unless one is set, and a new code version restarts
+    # every replica. Pinning it to what needs a restart makes a routing change a reconfigure instead.
+    # (`version` is internal-only in Deployment.options since Ray 2.x; Serve's own config deploys do the same.)
+    deployment = deployment.options(version=_code_version(init, actor_options), _internal=True)
+    return deployment.bind(**init)
+
+
+def _code_version(init: dict[str, Any], actor_options: dict[str, Any]) -> str:
+    import raymlops
+    import raymlops.core.request_validation
+    import raymlops.core.routing
+    import raymlops.serve.app
+    import raymlops.serve.predlog
+
+    h = hashlib.sha256(json.dumps([raymlops.__version__, init, actor_options], sort_keys=True).encode())
+    for module in (raymlops.serve.app, raymlops.serve.predlog, raymlops.core.routing, raymlops.core.request_validation):
+        h.update(Path(module.__file__).read_bytes())  # new serving code must restart the replicas
+    return h.hexdigest()[:16]
+
+
+def _direct(direct_ingress: bool | None) -> bool:
+    if direct_ingress is not None:
+        return direct_ingress
+    return os.environ.get(_DIRECT_ENV, "1") == "1"
+
+
+def app_name(cfg: Config) -> str:
+    """The Serve application name: ``serving.app_name`` or the pipeline name."""
+    return cfg.serving.app_name or cfg.name
+
+
+# ------------------------------------------------------------------------------------------------ actions
+def deploy(
+    cfg: Config,
+    *,
+    weights: dict[str, float] | None = None,
+    shadow: str | None = None,
+    shadow_pct: float | None = None,
+    direct_ingress: bool | None = None,
+) -> DeployInfo:
+    """Deploy (or update in place) the serving app of ``cfg`` and wait until every replica serves it.
+
+    Ray must be initialised. Starts Serve when it is not running, bound to ``serving.host:serving.port``
+    (127.0.0.1 unless configured). A running app with the same replica settings is reconfigured in place:
+    newly listed packages are loaded before traffic moves to them, and no replica restarts.
+    """
+    direct = _direct(direct_ingress)
+    user_config = plan(cfg, ModelRegistry(cfg.tracking_uri), weights=weights, shadow=shadow, shadow_pct=shadow_pct)
+    url = _start_serve(cfg, direct)
+    return _run(cfg, user_config, direct, url)
+
+
+def set_weights(
+    cfg: Config,
+    weights: dict[str, float],
+    shadow: str | None = None,
+    shadow_pct: float | None = None,
+) -> DeployInfo:
+    """Change live versions, weights and shadow of the RUNNING app in place (no replica restarts).
+
+    ``weights`` is the complete split (percent per version number or alias, summing to 100); the shadow is
+    exactly what is passed (None: no shadow). Raises ``ServingError`` when the app is not deployed.
+    """
+    from ray import serve
+
+    name = app_name(cfg)
+    if name not in serve.status().applications:
+        raise ServingError(f"serving app '{name}' is not deployed; deploy it first with `raymlops deploy CONFIG`")
+    # shadow=None means no shadow here (not the config's default shadow): the caller gives the whole routing.
+    user_config = plan(cfg, ModelRegistry(cfg.tracking_uri), weights=weights, shadow=shadow,
+                       shadow_pct=0.0 if shadow is None else shadow_pct)
+    direct = _running_direct(name)
+    return _run(cfg, user_config, direct, _proxy_url(cfg))
+
+
+def undeploy(cfg: Config) -> bool:
+    """Delete the serving app (replicas drain their prediction logs on shutdown); False when it was not running."""
+    from ray import serve
+
+    name = app_name(cfg)
+    if name not in serve.status().applications:
+        return False
+    serve.delete(name)
+    return True
+
+
+def status(cfg: Config) -> dict[str, Any]:
+    """Serve's view of the app (status, replica states) plus, when reachable, the app's own ``GET`` model info."""
+    import httpx
+    from ray import serve
+
+    name = app_name(cfg)
+    apps = serve.status().applications
+    if name not in apps:
+        return {"app": name, "status": "NOT_DEPLOYED"}
+    app = apps[name]
+    out: dict[str, Any] = {
+        "app": name,
+        "status": str(app.status.value if hasattr(app.status, "value") else app.status),
+        "message": app.message,
+        "url": _proxy_url(cfg),
+        "direct_urls": _direct_urls(cfg, name),
+        "deployments": {
+            d: {"status": str(getattr(s.status, "value", s.status)),
+                "replicas": {str(getattr(k, "value", k)): n for k, n in s.replica_states.items()}}
+            for d, s in app.deployments.items()
+        },
+    }
+    try:
+        r = httpx.get(f"{_proxy_url(cfg)}/v1/models/{cfg.name}", timeout=5)
+        out["model"] = r.json() if r.status_code == 200 else {"http_status": r.status_code}
+    except (httpx.HTTPError, ValueError) as err:
+        out["model"] = {"error": f"{type(err).__name__}: {err}"}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _run(cfg: Config, user_config: dict[str, Any], direct: bool, url: str) -> DeployInfo:
+    from ray import serve
+
+    name = app_name(cfg)
+    try:
+        serve.run(_application(cfg, user_config, direct), name=name, route_prefix=_prefix(cfg))
+    except RuntimeError as err:  # DEPLOY_FAILED: the replica's constructor or reconfigure raised
+        raise ServingError(
+            f"serving app '{name}' failed to deploy: {err}; see the replica logs under "
+            "/tmp/ray/session_latest/logs/serve/"
+        ) from None
+    versions = {v: d["role"] for v, d in user_config["versions"].items()}
+    return DeployInfo(
+        app_name=name,
+        model=cfg.name,
+        url=url,
+        versions=versions,
+        weights=dict(user_config["weights"]),
+        shadow=user_config["shadow"],
+        shadow_pct=user_config["shadow_pct"],
+        direct_urls=_direct_urls(cfg, name) if direct else [],
+        revision=user_config["revision"],
+    )
+
+
+def _prefix(cfg: Config) -> str:
+    p = "/" + cfg.serving.route_prefix.strip("/")
+    return p
+
+
+def _start_serve(cfg: Config, direct: bool) -> str:
+    from ray import serve
+
+    controller: dict[str, Any] | None = None
+    if direct:
+        controller = {"runtime_env": {"env_vars": {_DIRECT_ENV: "1", _DIRECT_DRAIN_ENV: "0"}}}
+    # Options only apply when Serve starts; on a running Serve they are ignored, so the URL is read back.
+    serve.start(http_options={"host": cfg.serving.host, "port": cfg.serving.port}, controller_options=controller)
+    return _proxy_url(cfg)
+
+
+def _proxy_url(cfg: Config) -> str:
+    host, port = cfg.serving.host, cfg.serving.port
+    try:
+        from ray.serve.context import _get_global_client
+
+        http = _get_global_client().http_config
+        host, port = http.host or host, http.port or port
+    except Exception:  # private API: fall back to the configured address
+        pass
+    if (host, port) != (cfg.serving.host, cfg.serving.port):
+        logger.warning("Serve was already running on %s:%s, not serving.host/port %s:%s (set when Serve starts)",
+                       host, port, cfg.serving.host, cfg.serving.port)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    prefix = _prefix(cfg).rstrip("/")
+    return f"http://{shown}:{port}{prefix}"
+
+
+def _direct_urls(cfg: Config, name: str) -> list[str]:
+    """Replica ports under direct ingress (Serve's controller knows them; private API, so best effort)."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    try:
+        groups = ray.get(_get_global_client()._controller.get_target_groups.remote(name), timeout=10)
+    except Exception:
+        return []
+    local = cfg.serving.host in ("127.0.0.1", "localhost", "::1")  # then every replica is on this machine
+    prefix = _prefix(cfg).rstrip("/")
+    return sorted(
+        f"http://{'127.0.0.1' if local else t.ip}:{t.port}{prefix}"
+        for g in groups
+        if str(getattr(g.protocol, "value", g.protocol)) == "HTTP"
+        for t in g.targets
+        if t.name.startswith("SERVE_REPLICA::")
+    )
+
+
+def _running_direct(name: str) -> bool:
+    """Whether the running app's replicas were deployed with direct ingress (keeps a reconfigure lightweight)."""
+    from ray.serve.context import _get_global_client
+
+    try:
+        info, _ = _get_global_client().get_deployment_info(DEPLOYMENT_NAME, name)
+        env = (info.replica_config.ray_actor_options or {}).get("runtime_env") or {}
+        return env.get("env_vars", {}).get(_DIRECT_ENV) == "1"
+    except Exception:
+        return _direct(None)

@@ -1,0 +1,139 @@
+"""Shared by the serving tests: real registered packages without Ray Train, configs, valid request rows, load.
+
+``register_versions`` fits a transform on a profile of synthetic rows and saves randomly initialised models with
+different seeds, so each version gives different predictions; it registers them in MLflow and promotes the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import torch
+
+from raymlops.config import Config, load_config
+from raymlops.core.schema import infer_schema
+from raymlops.core.sketches import profile_table
+from raymlops.core.transform import fit_transform
+from raymlops.data.synthetic import make_day
+from raymlops.registry.models import ModelRegistry, ModelVersionInfo
+from raymlops.registry.package import PackageInfo, save_package
+from raymlops.train.loop import make_model_spec
+from raymlops.train.model import build_model
+
+IDS, TS, LABEL = ["customer_id"], "event_ts", "churned"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serving_config(root: Path, tracking_uri: str, *overrides: str) -> Config:
+    """A small config: storage under ``root``, the test's MLflow, a free port, a small MLP, fast log flushes."""
+    return load_config(None, [
+        f"storage_uri={root / 'store'}", f"tracking_uri={tracking_uri}", f"serving.port={free_port()}",
+        "train.hidden_sizes=[16]", "train.dropout=0", "serving.prediction_log.flush_interval_s=0.5",
+        "serving.max_ongoing_requests=32", "serving.max_queued_requests=512", *overrides,
+    ])
+
+
+def build_package(cfg: Config, path: Path, *, seed: int, extra_feature: str | None = None) -> PackageInfo:
+    """A real binary-churn package: transform fitted on synthetic rows, model randomly initialised with ``seed``.
+
+    ``extra_feature`` adds a numeric feature the other packages do not have (a version whose schema differs).
+    """
+    table = make_day("2026-01-01", 2000, seed=11)
+    if extra_feature:
+        table = table.append_column(extra_feature, pa.array(np.linspace(0.0, 1.0, table.num_rows)))
+    profile = profile_table(table, categorical={LABEL}, skip={*IDS, TS})
+    schema = infer_schema(profile, name=cfg.name, task="binary", label=LABEL, timestamp=TS, id_columns=IDS)
+    transform = fit_transform(profile, schema)
+    spec = make_model_spec(cfg.train, transform)
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    return save_package(
+        str(path), state_dict={k: v.numpy() for k, v in model.state_dict().items()}, model_spec=spec,
+        transform_json=transform.to_json(), schema_yaml=schema.to_yaml(),
+        signature={"task": "binary", "label": LABEL}, metrics={}, tags={"test": "serving"},
+    )
+
+
+def register_versions(cfg: Config, root: Path, n: int = 2) -> list[ModelVersionInfo]:
+    """Register ``n`` versions (seeds 1..n); version 1 is promoted to champion, version 2 is the challenger."""
+    reg = ModelRegistry(cfg.tracking_uri)
+    out = []
+    for i in range(1, n + 1):
+        info = build_package(cfg, root / "packages" / f"v{i}", seed=i)
+        out.append(reg.register(cfg.name, info.uri, run_id=None, digest=info.digest, tags={}))
+    reg.promote(cfg.name, out[0].version)
+    if n >= 2:
+        reg.set_alias(cfg.name, "challenger", out[1].version)
+    return [reg.get(cfg.name, v.version) for v in out]
+
+
+def instances(n: int, *, seed: int = 5, with_id: bool = False) -> list[dict[str, Any]]:
+    """``n`` valid request instances (features as a JSON client sends them)."""
+    rows = make_day("2026-02-01", n, seed=seed).to_pylist()
+    drop = {LABEL, TS} | (set() if with_id else set(IDS))
+    return [{k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in r.items() if k not in drop}
+            for r in rows]
+
+
+@dataclass
+class LoadResult:
+    """Responses of a load run: status codes, served versions, and any transport failures."""
+
+    statuses: list[int] = field(default_factory=list)
+    versions: list[str | None] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)  # ``extract(response)`` of each 200
+    failures: list[str] = field(default_factory=list)
+
+
+def hammer(url: str, bodies: list[dict[str, Any]], *, concurrency: int = 16,
+           headers: Callable[[int], dict[str, str]] | None = None,
+           extract: Callable[[httpx.Response], Any] | None = None) -> LoadResult:
+    """POST every body with ``concurrency`` requests in flight (httpx.AsyncClient); keeps order of results."""
+    n = len(bodies)
+    result = LoadResult(statuses=[0] * n, versions=[None] * n, values=[None] * n)
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(i: int) -> None:
+                async with sem:
+                    try:
+                        r = await client.post(url, json=bodies[i], headers=headers(i) if headers else None)
+                    except httpx.HTTPError as err:
+                        result.failures.append(f"{type(err).__name__}: {err}")
+                        return
+                    result.statuses[i] = r.status_code
+                    result.versions[i] = r.headers.get("x-model-version")
+                    if extract is not None and r.status_code == 200:
+                        result.values[i] = extract(r)
+
+            await asyncio.gather(*(one(i) for i in range(len(bodies))))
+
+    asyncio.run(main())
+    return result
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
