@@ -196,6 +196,8 @@ def tune_model(
                                     reduction_factor=cfg.tune.reduction_factor),
             num_samples=cfg.tune.num_samples,
             max_concurrent_trials=cfg.tune.max_concurrent_trials,
+            # A new process per trial cost ~3.7 s of overhead per trial here; reusing them ~0.9 s.
+            reuse_actors=True,
         ),
         # No CheckpointConfig(num_to_keep): with it every checkpoint forces a snapshot of the whole experiment
         # state, which costs more than the small tabular checkpoints it would delete.
