@@ -73,7 +73,10 @@ def _polars_worker(data: str, edges_json: str) -> dict:
 
 
 class _RaySampler(threading.Thread):
-    """Samples the summed RSS of this process and every Ray process on the machine (ours: one session)."""
+    """Samples the summed RSS of this process and its descendants: the Ray it started (GCS, raylet, workers).
+
+    Other Ray instances on the machine are not ours and are not counted.
+    """
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -85,13 +88,10 @@ class _RaySampler(threading.Thread):
 
         me = psutil.Process()
         while not self.stop.is_set():
-            total = me.memory_info().rss
-            for p in psutil.process_iter(["name", "cmdline"]):
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
                 try:
-                    cmd = " ".join(p.info["cmdline"] or [])
-                    if p.pid != me.pid and ("ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd
-                                            or "default_worker.py" in cmd or "ray::" in (p.info["name"] or "")):
-                        total += p.memory_info().rss
+                    total += p.memory_info().rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
             self.peak = max(self.peak, total)
