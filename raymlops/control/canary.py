@@ -150,9 +150,8 @@ def _hist(task: str, outputs: list[dict[str, Any] | None], classes: Sequence[Any
 def _quality(task: str, metric: str, joined: pa.Table, classes: Sequence[Any] | None) -> tuple[int, float | None]:
     ys, scores = [], []
     key = {"binary": "probability", "multiclass": "probabilities", "regression": "value"}[task]
-    labels = joined.column("label").to_pylist() if joined.num_rows else []
-    for y, out in zip(labels, _outputs(joined.column("outputs").to_pylist() if joined.num_rows else []),
-                      strict=True):
+    labels = joined.column("label").to_pylist()
+    for y, out in zip(labels, _outputs(joined.column("outputs").to_pylist()), strict=True):
         if y is not None and out is not None and out.get(key) is not None:
             ys.append(y)
             scores.append(out[key])
@@ -194,21 +193,19 @@ def window_stats(
                           f"{list(metrics_for_task(task))}")
     version, roles = str(version), list(roles)
     rows = _window(predictions, version, start, end, roles)
-    requests = pc.count_distinct(rows.column("request_id")).as_py() if rows.num_rows else 0
-    failed = rows.filter(pc.equal(rows.column("status"), "error")) if rows.num_rows else rows
-    errors = pc.count_distinct(failed.column("request_id")).as_py() if failed.num_rows else 0
-    ok = rows.filter(pc.not_equal(rows.column("status"), "error")) if rows.num_rows else rows
+    failed = pc.fill_null(pc.equal(rows.column("status"), "error"), False)  # no status logged: it was served
+    requests = pc.count_distinct(rows.column("request_id")).as_py()
+    errors = pc.count_distinct(rows.filter(failed).column("request_id")).as_py()
+    ok = rows.filter(pc.invert(failed))
     p99 = None
     if ok.num_rows:
         per_request = ok.group_by("request_id").aggregate([("latency_ms", "max")])
         lat = per_request.column("latency_ms_max").to_numpy(zero_copy_only=False).astype(np.float64)
         lat = lat[np.isfinite(lat)]
         p99 = float(np.quantile(lat, 0.99)) if lat.size else None
-    hist = _hist(task, _outputs(ok.column("outputs").to_pylist()) if ok.num_rows else [], classes,
-                 prediction_edges)
+    hist = _hist(task, _outputs(ok.column("outputs").to_pylist()), classes, prediction_edges)
     joined = _window(feedback_joined, version, start if labels_since is None else labels_since, end, roles)
-    if joined.num_rows:
-        joined = joined.filter(pc.not_equal(joined.column("status"), "error"))
+    joined = joined.filter(pc.invert(pc.fill_null(pc.equal(joined.column("status"), "error"), False)))
     labels, quality = _quality(task, quality_metric, joined, classes)
     return WindowStats(version, int(requests), int(errors), p99, hist, labels, quality, quality_metric)
 
@@ -353,6 +350,9 @@ def analysis_due(policy: CanaryPolicy, state: RolloutState, now: float) -> bool:
 def analyze(policy: CanaryPolicy, state: RolloutState, canary: WindowStats, champion: WindowStats,
             now: float) -> tuple[Decision, RolloutState]:
     """Judge the canary's window against the champion's; returns the decision and the next rollout state.
+
+    ``canary`` is ``window_stats`` over ``[state.window_start, now)``. So is ``champion``, except that a step of
+    100% leaves the champion no traffic: then give its stats since ``state.started_at`` (or its last window).
 
     Every check has a minimum sample count. A failed check counts a failure (``failure_limit`` of them roll
     back); otherwise any check short of data holds (never promotes); all passing advances to the next step,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from raymlops.control.canary import ACTIVE_PHASES, Decision, RolloutState, apply_decision
@@ -233,10 +233,8 @@ class ControllerState:
         return self.rollout.weights()
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(run=self.run.to_dict() if self.run else None, queue=[t.to_dict() for t in self.queue],
-                 rollout=self.rollout.to_dict(), triggers=self.triggers.to_dict())
-        return d
+        """A JSON-safe dict sharing nothing with the state."""
+        return json.loads(self.to_json())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ControllerState:
@@ -254,7 +252,12 @@ class ControllerState:
 
     def to_json(self) -> str:
         """Strict JSON (no NaN or Infinity)."""
-        return json.dumps(self.to_dict(), allow_nan=False, sort_keys=True)
+        # Built by hand rather than with asdict(), whose deep copy of the event log dominated the cost.
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc.update(run=self.run.to_dict() if self.run else None, queue=[t.to_dict() for t in self.queue],
+                   rollout=self.rollout.to_dict(), triggers=self.triggers.to_dict(),
+                   events=[vars(e) for e in self.events])
+        return json.dumps(doc, allow_nan=False, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ControllerState:
@@ -263,7 +266,7 @@ class ControllerState:
 
 # ------------------------------------------------------------------------------------------- transitions
 class _Tx:
-    """One transition in progress: the state copy being changed, its actions and log entries."""
+    # One transition in progress: the copy of the state being changed, and the actions it calls for.
 
     def __init__(self, state: ControllerState, now: float):
         self.s, self.now, self.actions = state, now, []
@@ -313,8 +316,7 @@ class _Tx:
                  version=s.rollout.canary_version, **data)
 
     def next_work(self) -> None:
-        """Start what waited for the run or the rollout to end (unless paused)."""
-        s = self.s
+        s = self.s  # start what waited for the run or the rollout to end, unless paused
         if s.paused:
             return
         if s.run is None and s.queue:
@@ -327,17 +329,19 @@ class _Tx:
         s = self.s
         if version in s.handled_versions or version == s.champion:
             self.log("ignored", f"version {version} was already rolled out or promoted", version=version)
-        elif s.champion is None:
-            self.promote(version, "first model: there is no champion to compare it with")
         elif s.rollout.phase == "idle" and not s.paused:
-            self.start_canary(version)
+            if s.champion is None:
+                self.promote(version, "first model: there is no champion to compare it with")
+            else:
+                self.start_canary(version)
         elif version != s.pending_canary:
             if s.pending_canary is not None:
                 self.log("superseded", f"version {s.pending_canary} will not go on canary: {version} is newer",
                          notify=True, version=s.pending_canary)
             s.pending_canary = version
-            self.log("canary_queued", f"version {version} waits for the rollout of {s.rollout.canary_version} "
-                     "to end" if not s.paused else f"version {version} waits for `resume`", version=version)
+            phase = s.rollout.phase.replace("_", " ")
+            why = "`resume`" if s.paused else f"the {phase} of {s.rollout.canary_version}"
+            self.log("canary_queued", f"version {version} waits for {why}", version=version)
 
 
 def _trigger_fired(tx: _Tx, e: TriggerFired) -> None:
@@ -424,6 +428,7 @@ def _canary_analysis(tx: _Tx, e: CanaryAnalysis) -> None:
 
 def _manual(tx: _Tx, e: Manual) -> None:
     s, r, cmd = tx.s, tx.s.rollout, e.command
+    version = None if e.version is None else str(e.version)
     busy = r.phase in ("promoting", "rolling_back")
     if cmd not in MANUAL_COMMANDS:
         tx.reject(f"unknown command {cmd!r}; use one of {', '.join(MANUAL_COMMANDS)}")
@@ -440,12 +445,12 @@ def _manual(tx: _Tx, e: Manual) -> None:
     elif cmd == "approve":
         if r.phase != "awaiting_approval":
             tx.reject(f"approve: nothing awaits approval (rollout phase: {r.phase})")
-        elif e.version not in (None, r.canary_version):
-            tx.reject(f"approve: version {e.version} is not the canary awaiting approval ({r.canary_version})")
+        elif version not in (None, r.canary_version):
+            tx.reject(f"approve: version {version} is not the canary awaiting approval ({r.canary_version})")
         else:
             tx.promote(r.canary_version, "approved by an operator")
     elif cmd == "promote":
-        version = e.version if e.version is not None else r.canary_version
+        version = version if version is not None else r.canary_version
         if r.phase in ACTIVE_PHASES and version != r.canary_version:
             tx.reject(f"promote: version {version} is not the canary ({r.canary_version}); roll it back first")
         elif version is None:
@@ -453,7 +458,7 @@ def _manual(tx: _Tx, e: Manual) -> None:
         elif version == s.champion:
             tx.reject(f"promote: version {version} is already the champion")
         else:
-            tx.promote(str(version), "promoted by an operator")
+            tx.promote(version, "promoted by an operator")
     elif r.phase in ACTIVE_PHASES:  # rollback of the canary
         tx.rollback("rolled back by an operator")
     elif s.previous is not None and s.previous != s.champion:
@@ -500,12 +505,12 @@ def step(state: ControllerState, event: Event, now: float) -> tuple[ControllerSt
 
     ``state`` is not modified. An event whose idempotency key was already processed returns ``(state, [])``.
     """
-    key = event.key
-    if key is not None and key in state.processed_keys:
-        return state, []
     handler = _HANDLERS.get(type(event))
     if handler is None:
         raise TypeError(f"unknown controller event {event!r}")
+    key = event.key
+    if key is not None and key in state.processed_keys:
+        return state, []
     tx = _Tx(copy.deepcopy(state), now)
     handler(tx, event)
     s = tx.s

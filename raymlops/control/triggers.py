@@ -2,8 +2,8 @@
 
 Kinds: ``on_demand`` (request ids, each honoured once), ``schedule`` (a cron expression in UTC, or every
 ``interval_s``), ``new_data`` (files or partitions not seen at the last run), ``drift`` (the monitor's drift
-results on live inputs) and ``degradation`` (online quality worse than ``min_quality``, or worse than the champion's
-offline figure by more than ``max_drop_vs_offline``).
+results on live inputs) and ``degradation`` (online quality worse than ``min_quality``, or worse than the
+champion's offline figure by more than ``max_drop_vs_offline``).
 
 Cool-down: after a trigger fires, automatic triggers wait ``cooldown_s``. Their conditions are not consumed while
 they wait (new files stay unseen, a due schedule stays due), so each fires once when the cool-down ends; an
@@ -57,10 +57,11 @@ class TriggerPolicy:
 
     def __post_init__(self) -> None:
         if self.schedule_cron is not None and not croniter.is_valid(self.schedule_cron):
-            raise ConfigError(f"triggers.schedule_cron {self.schedule_cron!r} is not a cron expression; write five "
-                              "fields, e.g. '0 3 * * *' (03:00 UTC daily)")
+            raise ConfigError(f"triggers.schedule_cron {self.schedule_cron!r} is not a cron expression; write "
+                              "five fields, e.g. '0 3 * * *' (03:00 UTC daily)")
         if self.interval_s is not None and self.interval_s <= 0:
-            raise ConfigError(f"triggers.interval_s is {self.interval_s}; give a positive number of seconds or null")
+            raise ConfigError(f"triggers.interval_s is {self.interval_s}; give a positive number of seconds, "
+                              "or null")
         if self.cooldown_s < 0:
             raise ConfigError(f"triggers.cooldown_s is {self.cooldown_s}; give 0 or more seconds")
 
@@ -164,7 +165,8 @@ def _degraded(p: TriggerPolicy, q: QualitySignal) -> list[str]:
 
 
 def _automatic(ctx: TriggerContext, s: TriggerState, now: float) -> list[tuple[str, str, dict[str, Any]]]:
-    """Pending automatic triggers: (kind, reason, the bookkeeping to store if it fires)."""
+    # (kind, reason, bookkeeping): the bookkeeping is stored only if the trigger fires, so that a trigger held
+    # back by the cool-down stays pending.
     p, out = ctx.policy, []
     if p.schedule_cron and s.cron_anchor is not None and (due := next_cron(p.schedule_cron, s.cron_anchor)) <= now:
         out.append(("schedule", f"cron '{p.schedule_cron}' was due at {_iso(due)}", {"cron_anchor": now}))

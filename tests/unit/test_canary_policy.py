@@ -70,16 +70,16 @@ def run(state, canary=None, champion=None, now=T0 + 60, policy=POLICY):
 def test_window_stats_counts_requests_errors_and_p99_per_request():
     rows = [pred(f"r{i}", T0 + i, latency=float(i + 1)) for i in range(100)]
     rows += [pred("multi", T0 + 1, row=k, latency=5.0) for k in range(3)]  # one request, three instances
-    rows += [pred("bad", T0 + 2, status="error", latency=0.1)]
+    rows += [pred("bad", T0 + 2, status="error", latency=0.1), pred("unmarked", T0 + 4, status=None, latency=5.0)]
     rows += [pred("x", T0 + 3, version="1"), pred("s", T0 + 3, role="shadow"),  # other version, a shadow
              pred("late", T0 + 200), pred("edge", T0 + 120)]  # after the window; end is exclusive
     preds = table(rows)
     ws = window_stats(preds, join_feedback(preds, feedback({})), "2", T0, T0 + 120, "roc_auc", "binary")
-    assert (ws.version, ws.requests, ws.errors, ws.labels, ws.quality) == ("2", 102, 1, 0, None)
-    ok_latencies = [float(i + 1) for i in range(100)] + [5.0]
+    assert (ws.version, ws.requests, ws.errors, ws.labels, ws.quality) == ("2", 103, 1, 0, None)
+    ok_latencies = [float(i + 1) for i in range(100)] + [5.0, 5.0]
     assert ws.p99_ms == pytest.approx(float(np.quantile(ok_latencies, 0.99)))
-    assert sum(ws.prediction_hist) == 103 and len(ws.prediction_hist) == 10 and ws.prediction_hist[3] == 103
-    assert ws.error_rate_pct == pytest.approx(100 / 102)
+    assert sum(ws.prediction_hist) == 104 and len(ws.prediction_hist) == 10 and ws.prediction_hist[3] == 104
+    assert ws.error_rate_pct == pytest.approx(100 / 103)
 
 
 def test_window_stats_quality_on_joined_labels_matches_compute_metrics():
