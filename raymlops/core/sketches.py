@@ -120,7 +120,8 @@ class NumericSketch:
         if x.size:
             s.min, s.max = float(x.min()), float(x.max())
             s.mean = float(x.mean())
-            s.m2 = float(np.square(x - s.mean).sum())
+            with np.errstate(over="ignore"):  # values near 1e300 overflow to inf: a true, reported variance
+                s.m2 = float(np.square(x - s.mean).sum())
             pos, neg = x[x > 0], -x[x < 0]
             s.zeros = int(x.size - pos.size - neg.size)
             s.positive, s.negative = _bucket_counts(pos), _bucket_counts(neg)
