@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 from starlette.background import BackgroundTask
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from raymlops import storage
@@ -457,12 +457,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise RequestError(413, "body_too_large", f"the request body has {declared} bytes, over the limit of "
                                f"{limit}; send fewer instances per request")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, "body_too_large", f"the request body is over the limit of {limit} bytes; "
-                               "send fewer instances per request")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, "body_too_large", f"the request body is over the limit of {limit} bytes; "
+                                   "send fewer instances per request")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client went away mid-body: its mistake (or its timeout), not ours; nobody reads this answer.
+        raise RequestError(400, "client_disconnected", "the client closed the connection before sending the "
+                           "whole body") from None
     return b"".join(chunks)
 
 
