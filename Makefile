@@ -25,6 +25,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_validate.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_serve.py   # needs wrk or hey (installs wrk with apt-get when root)
 
 lint: $(STAMP)
 	$(BIN)/ruff check raymlops tests benchmarks
