@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -53,6 +52,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
+
+from _common import actor_threads, machine  # benchmarks/_common.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -297,34 +298,8 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def machine(threads: int) -> dict:
-    import ray
-    import torch
-
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    mem = next(int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-               if line.startswith("MemTotal"))
-    return {"cpu": model, "cores": os.cpu_count(), "memory_mib": mem, "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "torch_threads_in_replica": threads}
 
 
-def replica_threads(cpus: float) -> int:
-    """torch threads in a Ray actor reserving ``cpus`` CPUs (what a Serve replica of that size gets)."""
-    import ray
-
-    @ray.remote(num_cpus=cpus)
-    class Probe:
-        def threads(self) -> int:
-            import torch
-
-            return torch.get_num_threads()
-
-    probe = Probe.remote()
-    n = ray.get(probe.threads.remote())
-    ray.kill(probe)
-    return n
 
 
 def in_process_costs(package: str, digest: str, body: bytes, threads: int) -> dict[str, float]:
@@ -395,7 +370,7 @@ def main() -> None:
         cfg = load_config(None, [f"storage_uri={tmp / 'store'}", f"tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
                                  f"serving.port={free_port()}", f"serving.app_name={APP}"])
         s = cfg.serving
-        threads = replica_threads(s.num_cpus)
+        threads = actor_threads(s.num_cpus)
         versions = register_versions(cfg, tmp, n=2)  # v1 champion, v2 challenger: two real packages
         v1 = versions[0]
         payload = {"instances": instances(1, seed=5, with_id=True)}
@@ -454,7 +429,7 @@ def main() -> None:
         missing = [t for t in targets if t not in server_pids]
         if missing:
             print(f"warning: no server process found for {missing}; their server CPU reads 0", file=sys.stderr)
-        mach = machine(threads)
+        mach = machine(torch_threads_in_replica=threads)
         in_process = in_process_costs(v1.package_uri, v1.digest, body, threads)
         setup_s = time.monotonic() - t_start
         print(f"setup {setup_s:.0f} s (raymlops deploy {deploy_s:.1f} s); urls: {json.dumps(urls)}", flush=True)

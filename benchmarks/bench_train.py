@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import actor_threads, machine  # benchmarks/_common.py, beside this script
 
 # Before anything imports ray.train: the loop is written for Train v2 (as the CLI and the tests run it).
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -38,34 +39,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 
-def machine() -> dict:
-    import ray
-    import torch
-
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    mem = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal")), 0) if Path("/proc/meminfo").exists() else 0
-    return {"cpu": model, "cores": os.cpu_count(), "memory_mib": mem, "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "torch_threads_driver": torch.get_num_threads()}
 
 
-def worker_threads(cpus: float) -> int:
-    """torch threads in a Ray actor reserving ``cpus`` CPUs (what a Train worker with those resources gets)."""
-    import ray
-
-    @ray.remote(num_cpus=cpus)
-    class Probe:
-        def threads(self) -> int:
-            import torch
-
-            return torch.get_num_threads()
-
-    probe = Probe.remote()
-    n = ray.get(probe.threads.remote())
-    ray.kill(probe)
-    return n
 
 
 class EpochClock:
@@ -108,7 +83,7 @@ def bench_train(cfg, prepared, store: str, workers: list[int]) -> dict:
 
     from raymlops.train.loop import load_split, make_model_spec, split_datasets, train_local, train_model
 
-    threads = worker_threads(cfg.train.cpus_per_worker)
+    threads = actor_threads(cfg.train.cpus_per_worker)
     runs: dict[str, dict] = {}
     for n in workers:
         clock = EpochClock()
@@ -279,7 +254,9 @@ def main() -> None:
     res["tune"]["trial_setup"] = (f"each {tune_cfg.train.cpus_per_worker} CPU, 1 epoch, learning_rate searched, "
                                   "max_concurrent_trials=1")
     res["loadavg_end"] = os.getloadavg()
-    res["machine"] = machine()
+    import torch
+
+    res["machine"] = machine(torch_threads_driver=torch.get_num_threads())
     ray.shutdown()
 
     text = table(res)
