@@ -236,15 +236,19 @@ class CTResult:
         return self
 
 
-def run_ct_pipeline(cfg: Config, *, resume_run_id: str | None = None, progress=print) -> CTResult:
-    """Run (or resume) the CT pipeline for `cfg`. Ray must be initialised. Failures are in the result."""
+def run_ct_pipeline(cfg: Config, *, resume_run_id: str | None = None, run_id: str | None = None,
+                    progress=print) -> CTResult:
+    """Run (or resume) the CT pipeline for `cfg`. Ray must be initialised. Failures are in the result.
+
+    `run_id` names a new run in advance (see `raymlops.pipeline.run_pipeline`).
+    """
     from raymlops.data.ingest import snapshot
 
     _, digest = snapshot(cfg.data.source, cfg.data.format)
     storage.makedirs(cfg.storage_uri)  # the default SQLite tracking database lives there
     result = run_pipeline(
         build_ct_pipeline(cfg), storage_uri=cfg.storage_uri, tracking_uri=cfg.tracking_uri, config=cfg,
-        params={"validate.data_digest": digest}, resume_run_id=resume_run_id, progress=progress,
+        params={"validate.data_digest": digest}, resume_run_id=resume_run_id, run_id=run_id, progress=progress,
     )
     version = result.outputs.get("register.version")
     return CTResult(result.run_id, result.status, version, result.error, result)

@@ -21,6 +21,7 @@ driver as the rules ask. A ``num_cpus=0`` task works too and is allowed, without
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -94,8 +95,12 @@ def run_pipeline(
     tags: Mapping[str, str] | None = None,
     config: Any = None,
     in_process: bool = False,
+    run_id: str | None = None,
 ) -> PipelineResult:
     """Run ``pipeline`` and return its result; step failures are in the result, not raised.
+
+    ``run_id`` names a new run in advance (a controller records it before starting, so that after a crash it can
+    resume the same run instead of starting a second one); by default one is generated.
 
     ``params`` overrides step arguments as ``{"step.arg": value}``. ``config`` (a raymlops Config) is handed to
     every step as ``ctx.config``. ``tracking_uri=None`` skips MLflow. Ray must already be initialised (the CLI
@@ -117,7 +122,7 @@ def run_pipeline(
     if resume_run_id:
         record = _load_record(storage_uri, resume_run_id, pipeline)
     else:
-        record = _new_record(storage_uri, pipeline, experiment or pipeline.name, params or {}, tags or {})
+        record = _new_record(storage_uri, pipeline, experiment or pipeline.name, params or {}, tags or {}, run_id)
     store = None
     if tracking_uri:
         from raymlops.registry.tracking import MetadataStore  # MLflow takes seconds to import: only when used
@@ -569,11 +574,21 @@ def _absolute(uri: str) -> str:
     return uri if "://" in uri else str(Path(uri).expanduser().resolve())
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 def _new_record(
-    storage_uri: str, pipeline: Pipeline, experiment: str, params: Mapping[str, Any], tags: Mapping[str, str]
+    storage_uri: str, pipeline: Pipeline, experiment: str, params: Mapping[str, Any], tags: Mapping[str, str],
+    run_id: str | None = None,
 ) -> dict[str, Any]:
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    run_id = f"{pipeline.name}-{stamp}-{uuid.uuid4().hex[:6]}"
+    if run_id is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        run_id = f"{pipeline.name}-{stamp}-{uuid.uuid4().hex[:6]}"
+    elif not _RUN_ID.fullmatch(run_id):
+        raise PipelineError(f"run_id {run_id!r} must be 1-128 letters, digits, '.', '_' or '-' (it names a directory)")
+    elif storage.exists(storage.join(storage_uri, "runs", run_id, "run.json")):
+        raise PipelineError(f"run {run_id!r} already exists under {storage_uri}; pass resume_run_id={run_id!r} to "
+                            "continue it, or choose a new run_id")
     return {
         "format": 1,
         "run_id": run_id,

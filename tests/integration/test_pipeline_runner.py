@@ -343,3 +343,13 @@ def test_wrong_outputs_fail_the_step_with_a_named_message(tmp_path):
 
     result = run(Pipeline("p", [Step(two)]), tmp_path, None, in_process=True)
     assert result.status == "failed" and "missing ['b']" in result.steps["two"].error
+
+
+def test_a_run_id_chosen_in_advance_names_the_run_and_is_never_reused(tmp_path, calls_dir):
+    result = run(toy(calls_dir), tmp_path, None, in_process=True, run_id="ctl-0001")
+    assert result.status == "completed" and result.run_id == "ctl-0001"
+    assert (tmp_path / "store" / "runs" / "ctl-0001" / "run.json").is_file()
+    with pytest.raises(PipelineError, match="already exists.*resume_run_id='ctl-0001'"):
+        run(toy(calls_dir), tmp_path, None, in_process=True, run_id="ctl-0001")
+    with pytest.raises(PipelineError, match="names a directory"):
+        run(toy(calls_dir), tmp_path, None, in_process=True, run_id="../escape")
