@@ -7,7 +7,10 @@ that looks complete. (On object stores a rename is a copy; the object still appe
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -98,3 +101,35 @@ def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[str]:
         out.append(info.path)
     prefix = "" if is_local(uri) and "://" not in uri else uri.split("://", 1)[0] + "://"
     return sorted(prefix + p if prefix and not p.startswith(prefix) else p for p in out)
+
+
+@contextmanager
+def staged_dir(uri: str, marker: str = "_SUCCESS", in_place: bool | None = None) -> Iterator[str]:
+    """A directory to build an output in, published at `uri` only when the block completes.
+
+    Local: a hidden sibling, renamed onto `uri` on success (the old output swapped out), removed on failure.
+    Object stores have no directory rename: the old output is cleared, its `marker` first so it stops looking
+    complete, and the block writes in place; the caller writes the new `marker` last. `in_place` forces either way.
+    """
+    fs, final = resolve(uri)
+    if in_place if in_place is not None else not is_local(uri):
+        if exists(join(uri, marker)):
+            fs.delete_file(f"{final}/{marker}")
+        fs.delete_dir_contents(final, missing_dir_ok=True)
+        yield uri
+        return
+    parent, name = os.path.split(final)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if os.path.exists(final):
+            old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -15,10 +15,7 @@ complete-looking ``out_uri``. On object stores (no directory rename) files are w
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -277,33 +274,8 @@ def _renames_atomically(uri: str) -> bool:
     return storage.is_local(uri)  # object stores have no directory rename (a "move" copies object by object)
 
 
-@contextmanager
-def _staged(out_uri: str) -> Iterator[str]:
-    """Directory to build the output in; local outputs are renamed onto ``out_uri`` only when complete."""
-    if not _renames_atomically(out_uri):
-        fs, path = storage.resolve(out_uri)
-        if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            if storage.exists(storage.join(out_uri, _SUCCESS)):
-                fs.delete_file(f"{path}/{_SUCCESS}")  # first: the old output stops looking complete
-            fs.delete_dir_contents(path, missing_dir_ok=True)
-        yield out_uri
-        return
-    _, final = storage.resolve(out_uri)
-    parent, name = os.path.split(final)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        if os.path.exists(final):
-            old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _staged(out_uri: str):
+    return storage.staged_dir(out_uri, _SUCCESS, in_place=not _renames_atomically(out_uri))
 
 
 def _write_splits(ds: Any, root: str) -> dict[str, list[str]]:

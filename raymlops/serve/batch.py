@@ -14,10 +14,7 @@ Either way ``_SUCCESS`` records the rows, files, version and package digest.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -188,28 +185,9 @@ def _staged(output_uri: str) -> Iterator[str]:
                                       and fs.get_file_info(pafs.FileSelector(final))):
         raise DataError(f"{output_uri} exists and is not a batch prediction output (no {SUCCESS}); choose a new "
                         "output URI or delete it first")
-    if not storage.is_local(output_uri):
-        # Object stores cannot rename a directory: clear the old output (its marker first, so it stops looking
-        # complete) and write in place. _STARTED claims the directory, so a failed run can be retried; the new
-        # _SUCCESS, written last, publishes the result.
-        if storage.exists(storage.join(output_uri, SUCCESS)):
-            fs.delete_file(f"{final}/{SUCCESS}")
-        fs.delete_dir_contents(final, missing_dir_ok=True)
-        storage.atomic_write_text(storage.join(output_uri, _STARTED), "")
-        yield output_uri
-        return
-    parent, name = os.path.split(final)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        if kind == pafs.FileType.NotFound:
-            os.rename(tmp, final)
-        else:
-            old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with storage.staged_dir(output_uri, SUCCESS) as where:
+        if where == output_uri:
+            # Written in place (object store): _STARTED claims the directory, so a failed run can be retried;
+            # the new _SUCCESS, written last, publishes the result.
+            storage.atomic_write_text(storage.join(output_uri, _STARTED), "")
+        yield where
