@@ -31,7 +31,7 @@ from raymlops.storage import resolve
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["IngestResult", "filter_window", "ingest", "read_dataset"]
+__all__ = ["IngestResult", "filter_window", "ingest", "ingest_data", "read_dataset"]
 
 SUFFIXES = MappingProxyType({"parquet": (".parquet", ".pq", ".parq"), "csv": (".csv", ".csv.gz")})
 _GLOB = re.compile(r"[*?\[]")
@@ -51,6 +51,12 @@ class IngestResult:
     rows: int
     format: str
     schema: pa.Schema
+
+
+def ingest_data(data, source: str | None = None) -> IngestResult:
+    """`ingest` with a config's `data` section (format, timestamp, window); `source` overrides `data.source`."""
+    return ingest(source or data.source, fmt=data.format, timestamp=data.timestamp,
+                  window_start=data.window.start, window_end=data.window.end)
 
 
 def read_dataset(

@@ -17,7 +17,7 @@ from raymlops.core.report_html import render_report
 from raymlops.core.schema import Schema, infer_schema
 from raymlops.core.sketches import DatasetProfile, reference_edges
 from raymlops.core.validation import ValidationPolicy, ValidationReport, validate
-from raymlops.data.ingest import IngestResult, ingest
+from raymlops.data.ingest import IngestResult, ingest_data
 from raymlops.data.profile import profile_dataset
 from raymlops.errors import SchemaError
 
@@ -126,13 +126,7 @@ def validate_data(
     source = data_uri or cfg.data.source
     if ingested is None:
         progress(f"ingesting {source}")
-        ingested = ingest(
-            source,
-            fmt=cfg.data.format,
-            timestamp=cfg.data.timestamp,
-            window_start=cfg.data.window.start,
-            window_end=cfg.data.window.end,
-        )
+        ingested = ingest_data(cfg.data, source)
     progress(f"  {ingested.rows:,} rows in {len(ingested.files)} file(s)")
     categorical, skip = profile_columns(cfg)
     frozen = load_frozen_schema(cfg)

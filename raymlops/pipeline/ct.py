@@ -23,14 +23,13 @@ CHALLENGER_SAMPLE_ROWS = 16
 
 
 def _ingest(cfg: Config, expected_digest: str):
-    from raymlops.data.ingest import ingest, snapshot
+    from raymlops.data.ingest import ingest_data, snapshot
 
     # Steps re-read the source rather than ship data between them; refuse if it changed since validation.
     if snapshot(cfg.data.source, cfg.data.format)[1] != expected_digest:
         raise DataError(f"{cfg.data.source} changed since the validate step of this run; start a new run "
                         "(without --resume) so the new data is validated first")
-    return ingest(cfg.data.source, fmt=cfg.data.format, timestamp=cfg.data.timestamp,
-                  window_start=cfg.data.window.start, window_end=cfg.data.window.end)
+    return ingest_data(cfg.data)
 
 
 @component(outputs=("snapshot", "schema", "report"), executor="driver", config_keys=("name", "data", "validation"))
