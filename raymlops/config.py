@@ -290,6 +290,42 @@ class TriggersConfig(_Section):
     poll_interval_s: Annotated[float, Field(gt=0)] = 5.0
 
 
+# ------------------------------------------------------------------------------------------ control loop
+class MonitoringConfig(_Section):
+    interval_s: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="How often the controller's monitor task reads the prediction and feedback logs."
+    )
+    window_s: Annotated[float, Field(gt=0)] = Field(
+        3600.0, description="Live traffic judged by the monitor: the last N seconds of the prediction log."
+    )
+    min_rows: PositiveInt = Field(200, description="Live rows per version before its input drift is judged.")
+    log_to_mlflow: bool = Field(True, description="Log each monitor pass as metrics of a `monitor` MLflow run.")
+
+
+class NotificationsConfig(_Section):
+    webhook_url: str | None = Field(
+        None, description="POST every controller event here as JSON (Slack-style `text` plus the event)."
+    )
+    timeout_s: Annotated[float, Field(gt=0)] = Field(5.0, description="Webhook request timeout.")
+
+
+class ControllerConfig(_Section):
+    poll_interval_s: Annotated[float, Field(gt=0)] = Field(
+        2.0, description="How often the controller checks runs, canary analysis and (at triggers.poll_interval_s) "
+        "triggers."
+    )
+    num_cpus: Annotated[float, Field(ge=0)] = Field(0.1, description="CPUs the controller actor reserves.")
+    run_num_cpus: Annotated[float, Field(ge=0)] = Field(
+        0.1, description="CPUs the task driving a pipeline run reserves (its steps reserve their own)."
+    )
+    pipeline: str = Field(
+        "raymlops.pipeline.ct:run_ct_pipeline",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="What a triggered run calls, as `module:function` taking (cfg, *, run_id, resume_run_id, "
+        "progress) and returning an object with run_id, status, version and error (like run_ct_pipeline).",
+    )
+
+
 # ------------------------------------------------------------------------------------------------- config
 class Config(_Section):
     """A whole pipeline configuration (one YAML file)."""
@@ -306,6 +342,9 @@ class Config(_Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     canary: CanaryConfig = Field(default_factory=CanaryConfig)
     triggers: TriggersConfig = Field(default_factory=TriggersConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
 
 
 # ------------------------------------------------------------------------------------------------ loading

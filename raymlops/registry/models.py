@@ -145,6 +145,12 @@ class ModelRegistry:
         with self._errors(f"setting alias '{alias}' of model '{name}' to version {v}", name=name, version=v):
             self._client.set_registered_model_alias(name, alias, str(v))
 
+    def tag_version(self, name: str, version: int | str, key: str, value: str) -> None:
+        """Set one tag on a version (e.g. a controller decision, so it stays in the version's lineage)."""
+        v = _version_number(name, version)
+        with self._errors(f"tagging version {v} of model '{name}'", name=name, version=v):
+            self._client.set_model_version_tag(name, str(v), key, value[:5000])
+
     def promote(self, name: str, version: int | str) -> ModelVersionInfo:
         """Make ``version`` the champion; the old champion becomes ``previous``; ``challenger`` is dropped from it.
 

@@ -1,0 +1,182 @@
+"""The detached controller actor (one per pipeline, namespace ``raymlops``) and the calls the CLI makes to it.
+
+The actor is a thin shell: a loop thread that calls ``Controller.tick`` every ``controller.poll_interval_s``, and
+methods that forward operator commands. ``max_restarts=-1``: Ray restarts a killed actor, which reloads the state
+file and carries on where the old one stopped (``Controller.start``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from raymlops.config import Config
+from raymlops.errors import RaymlopsError
+
+__all__ = ["NAMESPACE", "ControllerActor", "absolute_config", "actor_name", "call", "get_controller",
+           "start_controller", "stop_controller"]
+
+NAMESPACE = "raymlops"
+
+
+def actor_name(cfg: Config) -> str:
+    return f"controller-{cfg.name}"
+
+
+def absolute_config(cfg: Config, base: str | None = None) -> Config:
+    """``cfg`` with local relative paths made absolute: actors and tasks do not run in the caller's directory."""
+    root = Path(base or os.getcwd())
+
+    def fix(uri: str | None) -> str | None:
+        if uri is None or "://" in uri or Path(uri).is_absolute():
+            return uri
+        return str((root / uri).resolve())
+
+    doc = cfg.model_dump(mode="json")
+    doc["storage_uri"] = fix(doc["storage_uri"])
+    doc["data"]["source"] = fix(doc["data"]["source"])
+    doc["triggers"]["landing_uri"] = fix(doc["triggers"]["landing_uri"])
+    if doc["tracking_uri"].startswith("sqlite:///") and not doc["tracking_uri"].startswith("sqlite:////"):
+        doc["tracking_uri"] = "sqlite:///" + fix(doc["tracking_uri"][len("sqlite:///"):])
+    return Config.model_validate(doc)
+
+
+class ControllerActor:
+    """Wrapped with ``ray.remote`` by ``start_controller``; plain so that it stays importable without Ray."""
+
+    def __init__(self, cfg_doc: dict[str, Any]):
+        self.cfg = Config.model_validate(cfg_doc)
+        self.started_at = time.time()
+        self.last_error: str | None = None
+        self._ready, self._stop = threading.Event(), threading.Event()
+        self._ctl = None
+        # The loop starts here, not in a method call: a restarted actor runs only its constructor.
+        self._thread = threading.Thread(target=self._main, name="raymlops-controller", daemon=True)
+        self._thread.start()
+
+    def _say(self, msg: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} controller {self.cfg.name}: {msg}", flush=True)
+
+    def _main(self) -> None:
+        from raymlops.control.canary import CanaryPolicy
+        from raymlops.control.controller import Controller
+        from raymlops.control.ports import build_ports
+        from raymlops.control.triggers import TriggerPolicy
+
+        cfg = self.cfg
+        while not self._stop.is_set():
+            try:
+                ctl = Controller(CanaryPolicy.from_config(cfg.canary),
+                                 TriggerPolicy.from_config(cfg.triggers, cfg.canary.min_labels),
+                                 build_ports(cfg, self._say), trigger_interval_s=cfg.triggers.poll_interval_s,
+                                 monitor_interval_s=cfg.monitoring.interval_s, say=self._say)
+                ctl.start()
+                self._ctl = ctl
+                break
+            except Exception as err:  # noqa: BLE001 - e.g. the tracking store is briefly unreachable: retry
+                self._fail("start", err)
+                self._stop.wait(min(30.0, 2 * cfg.controller.poll_interval_s))
+        self._ready.set()
+        while not self._stop.wait(cfg.controller.poll_interval_s):
+            try:
+                self._ctl.tick()
+                self.last_error = None
+            except Exception as err:  # noqa: BLE001 - one failed poll must not end the loop
+                self._fail("poll", err)
+
+    def _fail(self, what: str, err: Exception) -> None:
+        self.last_error = f"{what}: {type(err).__name__}: {err}"
+        self._say(f"{what} failed: {''.join(traceback.format_exception(err))}")
+
+    def _controller(self):
+        if not self._ready.wait(120) or self._ctl is None:
+            raise RaymlopsError(f"the controller of {self.cfg.name!r} is not ready: {self.last_error}")
+        return self._ctl
+
+    def ping(self) -> dict[str, Any]:
+        return {"ready": self._ready.is_set() and self._ctl is not None, "pid": os.getpid(),
+                "started_at": self.started_at, "last_error": self.last_error}
+
+    def status(self) -> dict[str, Any]:
+        return {**self._controller().status(), "actor": self.ping()}
+
+    def trigger(self, request_id: str | None = None) -> str:
+        return self._controller().trigger(request_id)
+
+    def command(self, command: str, request_id: str | None = None, version: str | None = None) -> dict | None:
+        entry = self._controller().command(command, request_id, version)
+        return None if entry is None else vars(entry)
+
+    def events(self, since_seq: int = 0) -> list[dict[str, Any]]:
+        return self._controller().events(since_seq)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+# --------------------------------------------------------------------------------------------- client side
+def get_controller(cfg: Config):
+    """The running controller actor of ``cfg``, or None. Ray must be initialised."""
+    import ray
+
+    try:
+        return ray.get_actor(actor_name(cfg), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def start_controller(cfg: Config, *, wait_s: float = 120.0) -> tuple[Any, bool]:
+    """Start the detached controller of ``cfg`` (or find the running one); returns (handle, started_now)."""
+    import ray
+
+    found = get_controller(cfg)
+    if found is not None:
+        return found, False
+    cfg = absolute_config(cfg)
+    handle = ray.remote(ControllerActor).options(
+        name=actor_name(cfg), namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1,
+        max_task_retries=3, max_concurrency=8, num_cpus=cfg.controller.num_cpus,
+    ).remote(cfg.model_dump(mode="json"))
+    deadline = time.monotonic() + wait_s
+    while not ray.get(handle.ping.remote(), timeout=wait_s)["ready"]:
+        if time.monotonic() > deadline:
+            raise RaymlopsError(f"the controller of {cfg.name!r} did not get ready in {wait_s:g} s: "
+                                f"{ray.get(handle.ping.remote())['last_error']}")
+        time.sleep(0.2)
+    return handle, True
+
+
+def stop_controller(cfg: Config) -> bool:
+    """Stop the controller for good (its state stays in storage; serving keeps running). False if none ran."""
+    import ray
+
+    handle = get_controller(cfg)
+    if handle is None:
+        return False
+    try:
+        ray.get(handle.shutdown.remote(), timeout=90)
+    finally:
+        ray.kill(handle, no_restart=True)
+    return True
+
+
+def call(cfg: Config, method: str, *args: Any, timeout_s: float = 300.0) -> Any:
+    """Call a method of the running controller; RaymlopsError naming the fix when none runs."""
+    import ray
+
+    handle = get_controller(cfg)
+    if handle is None:
+        raise RaymlopsError(f"no controller is running for {cfg.name!r}; start one with "
+                            "`raymlops controller start CONFIG` (on a cluster: --address or RAY_ADDRESS)")
+    try:
+        return ray.get(getattr(handle, method).remote(*args), timeout=timeout_s)
+    except ray.exceptions.RayTaskError as err:
+        cause = err.cause if isinstance(getattr(err, "cause", None), Exception) else err
+        if isinstance(cause, RaymlopsError):
+            raise cause from None
+        raise

@@ -1,0 +1,315 @@
+"""The controller shell: feeds the pure state machine (``state.step``) what it observes and carries out its actions.
+
+No Ray and no MLflow here: every side effect goes through a small port (``Ports``), so the shell is unit-tested
+with in-memory fakes and the actor (``raymlops.control.actor``) only wires the real ports in. The rules the shell
+keeps so that a kill at any point loses nothing:
+
+* the state is persisted after every transition, *before* the actions it calls for are carried out;
+* a run's id is recorded (``RunStarted``) before the run is launched, so a restart resumes that run by its id;
+* serving is level-triggered: ``SetWeights`` applies the split the *current* state calls for, so an action
+  made stale by a later transition cannot undo it, and a restart re-asserts the split;
+* promotions and rollbacks stay in progress until the port call returned (``Applied``), so a restart redoes them,
+  and the registry's promote converges when repeated.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from raymlops.control.canary import CanaryPolicy, WindowStats, analysis_due, analyze
+from raymlops.control.state import (
+    Action,
+    Applied,
+    CanaryAnalysis,
+    ControllerState,
+    Event,
+    LogEntry,
+    Manual,
+    Notify,
+    PromoteAlias,
+    Restarted,
+    ResumeRun,
+    RunFinished,
+    RunStarted,
+    SetWeights,
+    StartRun,
+    TriggerFired,
+    step,
+)
+from raymlops.control.triggers import QualitySignal, TriggerContext, TriggerPolicy, evaluate_triggers
+from raymlops.core.drift import DriftResult
+
+__all__ = ["DECISION_KINDS", "Controller", "MonitorSignal", "Ports", "RunOutcome"]
+
+# Events that decide a version's fate: recorded with that version in the registry (its lineage).
+DECISION_KINDS = ("canary_started", "canary_advanced", "canary_check_failed", "awaiting_approval", "promoting",
+                  "promoted", "rolling_back", "rolled_back")
+_TIMELINE_POINTS = 500
+_MONITOR_HISTORY = 50
+
+
+# ------------------------------------------------------------------------------------------------- ports
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a pipeline run ended (``status``: completed | blocked | failed)."""
+
+    run_id: str
+    status: str
+    version: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class MonitorSignal:
+    """What the trigger policy needs from one monitor pass, plus the pass itself (JSON) for status and reports."""
+
+    champion: str | None
+    drift: Sequence[DriftResult] | None
+    drift_reference: str
+    quality: QualitySignal | None
+    at: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class StateStore(Protocol):
+    def load(self) -> dict[str, Any] | None: ...
+    def save(self, doc: dict[str, Any]) -> None: ...
+
+
+class Runner(Protocol):
+    def start(self, run_id: str, resume: bool) -> None: ...
+    def poll(self, run_id: str) -> RunOutcome | None: ...  # None while it runs
+    def active(self, run_id: str) -> bool: ...  # launched by this process and not yet collected
+
+
+class Serving(Protocol):
+    def apply(self, weights: dict[str, float]) -> None: ...
+
+
+class Registry(Protocol):
+    def aliases(self) -> dict[str, str]: ...
+    def promote(self, version: str) -> None: ...
+    def record_decision(self, version: str, entry: LogEntry) -> None: ...
+
+
+class Observer(Protocol):
+    def files(self) -> frozenset[str] | None: ...
+    def window(self, version: str, start: float, end: float, labels_since: float) -> WindowStats: ...
+
+
+class Monitor(Protocol):
+    def start(self, champion: str | None, roles: dict[str, str], timeline: list, history: list) -> None: ...
+    def poll(self) -> MonitorSignal | None: ...  # a finished pass, once
+
+
+class Notifier(Protocol):
+    def send(self, entry: LogEntry) -> None: ...
+
+
+@dataclass
+class Ports:
+    store: StateStore
+    runner: Runner
+    serving: Serving
+    registry: Registry
+    observer: Observer
+    notifier: Notifier
+    monitor: Monitor | None = None
+
+
+# ------------------------------------------------------------------------------------------------- shell
+class Controller:
+    """One pipeline's controller. Thread-safe: ``tick`` (the poll loop) and the commands share one lock."""
+
+    def __init__(self, canary: CanaryPolicy, triggers: TriggerPolicy, ports: Ports, *,
+                 trigger_interval_s: float = 5.0, monitor_interval_s: float | None = 60.0,
+                 clock: Callable[[], float] = time.time, new_run_id: Callable[[], str] | None = None,
+                 say: Callable[[str], None] = lambda _msg: None):
+        self.canary, self.triggers, self.ports = canary, triggers, ports
+        self.trigger_interval_s, self.monitor_interval_s = trigger_interval_s, monitor_interval_s
+        self.clock, self.say = clock, say
+        self.new_run_id = new_run_id or (lambda: f"ctl-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-"
+                                         f"{uuid.uuid4().hex[:6]}")
+        self._lock = threading.RLock()
+        self.state = ControllerState(canary_steps=list(canary.steps))
+        self.timeline: list[list[Any]] = []  # [at, weights] each time serving changed
+        self.monitor_history: list[dict[str, Any]] = []
+        self._signal: MonitorSignal | None = None
+        self._last_trigger_at = -math.inf
+        self._last_monitor_at = -math.inf
+        self._applied: dict[str, float] | None = None
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Load the persisted state (or begin from the registry's aliases) and re-issue what is owed."""
+        with self._lock:
+            doc = self.ports.store.load()
+            if doc is None:
+                aliases = self.ports.registry.aliases()
+                self.state = ControllerState(canary_steps=list(self.canary.steps),
+                                             champion=aliases.get("champion"), previous=aliases.get("previous"))
+            else:
+                self.state = ControllerState.from_dict(doc["state"])
+                self.timeline = list(doc.get("timeline", []))
+                self.monitor_history = list(doc.get("monitor", []))
+            self._handle(Restarted())
+
+    def tick(self, on_demand: Sequence[str] = ()) -> None:
+        """One poll: collect a finished run, judge the canary when due, evaluate triggers, run the monitor."""
+        with self._lock:
+            now = self.clock()
+            self._collect_run()
+            self._collect_monitor()
+            if on_demand or now - self._last_trigger_at >= self.trigger_interval_s:
+                self._last_trigger_at = now
+                self._evaluate_triggers(now, on_demand)
+            self._analyse(now)
+            self._maybe_monitor(now)
+
+    # ------------------------------------------------------------------------------------------- commands
+    def trigger(self, request_id: str | None = None) -> str:
+        """An on-demand run request (honoured once per ``request_id``); returns the request id."""
+        rid = request_id or f"req-{uuid.uuid4().hex[:10]}"
+        self.tick(on_demand=[rid])
+        return rid
+
+    def command(self, command: str, request_id: str | None = None, version: str | None = None) -> LogEntry | None:
+        """An operator command (promote, rollback, pause, resume, approve); returns the last event it logged."""
+        with self._lock:
+            before = self.state.next_seq
+            self._handle(Manual(command, request_id or f"op-{uuid.uuid4().hex[:10]}", version))
+            new = [e for e in self.state.events if e.seq >= before]
+            return new[0] if new else None
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-safe summary: champion, run in flight, queue, rollout, weights, last monitor pass."""
+        with self._lock:
+            s = self.state
+            return {
+                "champion": s.champion, "previous": s.previous, "paused": s.paused,
+                "run": s.run.to_dict() if s.run else None, "queue": [t.to_dict() for t in s.queue],
+                "rollout": s.rollout.to_dict(), "pending_canary": s.pending_canary, "weights": s.weights(),
+                "monitor": self.monitor_history[-1] if self.monitor_history else None,
+                "last_event": vars(s.events[-1]) if s.events else None,
+            }
+
+    def events(self, since_seq: int = 0) -> list[dict[str, Any]]:
+        with self._lock:
+            return [vars(e) for e in self.state.events if e.seq > since_seq]
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _handle(self, event: Event) -> None:
+        new, actions = step(self.state, event, self.clock())
+        if new is self.state:
+            return  # already processed
+        self.state = new
+        self._save()  # before acting: a crash from here on re-issues the actions on restart
+        # Notifications first: they tell of this transition, and the other actions may cause the next one.
+        for action in sorted(actions, key=lambda a: not isinstance(a, Notify)):
+            self._execute(action)
+
+    def _execute(self, action: Action) -> None:
+        if isinstance(action, StartRun):
+            run_id = self.new_run_id()
+            self._handle(RunStarted(run_id))  # recorded first, so a crash during the launch resumes this id
+            if self.state.run is not None and self.state.run.run_id == run_id:
+                self.ports.runner.start(run_id, resume=False)
+        elif isinstance(action, ResumeRun):
+            if not self.ports.runner.active(action.run_id):
+                self.say(f"resuming pipeline run {action.run_id}")
+                self.ports.runner.start(action.run_id, resume=True)
+        elif isinstance(action, SetWeights):
+            self._sync_serving()
+        elif isinstance(action, PromoteAlias):
+            self.ports.registry.promote(action.version)
+            self._handle(Applied("promote", action.version))
+        elif isinstance(action, Notify):
+            self._notify(action.entry)
+
+    def _sync_serving(self) -> None:
+        # Level-triggered: serve what the state calls for now (a later transition may have changed it).
+        r = self.state.rollout
+        weights = {v: w for v, w in self.state.weights().items() if w > 0}
+        if weights and weights != self._applied:
+            self.ports.serving.apply(weights)
+            self._applied = dict(weights)
+            self.timeline = (self.timeline + [[self.clock(), weights]])[-_TIMELINE_POINTS:]
+            self._save()
+        if r.phase == "rolling_back" and weights and r.canary_version not in weights:
+            self._handle(Applied("rollback", r.canary_version))
+
+    def _notify(self, entry: LogEntry) -> None:
+        version = entry.data.get("version")
+        if entry.kind in DECISION_KINDS and version is not None:
+            self._safely(self.ports.registry.record_decision, str(version), entry)
+        self._safely(self.ports.notifier.send, entry)
+
+    def _safely(self, fn: Callable[..., Any], *args: Any) -> None:
+        # A notification or a lineage note must never stop the loop; the event log keeps the event.
+        try:
+            fn(*args)
+        except Exception as err:  # noqa: BLE001 - reported, never raised
+            self.say(f"warning: {getattr(fn, '__qualname__', fn)} failed: {type(err).__name__}: {err}")
+
+    def _collect_run(self) -> None:
+        run = self.state.run
+        if run is None or run.run_id is None:
+            return
+        outcome = self.ports.runner.poll(run.run_id)
+        if outcome is not None:
+            self._handle(RunFinished(outcome.run_id, outcome.status, outcome.version, outcome.error))
+
+    def _evaluate_triggers(self, now: float, on_demand: Sequence[str]) -> None:
+        sig = self._signal
+        current = sig is not None and sig.champion == self.state.champion and sig.champion is not None
+        ctx = TriggerContext(
+            self.triggers, on_demand=tuple(on_demand), files=self.ports.observer.files(),
+            drift=sig.drift if current else None, drift_reference=sig.drift_reference if current else "",
+            quality=sig.quality if current else None,
+        )
+        fired, new_triggers = evaluate_triggers(ctx, self.state.triggers, now)
+        if fired or new_triggers != self.state.triggers:
+            self._handle(TriggerFired(tuple(fired), new_triggers))
+
+    def _analyse(self, now: float) -> None:
+        r = self.state.rollout
+        if self.state.paused or not analysis_due(self.canary, r, now):
+            return
+        start, since = r.window_start, r.started_at if r.started_at is not None else r.window_start
+        canary = self.ports.observer.window(r.canary_version, start, now, since)
+        # At 100% the champion has no traffic in the window: compare with its traffic since the rollout began.
+        champion = self.ports.observer.window(r.champion_version, since if r.weight >= 100 else start, now, since)
+        decision, _ = analyze(self.canary, r, canary, champion, now)
+        self._handle(CanaryAnalysis(decision))
+
+    def _maybe_monitor(self, now: float) -> None:
+        mon = self.ports.monitor
+        if mon is None or self.monitor_interval_s is None or now - self._last_monitor_at < self.monitor_interval_s:
+            return
+        self._last_monitor_at = now
+        roles = {v: ("champion" if v == self.state.champion else "canary") for v in self.state.weights()}
+        mon.start(self.state.champion, roles, list(self.timeline), list(self.monitor_history))
+
+    def _collect_monitor(self) -> None:
+        mon = self.ports.monitor
+        signal = mon.poll() if mon is not None else None
+        if signal is None:
+            return
+        self._signal = signal
+        self.monitor_history = (self.monitor_history + [signal.summary])[-_MONITOR_HISTORY:]
+        self._save()
+
+    def _save(self) -> None:
+        self.ports.store.save({"format": 1, "state": self.state.to_dict(), "timeline": self.timeline,
+                               "monitor": self.monitor_history})
+
+
+def weights_text(weights: Mapping[str, float]) -> str:
+    """``v1 95% · v2 5%`` for logs and the status command."""
+    return " · ".join(f"v{v} {w:g}%" for v, w in sorted(weights.items(), key=lambda kv: int(kv[0])))

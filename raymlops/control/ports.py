@@ -1,0 +1,298 @@
+"""The real ports of the controller shell: state file, pipeline runs as Ray tasks, Ray Serve, the MLflow registry,
+the prediction and feedback logs, the monitor task and a webhook. Each is small; the logic lives in
+``raymlops.control.controller`` and the pure modules beside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import queue
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from raymlops import storage
+from raymlops.config import Config
+from raymlops.control.canary import WindowStats, window_stats
+from raymlops.control.controller import MonitorSignal, Ports, RunOutcome
+from raymlops.control.state import LogEntry
+from raymlops.errors import DataError, RaymlopsError
+
+__all__ = ["build_ports", "controller_dir", "read_logs_since", "state_uri"]
+
+
+def controller_dir(cfg: Config) -> str:
+    return storage.join(cfg.storage_uri, "controller", cfg.name)
+
+
+def state_uri(cfg: Config) -> str:
+    """Where the controller persists its state (readable without Ray: `raymlops events` and `status` use it)."""
+    return storage.join(controller_dir(cfg), "state.json")
+
+
+# ------------------------------------------------------------------------------------------------- state
+class FileStateStore:
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def load(self) -> dict[str, Any] | None:
+        if not storage.exists(self.uri):
+            return None
+        return json.loads(storage.read_text(self.uri))
+
+    def save(self, doc: dict[str, Any]) -> None:
+        storage.atomic_write_text(self.uri, json.dumps(doc, allow_nan=False))
+
+
+# -------------------------------------------------------------------------------------------------- runs
+def _import(path: str) -> Callable[..., Any]:
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise RaymlopsError(f"controller.pipeline {path!r} cannot be imported ({err}); give `module:function` of "
+                            "a function importable on the cluster") from None
+
+
+def run_pipeline_task(cfg_doc: dict[str, Any], run_id: str, resume: bool) -> dict[str, Any]:
+    """Body of the Ray task that drives one pipeline run (its steps start their own Ray work)."""
+    cfg = Config.model_validate(cfg_doc)
+    fn = _import(cfg.controller.pipeline)
+    # A run recorded but never launched (the controller died in between) has nothing to resume: start it anew.
+    resume = resume and storage.exists(storage.join(cfg.storage_uri, "runs", run_id, "run.json"))
+    log_uri = storage.join(controller_dir(cfg), "runs", f"{run_id}.log")
+    local = storage.is_local(log_uri)
+    if local:
+        storage.makedirs(storage.join(controller_dir(cfg), "runs"))
+
+    def progress(msg: str) -> None:
+        line = f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} {msg}\n"
+        if local:
+            with open(storage.resolve(log_uri)[1], "a", encoding="utf-8") as f:
+                f.write(line)
+        print(line, end="", flush=True)
+
+    result = fn(cfg, run_id=None if resume else run_id, resume_run_id=run_id if resume else None, progress=progress)
+    version = getattr(result, "version", None)
+    return {"run_id": str(result.run_id), "status": str(result.status),
+            "version": None if version is None else str(version), "error": getattr(result, "error", None)}
+
+
+class RayRunner:
+    """Each pipeline run is a Ray task owned by the controller actor (it dies with the actor; a restart resumes)."""
+
+    def __init__(self, cfg: Config):
+        import ray
+
+        self.cfg = cfg
+        self._remote = ray.remote(run_pipeline_task).options(num_cpus=cfg.controller.run_num_cpus, max_retries=0)
+        self._refs: dict[str, Any] = {}
+
+    def start(self, run_id: str, resume: bool) -> None:
+        self._refs[run_id] = self._remote.options(name=f"pipeline-run:{run_id}").remote(
+            self.cfg.model_dump(mode="json"), run_id, resume)
+
+    def poll(self, run_id: str) -> RunOutcome | None:
+        import ray
+
+        ref = self._refs.get(run_id)
+        if ref is None or not ray.wait([ref], timeout=0)[0]:
+            return None
+        del self._refs[run_id]
+        try:
+            return RunOutcome(**ray.get(ref))
+        except Exception as err:  # noqa: BLE001 - the run failed outside its own error handling
+            cause = getattr(err, "cause", None) or err
+            return RunOutcome(run_id, "failed", None, f"{type(cause).__name__}: {cause}")
+
+    def active(self, run_id: str) -> bool:
+        return run_id in self._refs
+
+
+# ------------------------------------------------------------------------------------------------ serving
+class ServeWeights:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def apply(self, weights: dict[str, float]) -> None:
+        from ray import serve
+
+        from raymlops.serve import deploy
+
+        try:
+            running = deploy.app_name(self.cfg) in serve.status().applications
+        except Exception:  # noqa: BLE001 - Serve not started yet
+            running = False
+        if running:
+            deploy.set_weights(self.cfg, weights)
+        else:
+            deploy.deploy(self.cfg, weights=weights)
+
+
+# ----------------------------------------------------------------------------------------------- registry
+class RegistryPort:
+    def __init__(self, cfg: Config):
+        from raymlops.registry.models import ModelRegistry
+
+        self.name, self.registry = cfg.name, ModelRegistry(cfg.tracking_uri)
+
+    def aliases(self) -> dict[str, str]:
+        found = self.registry._aliases_or_none(self.name)
+        return {k: str(v) for k, v in (found or {}).items()}
+
+    def promote(self, version: str) -> None:
+        self.registry.promote(self.name, version)
+
+    def record_decision(self, version: str, entry: LogEntry) -> None:
+        at = dt.datetime.fromtimestamp(entry.at, dt.timezone.utc).isoformat(timespec="seconds")
+        self.registry.tag_version(self.name, version, f"raymlops.decision.{entry.seq:06d}",
+                                  f"{at} {entry.kind}: {entry.message}")
+
+
+# -------------------------------------------------------------------------------------------- observation
+def read_logs_since(uri: str, since: float, schema: pa.Schema) -> pa.Table:
+    """The log parts under ``uri`` in ``date=`` partitions from the day of ``since`` on (all when -inf)."""
+    from raymlops.serve.predlog import read_log
+
+    if since == -float("inf"):
+        return read_log(uri, schema)
+    first = dt.datetime.fromtimestamp(max(since, 0), dt.timezone.utc).date().isoformat()
+    fs, path = storage.resolve(uri)
+    from pyarrow import fs as pafs
+
+    try:
+        dirs = [i for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+                if i.type == pafs.FileType.Directory and i.base_name.startswith("date=")]
+    except OSError as err:
+        raise DataError(f"cannot list the log at {uri}: {err}") from None
+    tables = [read_log(storage.join(uri, d.base_name), schema) for d in sorted(dirs, key=lambda i: i.base_name)
+              if d.base_name[5:] >= first]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+class LogObserver:
+    """New files under the landing URI; per-version window statistics from the prediction and feedback logs."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self._classes: dict[str, list[Any] | None] = {}
+
+    def files(self) -> frozenset[str] | None:
+        from raymlops.data.ingest import snapshot
+
+        landing = self.cfg.triggers.landing_uri or self.cfg.data.source
+        try:
+            return frozenset(snapshot(landing, self.cfg.data.format)[0])
+        except DataError:
+            return frozenset()  # nothing landed yet (or unreadable): nothing new either
+
+    def window(self, version: str, start: float, end: float, labels_since: float) -> WindowStats:
+        from raymlops.serve.predlog import FEEDBACK_SCHEMA, PREDICTION_SCHEMA, join_feedback
+
+        root = self.cfg.storage_uri
+        preds = read_logs_since(storage.join(root, "predictions", self.cfg.name), min(start, labels_since),
+                                PREDICTION_SCHEMA)
+        feedback = read_logs_since(storage.join(root, "feedback", self.cfg.name), min(start, labels_since),
+                                   FEEDBACK_SCHEMA)
+        return window_stats(preds, join_feedback(preds, feedback), version, start, end,
+                            self.cfg.evaluation.primary_metric, self.cfg.data.task,
+                            classes=self._classes_of(version), labels_since=labels_since)
+
+    def _classes_of(self, version: str) -> list[Any] | None:
+        if version not in self._classes:
+            from raymlops.registry.models import ModelRegistry
+
+            info = ModelRegistry(self.cfg.tracking_uri).get(self.cfg.name, version)
+            sig = json.loads(storage.read_text(storage.join(info.package_uri, "signature.json")))
+            self._classes[version] = sig.get("classes") or None
+        return self._classes[version]
+
+
+# --------------------------------------------------------------------------------------------- monitoring
+def monitor_task(cfg_doc: dict[str, Any], champion: str | None, roles: dict[str, str], timeline: list,
+                 history: list) -> dict[str, Any]:
+    from raymlops.control.monitor import run_monitor
+
+    result = run_monitor(Config.model_validate(cfg_doc), champion=champion, roles=roles,
+                         weights_timeline=[(t, w) for t, w in timeline], history=history)
+    return result.to_dict()
+
+
+class RayMonitor:
+    """One monitor pass at a time, as a Ray task; its result feeds the drift and degradation triggers."""
+
+    def __init__(self, cfg: Config, say: Callable[[str], None]):
+        import ray
+
+        self.cfg, self.say = cfg, say
+        self._remote = ray.remote(monitor_task).options(num_cpus=0.1, max_retries=0)
+        self._ref = None
+
+    def start(self, champion: str | None, roles: dict[str, str], timeline: list, history: list) -> None:
+        if self._ref is None:
+            self._ref = self._remote.remote(self.cfg.model_dump(mode="json"), champion, roles, timeline, history)
+
+    def poll(self) -> MonitorSignal | None:
+        import ray
+
+        if self._ref is None or not ray.wait([self._ref], timeout=0)[0]:
+            return None
+        ref, self._ref = self._ref, None
+        try:
+            doc = ray.get(ref)
+        except Exception as err:  # noqa: BLE001 - a failed pass is reported; the next one retries
+            self.say(f"monitor pass failed: {getattr(err, 'cause', None) or err}")
+            return None
+        from raymlops.control.monitor import MonitorResult
+
+        result = MonitorResult.from_dict(doc)
+        return MonitorSignal(result.champion, result.drift, result.drift_reference, result.quality, result.at, doc)
+
+
+# ------------------------------------------------------------------------------------------ notifications
+class WebhookNotifier:
+    """POSTs each event as JSON from a background thread (a slow endpoint never stalls the controller)."""
+
+    def __init__(self, cfg: Config, say: Callable[[str], None]):
+        self.url, self.timeout, self.name, self.say = (cfg.notifications.webhook_url, cfg.notifications.timeout_s,
+                                                       cfg.name, say)
+        self._queue: queue.Queue[LogEntry] = queue.Queue(maxsize=1000)
+        if self.url:
+            threading.Thread(target=self._send_loop, name="raymlops-webhook", daemon=True).start()
+
+    def send(self, entry: LogEntry) -> None:
+        self.say(f"[{entry.kind}] {entry.message}")
+        if self.url:
+            try:
+                self._queue.put_nowait(entry)
+            except queue.Full:
+                self.say(f"webhook queue full: event {entry.seq} not sent (it is in the event log)")
+
+    def _send_loop(self) -> None:
+        while True:
+            entry = self._queue.get()
+            body = json.dumps({"text": f"[raymlops {self.name}] {entry.kind}: {entry.message}",
+                               "pipeline": self.name, "event": vars(entry)}, default=str).encode()
+            request = urllib.request.Request(self.url, data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+            for attempt in range(3):
+                try:
+                    with urllib.request.urlopen(request, timeout=self.timeout):
+                        break
+                except OSError as err:
+                    if attempt == 2:
+                        self.say(f"webhook {self.url} failed for event {entry.seq}: {err}")
+                    time.sleep(0.5 * (attempt + 1))
+
+
+def build_ports(cfg: Config, say: Callable[[str], None]) -> Ports:
+    """The real ports for ``cfg`` (call inside Ray: the runner and the monitor start Ray tasks)."""
+    return Ports(store=FileStateStore(state_uri(cfg)), runner=RayRunner(cfg), serving=ServeWeights(cfg),
+                 registry=RegistryPort(cfg), observer=LogObserver(cfg), notifier=WebhookNotifier(cfg, say),
+                 monitor=RayMonitor(cfg, say))
