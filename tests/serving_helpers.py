@@ -48,7 +48,8 @@ def serving_config(root: Path, tracking_uri: str, *overrides: str) -> Config:
     ])
 
 
-def build_package(cfg: Config, path: Path, *, seed: int, extra_feature: str | None = None) -> PackageInfo:
+def build_package(cfg: Config, path: Path, *, seed: int, extra_feature: str | None = None,
+                  metrics: dict[str, Any] | None = None) -> PackageInfo:
     """A real binary-churn package: transform fitted on synthetic rows, model randomly initialised with ``seed``.
 
     ``extra_feature`` adds a numeric feature the other packages do not have (a version whose schema differs).
@@ -65,7 +66,7 @@ def build_package(cfg: Config, path: Path, *, seed: int, extra_feature: str | No
     return save_package(
         str(path), state_dict={k: v.numpy() for k, v in model.state_dict().items()}, model_spec=spec,
         transform_json=transform.to_json(), schema_yaml=schema.to_yaml(),
-        signature={"task": "binary", "label": LABEL}, metrics={}, tags={"test": "serving"},
+        signature={"task": "binary", "label": LABEL}, metrics=metrics or {}, tags={"test": "serving"},
     )
 
 

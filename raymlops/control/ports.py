@@ -91,12 +91,13 @@ class RayRunner:
         import ray
 
         self.cfg = cfg
-        self._remote = ray.remote(run_pipeline_task).options(num_cpus=cfg.controller.run_num_cpus, max_retries=0)
+        self._remote = ray.remote(run_pipeline_task)
         self._refs: dict[str, Any] = {}
 
     def start(self, run_id: str, resume: bool) -> None:
-        self._refs[run_id] = self._remote.options(name=f"pipeline-run:{run_id}").remote(
-            self.cfg.model_dump(mode="json"), run_id, resume)
+        self._refs[run_id] = self._remote.options(
+            name=f"pipeline-run:{run_id}", num_cpus=self.cfg.controller.run_num_cpus, max_retries=0,
+        ).remote(self.cfg.model_dump(mode="json"), run_id, resume)
 
     def poll(self, run_id: str) -> RunOutcome | None:
         import ray
@@ -231,7 +232,7 @@ class RayMonitor:
         import ray
 
         self.cfg, self.say = cfg, say
-        self._remote = ray.remote(monitor_task).options(num_cpus=0.1, max_retries=0)
+        self._remote = ray.remote(num_cpus=0.1, max_retries=0)(monitor_task)
         self._ref = None
 
     def start(self, champion: str | None, roles: dict[str, str], timeline: list, history: list) -> None:
