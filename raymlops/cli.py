@@ -219,26 +219,54 @@ def lineage_cmd(
 def promote_cmd(
     config: ConfigArg,
     version: Annotated[str, typer.Argument(help="Version number or alias to make the champion.")],
+    request_id: Annotated[Optional[str], typer.Option("--request-id", help="Idempotency key.")] = None,  # noqa: UP045
     set_: SetOpt = None,
+    address: AddressOpt = None,
 ) -> None:
-    """Make a version the champion (the old champion is kept as `previous` for rollback)."""
+    """Make a version the champion (the old champion is kept as `previous` for rollback).
+
+    With a controller running (--address / $RAY_ADDRESS), the controller does it: a canary in progress is
+    promoted at once, and the serving split follows.
+    """
     from raymlops.registry.models import ModelRegistry
 
     cfg = _load(config, set_)
     reg = ModelRegistry(cfg.tracking_uri)
-    info = reg.promote(cfg.name, reg.resolve(cfg.name, version).version)
+    resolved = str(reg.resolve(cfg.name, version).version)
+    if _controller_running(cfg, address):  # the controller owns the aliases and the split while it runs
+        _manual(config, set_, address, "promote", request_id, resolved)
+        return
+    info = reg.promote(cfg.name, resolved)
     typer.echo(f"{cfg.name} v{info.version} is the champion; aliases: {reg.aliases(cfg.name)}")
 
 
 @app.command("rollback")
-def rollback_cmd(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Make the `previous` champion the champion again."""
+def rollback_cmd(
+    config: ConfigArg,
+    request_id: Annotated[Optional[str], typer.Option("--request-id", help="Idempotency key.")] = None,  # noqa: UP045
+    set_: SetOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Roll back: the canary in progress (through the controller), else the `previous` champion returns."""
     from raymlops.registry.models import ModelRegistry
 
     cfg = _load(config, set_)
+    if _controller_running(cfg, address):
+        _manual(config, set_, address, "rollback", request_id)
+        return
     reg = ModelRegistry(cfg.tracking_uri)
     info = reg.rollback(cfg.name)
     typer.echo(f"rolled back: {cfg.name} v{info.version} is the champion; aliases: {reg.aliases(cfg.name)}")
+
+
+def _controller_running(cfg, address: str | None) -> bool:
+    """Whether a controller of ``cfg`` runs on the cluster at --address / $RAY_ADDRESS (no cluster: False)."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        return False
+    from raymlops.control.actor import get_controller
+
+    _connect_cluster(address)
+    return get_controller(cfg) is not None
 
 
 @app.command("demo")
@@ -247,15 +275,34 @@ def demo_cmd(
         Optional[Path],  # noqa: UP045
         typer.Argument(help="Config to run the demo with. Default: the embedded defaults."),
     ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller data, fewer epochs, shorter canary windows "
+                                        "(what CI runs).")] = False,
+    bad_model: Annotated[bool, typer.Option("--bad-model/--no-bad-model", help="Land a partition with "
+                                            "inverted labels so that v3 is rolled back on live labels.")] = True,
     set_: SetOpt = None,
     address: AddressOpt = None,
 ) -> None:
-    """Generate data, validate it (clean, drifted, broken), then run the CT pipeline; prints a timeline."""
-    cfg = _load(config, set_)
-    init_ray(address)
-    from raymlops.demo import run_demo
+    """The whole loop on a laptop, in a sandbox under {storage_uri}/demo, narrated as a timeline.
 
-    where = run_demo(cfg, say=typer.echo)
+    Data lands and is validated → the controller trains v1 and serves it → simulated clients send traffic and
+    labels → drifted data lands → the controller retrains → v2 goes on canary and is promoted → a partition
+    with inverted labels lands → v3 goes on canary and is rolled back on the clients' labels. About 4 minutes
+    on 2 cores.
+    """
+    import socket
+
+    from raymlops.demo import DEMO_OVERRIDES, QUICK_OVERRIDES, demo_config, run_demo
+
+    cfg = _load(config, [*DEMO_OVERRIDES, *(QUICK_OVERRIDES if quick else []), *(set_ or [])])
+    with socket.socket() as sock:  # the configured port, or any free one when it is taken
+        try:
+            sock.bind((cfg.serving.host, cfg.serving.port))
+            port = cfg.serving.port
+        except OSError:
+            sock.bind((cfg.serving.host, 0))
+            port = sock.getsockname()[1]
+    init_ray(address)
+    where = run_demo(demo_config(cfg, port), say=typer.echo, quick=quick, bad_model=bad_model)
     typer.echo("\nwhere to look:")
     for what, uri in where.items():
         typer.echo(f"  {what:<20} {uri}")
@@ -424,6 +471,212 @@ def serve_weights_cmd(
     from raymlops.serve.deploy import set_weights
 
     _echo_deploy(set_weights(cfg, _parse_weights(weights) or {}, shadow=shadow, shadow_pct=shadow_pct))
+
+
+# --------------------------------------------------------------------------------------------- controller
+controller_app = typer.Typer(help="The detached controller that runs the loop: triggers, retraining, canary "
+                             "analysis, promotion and rollback.", no_args_is_help=True)
+app.add_typer(controller_app, name="controller")
+RequestOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--request-id", help="Idempotency key: a retried command with the same id counts once."),
+]
+
+
+def _connect_cluster(address: str | None) -> None:
+    """Join the cluster where the controller runs: --address or $RAY_ADDRESS (the controller outlives the CLI)."""
+    from raymlops.errors import ControllerError
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise ControllerError("give the cluster the controller runs on: --address HOST:PORT or $RAY_ADDRESS (start "
+                              "one with `ray start --head`; `raymlops controller start` without them runs it in "
+                              "the foreground)")
+    try:
+        init_ray(address)
+    except ConnectionError as err:
+        raise ControllerError(f"cannot reach the Ray cluster at {address}: {err}; check --address / $RAY_ADDRESS") \
+            from None
+
+
+def _echo_event(e: dict) -> None:
+    import datetime as dt
+
+    at = dt.datetime.fromtimestamp(e["at"]).isoformat(sep=" ", timespec="seconds")
+    typer.echo(f"{e['seq']:>5}  {at}  {e['kind']:<20} {e['message']}")
+
+
+@controller_app.command("start")
+def controller_start_cmd(config: ConfigArg, set_: SetOpt = None, address: AddressOpt = None) -> None:
+    """Start the controller of CONFIG (a detached Ray actor; it resumes from its persisted state).
+
+    With --address or $RAY_ADDRESS it runs on that cluster and this command returns. Without, Ray runs in this
+    process and the controller with it: events are printed until Ctrl-C.
+    """
+    import time
+
+    from raymlops.control.actor import call, start_controller, stop_controller
+
+    cfg = _load(config, set_)
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    init_ray(address)
+    _, started = start_controller(cfg)
+    s = call(cfg, "status")
+    typer.echo(f"controller of {cfg.name!r} {'started' if started else 'already running'}: champion "
+               f"{s['champion'] or '-'}, rollout {s['rollout']['phase']}, run "
+               f"{(s['run'] or {}).get('run_id') or '-'}")
+    if not local:
+        return
+    _say("the controller runs in this process's Ray; press Ctrl-C to stop it (use --address for a cluster)")
+    seen = s["last_event"]["seq"] if s["last_event"] else 0
+    try:
+        while True:
+            for e in call(cfg, "events", seen):
+                _echo_event(e)
+                seen = e["seq"]
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        stop_controller(cfg)
+        _say("controller stopped; its state is kept and the next start resumes it")
+
+
+@controller_app.command("stop")
+def controller_stop_cmd(config: ConfigArg, set_: SetOpt = None, address: AddressOpt = None) -> None:
+    """Stop the controller (serving keeps running; its state is kept for the next start)."""
+    from raymlops.control.actor import stop_controller
+
+    cfg = _load(config, set_)
+    _connect_cluster(address)
+    typer.echo("controller stopped" if stop_controller(cfg) else f"no controller of {cfg.name!r} was running")
+
+
+@controller_app.command("status")
+def controller_status_cmd(config: ConfigArg, set_: SetOpt = None, address: AddressOpt = None) -> None:
+    """The live controller's state as JSON: run in flight, queue, rollout, weights, last monitor pass."""
+    from raymlops.control.actor import call
+
+    cfg = _load(config, set_)
+    _connect_cluster(address)
+    typer.echo(json.dumps(call(cfg, "status"), indent=2, default=str))
+
+
+def _manual(config: Path, set_: list[str] | None, address: str | None, command: str, request_id: str | None,
+            version: str | None = None) -> None:
+    from raymlops.control.actor import call
+    from raymlops.errors import ControllerError
+
+    cfg = _load(config, set_)
+    _connect_cluster(address)
+    entry = call(cfg, "command", command, request_id, version)
+    if entry is None:
+        typer.echo(f"{command}: nothing to do")
+        return
+    if entry["kind"] == "rejected":
+        raise ControllerError(entry["message"])
+    typer.echo(f"{entry['kind']}: {entry['message']}")
+
+
+@controller_app.command("pause")
+def controller_pause_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None,
+                         address: AddressOpt = None) -> None:
+    """Pause: no new runs start and no canary decision is taken (the split stays as it is)."""
+    _manual(config, set_, address, "pause", request_id)
+
+
+@controller_app.command("resume")
+def controller_resume_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None,
+                          address: AddressOpt = None) -> None:
+    """Resume after `pause`: queued runs and waiting canaries go on."""
+    _manual(config, set_, address, "resume", request_id)
+
+
+@app.command("trigger")
+def trigger_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None,
+                address: AddressOpt = None) -> None:
+    """Ask the controller for a pipeline run now (queued behind a run in flight)."""
+    from raymlops.control.actor import call
+
+    cfg = _load(config, set_)
+    _connect_cluster(address)
+    rid = call(cfg, "trigger", request_id)
+    s = call(cfg, "status")
+    run = (s["run"] or {}).get("run_id")
+    typer.echo(f"trigger {rid} accepted: " + (f"run {run} in flight" if run else "queued") +
+               "; follow it with `raymlops events CONFIG --follow`")
+
+
+@app.command("approve")
+def approve_cmd(
+    config: ConfigArg,
+    version: Annotated[Optional[str], typer.Argument(help="The canary version (checked if given).")] = None,  # noqa: UP045
+    request_id: RequestOpt = None, set_: SetOpt = None, address: AddressOpt = None,
+) -> None:
+    """Promote the canary waiting at its last step (canary.require_approval: true)."""
+    _manual(config, set_, address, "approve", request_id, version)
+
+
+@app.command("events")
+def events_cmd(
+    config: ConfigArg,
+    since: Annotated[int, typer.Option("--since", help="Only events after this sequence number.")] = 0,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many (the newest).")] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """The controller's event log: triggers, runs, canary decisions with their checks, promotions, rollbacks.
+
+    Read from the controller's state in storage, so it works with the controller stopped and without Ray.
+    """
+    import time
+
+    from raymlops import storage
+    from raymlops.control.ports import state_uri
+
+    cfg = _load(config, set_)
+    uri = state_uri(cfg)
+
+    def read() -> list[dict]:
+        if not storage.exists(uri):
+            return []
+        return json.loads(storage.read_text(uri))["state"]["events"]
+
+    if not storage.exists(uri) and not follow:
+        typer.echo(f"no controller events for {cfg.name!r} yet ({uri} does not exist); start one with "
+                   "`raymlops controller start CONFIG`")
+        return
+    shown = [e for e in read() if e["seq"] > since][-limit:]
+    try:
+        while True:
+            for e in shown:
+                typer.echo(json.dumps(e, default=str)) if as_json else _echo_event(e)
+                since = e["seq"]
+            if not follow:
+                return
+            time.sleep(1.0)
+            shown = [e for e in read() if e["seq"] > since]
+    except KeyboardInterrupt:
+        return
+
+
+@app.command("status")
+def status_cmd(
+    config: ConfigArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Everything as one JSON document.")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Where the loop stands: model versions and aliases, controller rollout and run, live serving, monitoring."""
+    from raymlops.control.status import gather_status, render_status
+
+    cfg = _load(config, set_)
+    doc = gather_status(cfg)
+    typer.echo(json.dumps(doc, indent=2, default=str) if as_json else render_status(doc))
+
+
+# ----------------------------------------------------------------------------------------------- features
+from raymlops.features.cli import features_app  # noqa: E402 - registered last, beside its peers
+
+app.add_typer(features_app, name="features")
 
 
 # --------------------------------------------------------------------------------------------------- main

@@ -219,6 +219,10 @@ class EvaluationConfig(_Section):
     )
     min_slice_rows: PositiveInt = Field(50, description="Slices with fewer test rows are reported, not gated.")
     max_package_mb: Annotated[float, Field(gt=0)] = Field(200.0, description="Model package size limit.")
+    local_max_rows: Annotated[int, Field(ge=0)] = Field(
+        250_000, description="Splits with at most this many rows in all are scored in the evaluate step's own "
+        "process; larger ones on a Ray Data actor pool (which costs seconds to start)."
+    )
     max_load_memory_mb: Annotated[float, Field(gt=0)] = Field(
         2048.0, description="Memory limit when the package is loaded in a fresh process."
     )
@@ -326,6 +330,27 @@ class ControllerConfig(_Section):
     )
 
 
+# ----------------------------------------------------------------------------------------------- features
+class FeaturesConfig(_Section):
+    """Training data from the feature store, and key-only requests in serving (see raymlops.features)."""
+
+    repo: str = Field("configs/features.yaml", description="Feature repo YAML (entities, views, services).")
+    service: str = Field(description="Feature service the model consumes (e.g. churn_model).")
+    label_source: str | None = Field(
+        None, description="Entity rows with timestamps and labels (file, directory or URI). When set, the CT "
+        "pipeline trains on these rows joined point-in-time with the service's features, instead of data.source; "
+        "data.timestamp, data.id_columns and data.label name its columns.",
+    )
+    partitions: PositiveInt = Field(
+        4, description="Entity-key hash partitions of the historical join, run as parallel Ray tasks (1: one "
+        "process)."
+    )
+    serve_online: bool = Field(
+        True, description="Serving fetches the service's features from the online store by entity key, so a "
+        "request sends only keys and request-time features."
+    )
+
+
 # ------------------------------------------------------------------------------------------------- config
 class Config(_Section):
     """A whole pipeline configuration (one YAML file)."""
@@ -345,6 +370,7 @@ class Config(_Section):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    features: FeaturesConfig | None = Field(None, description="Feature store integration; null: none.")
 
 
 # ------------------------------------------------------------------------------------------------ loading

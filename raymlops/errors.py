@@ -63,3 +63,13 @@ class ServingError(RaymlopsError):
 
 class PipelineError(RaymlopsError):
     """A pipeline definition or run is invalid (cycle, unknown input, unknown run id to resume)."""
+
+
+class ControllerError(RaymlopsError):
+    """The controller is not running, not reachable, or refused a command (the message says why)."""
+
+    exit_code = 2
+
+
+class FeatureStoreError(RaymlopsError):
+    """A feature definition, feature source, retrieval or online store cannot be used as asked."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from raymlops.config import Config
-from raymlops.errors import RaymlopsError
+from raymlops.errors import ControllerError, RaymlopsError
 
 __all__ = ["NAMESPACE", "ControllerActor", "absolute_config", "actor_name", "call", "get_controller",
            "start_controller", "stop_controller"]
@@ -171,7 +171,7 @@ def call(cfg: Config, method: str, *args: Any, timeout_s: float = 300.0) -> Any:
 
     handle = get_controller(cfg)
     if handle is None:
-        raise RaymlopsError(f"no controller is running for {cfg.name!r}; start one with "
+        raise ControllerError(f"no controller is running for {cfg.name!r}; start one with "
                             "`raymlops controller start CONFIG` (on a cluster: --address or RAY_ADDRESS)")
     try:
         return ray.get(getattr(handle, method).remote(*args), timeout=timeout_s)

@@ -15,8 +15,6 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
-
 from raymlops import storage
 from raymlops.config import Config
 from raymlops.control.canary import WindowStats, window_stats
@@ -24,7 +22,7 @@ from raymlops.control.controller import MonitorSignal, Ports, RunOutcome
 from raymlops.control.state import LogEntry
 from raymlops.errors import DataError, RaymlopsError
 
-__all__ = ["build_ports", "controller_dir", "read_logs_since", "state_uri"]
+__all__ = ["build_ports", "controller_dir", "state_uri"]
 
 
 def controller_dir(cfg: Config) -> str:
@@ -131,6 +129,10 @@ class ServeWeights:
         except Exception:  # noqa: BLE001 - Serve not started yet
             running = False
         if running:
+            live = deploy.live_routing(self.cfg)
+            serving = None if live is None else {v: w for v, w in live["weights"].items() if w > 0}
+            if serving == weights and live["shadow"] is None:
+                return  # a restarted controller re-asserting the split must not disturb serving
             deploy.set_weights(self.cfg, weights)
         else:
             deploy.deploy(self.cfg, weights=weights)
@@ -157,26 +159,6 @@ class RegistryPort:
 
 
 # -------------------------------------------------------------------------------------------- observation
-def read_logs_since(uri: str, since: float, schema: pa.Schema) -> pa.Table:
-    """The log parts under ``uri`` in ``date=`` partitions from the day of ``since`` on (all when -inf)."""
-    from raymlops.serve.predlog import read_log
-
-    if since == -float("inf"):
-        return read_log(uri, schema)
-    first = dt.datetime.fromtimestamp(max(since, 0), dt.timezone.utc).date().isoformat()
-    fs, path = storage.resolve(uri)
-    from pyarrow import fs as pafs
-
-    try:
-        dirs = [i for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-                if i.type == pafs.FileType.Directory and i.base_name.startswith("date=")]
-    except OSError as err:
-        raise DataError(f"cannot list the log at {uri}: {err}") from None
-    tables = [read_log(storage.join(uri, d.base_name), schema) for d in sorted(dirs, key=lambda i: i.base_name)
-              if d.base_name[5:] >= first]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
-
-
 class LogObserver:
     """New files under the landing URI; per-version window statistics from the prediction and feedback logs."""
 
@@ -194,13 +176,13 @@ class LogObserver:
             return frozenset()  # nothing landed yet (or unreadable): nothing new either
 
     def window(self, version: str, start: float, end: float, labels_since: float) -> WindowStats:
+        from raymlops.control.monitor import log_uris, read_window
         from raymlops.serve.predlog import FEEDBACK_SCHEMA, PREDICTION_SCHEMA, join_feedback
 
-        root = self.cfg.storage_uri
-        preds = read_logs_since(storage.join(root, "predictions", self.cfg.name), min(start, labels_since),
-                                PREDICTION_SCHEMA)
-        feedback = read_logs_since(storage.join(root, "feedback", self.cfg.name), min(start, labels_since),
-                                   FEEDBACK_SCHEMA)
+        predictions_uri, feedback_uri = log_uris(self.cfg)
+        first = min(start, labels_since)
+        preds = read_window(predictions_uri, PREDICTION_SCHEMA, first, end)
+        feedback = read_window(feedback_uri, FEEDBACK_SCHEMA, first, end)
         return window_stats(preds, join_feedback(preds, feedback), version, start, end,
                             self.cfg.evaluation.primary_metric, self.cfg.data.task,
                             classes=self._classes_of(version), labels_since=labels_since)

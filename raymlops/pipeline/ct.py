@@ -132,7 +132,11 @@ def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
         metrics={"best_val_loss": meta["best_val_loss"], "best_epoch": meta["best_epoch"]},
         tags={"pipeline_run_id": ctx.run_id, "schema_uri": schema.uri},
     )
-    splits = {k: ray.data.read_parquet(u) for k, u in data.split_uris.items()}
+    if sum(data.rows.values()) <= cfg.evaluation.local_max_rows:
+        # Small splits: predicting in this process beats starting a Ray Data actor pool by seconds.
+        splits = {k: _read_table(u) for k, u in data.split_uris.items()}
+    else:
+        splits = {k: ray.data.read_parquet(u) for k, u in data.split_uris.items()}
     ctx.progress(f"packaged {info.size_bytes / 1e6:.2f} MB (digest {info.digest[:12]}); evaluating")
     result = run_eval(load_package(info.uri, info.digest), splits, task=cfg.data.task, label=cfg.data.label,
                       slices=cfg.data.slices)
@@ -243,6 +247,11 @@ def run_ct_pipeline(cfg: Config, *, resume_run_id: str | None = None, run_id: st
     """
     from raymlops.data.ingest import snapshot
 
+    if getattr(cfg, "features", None) is not None and cfg.features.label_source:
+        from raymlops.features.training import build_training_source
+
+        # The training data is the label rows joined point-in-time with the feature service, written once.
+        cfg = build_training_source(cfg, progress=progress)
     _, digest = snapshot(cfg.data.source, cfg.data.format)
     storage.makedirs(cfg.storage_uri)  # the default SQLite tracking database lives there
     result = run_pipeline(
@@ -266,6 +275,13 @@ def _signature(cfg: Config, data) -> dict[str, Any]:
             "outputs": {"binary": ["probability", "label"], "multiclass": ["probabilities", "label"],
                         "regression": ["value"]}[cfg.data.task],
             "task": cfg.data.task, "label": cfg.data.label, "classes": list(t.classes or [])}
+
+
+def _read_table(split_uri: str):
+    import pyarrow.dataset as pads
+
+    fs, path = storage.resolve(split_uri)
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table()
 
 
 def _sample_rows(split_uri: str, n: int) -> list[dict[str, Any]]:

@@ -302,6 +302,28 @@ class MetadataStore:
                 ids.append(run.info.run_id)
             return ids
 
+    # -------------------------------------------------------------------------------------------- monitor
+    def log_monitor_pass(self, experiment: str, metrics: Mapping[str, float], *, at: float,
+                         tags: Mapping[str, str] | None = None) -> str:
+        """Log one monitor pass as metrics (step = epoch seconds) of the long-lived run tagged
+        ``raymlops.kind=monitor`` in ``experiment`` (created on first use), in one batch; returns its run id."""
+        with self._errors(f"logging a monitor pass to experiment {experiment!r}"):
+            exp_id = self._experiment_id(experiment, None)
+            found = self._client.search_runs([exp_id], filter_string=f"tags.`{KIND_TAG}` = 'monitor'",
+                                             max_results=1, order_by=["attributes.start_time ASC"])
+            if found:  # the oldest one: two monitors racing to create it converge on the same run
+                run_id = found[0].info.run_id
+            else:
+                run_id = self._client.create_run(exp_id, run_name="monitor",
+                                                 tags={**_environment_tags(), KIND_TAG: "monitor"}).info.run_id
+            ms, step = int(at * 1000), int(at)
+            self._client.log_batch(
+                run_id,
+                metrics=[Metric(str(k), float(v), ms, step) for k, v in metrics.items()],
+                tags=[RunTag(str(k), str(v)[:_TAG_LIMIT]) for k, v in (tags or {}).items()],
+            )
+            return run_id
+
     # ---------------------------------------------------------------------------------------------- reads
     def list_runs(self, experiment: str, max_results: int = 20) -> list[RunSummary]:
         """The latest pipeline runs of ``experiment`` (newest first)."""

@@ -188,8 +188,7 @@ class ModelServer:
                 champion=champion,
                 versions=versions,
                 table=RoutingTable(dict(config["weights"]), config.get("shadow"), float(config.get("shadow_pct", 0))),
-                validator=RequestValidator(schema, max_body_bytes=limits["max_body_bytes"],
-                                           max_instances=limits["max_instances"]),
+                validator=_validator(schema, limits, config.get("features")),
                 max_body_bytes=limits["max_body_bytes"],
                 max_instances=limits["max_instances"],
                 revision=str(config.get("revision", "")),
@@ -400,6 +399,16 @@ class ModelServer:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+def _validator(schema: Schema, limits: dict[str, Any], features: dict[str, Any] | None) -> Any:
+    """The request validator; with a feature service, one that fetches store-served features by entity key."""
+    if not features:
+        return RequestValidator(schema, max_body_bytes=limits["max_body_bytes"], max_instances=limits["max_instances"])
+    from raymlops.features.serving import OnlineRequestValidator
+
+    return OnlineRequestValidator(features, schema, max_body_bytes=limits["max_body_bytes"],
+                                  max_instances=limits["max_instances"])
+
+
 def _rows(version: _Version, columns: dict[str, Any]) -> list[dict[str, Any]]:
     """One JSON-ready prediction per instance, labels decoded to class values."""
     out = version.model.predict(columns)

@@ -150,7 +150,14 @@ def plan(
         "shadow_pct": pct,
         "limits": {"max_body_bytes": cfg.serving.max_body_bytes, "max_instances": cfg.serving.max_instances},
         "num_replicas": cfg.serving.num_replicas,  # for GET /v1/models/{name}; scaling must not restart replicas
+        "features": _features_spec(cfg),  # feature service for key-only requests (None: clients send features)
     }
+
+
+def _features_spec(cfg: Config) -> dict[str, Any] | None:
+    from raymlops.features.serving import serving_spec
+
+    return serving_spec(cfg)
 
 
 def _resolve(registry: ModelRegistry, name: str, ref: str | int) -> ModelVersionInfo:
@@ -400,6 +407,19 @@ def _direct_urls(cfg: Config, name: str) -> list[str]:
         for t in g.targets
         if t.name.startswith("SERVE_REPLICA::")
     )
+
+
+def live_routing(cfg: Config) -> dict[str, Any] | None:
+    """The routing the running app was last given (``weights``, ``shadow``), or None when unknown."""
+    from ray.serve.context import _get_global_client
+
+    try:
+        info, _ = _get_global_client().get_deployment_info(DEPLOYMENT_NAME, app_name(cfg))
+        user_config = info.deployment_config.user_config or {}
+    except Exception:  # private API, or nothing deployed
+        return None
+    return {"weights": {str(v): float(w) for v, w in user_config.get("weights", {}).items()},
+            "shadow": user_config.get("shadow")}
 
 
 def _running_direct(name: str) -> bool:

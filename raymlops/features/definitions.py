@@ -1,0 +1,260 @@
+"""Feature definitions: entities, feature views and feature services, in one YAML "feature repo" file.
+
+```yaml
+project: churn
+online_store: {type: sqlite, path: ./.raymlops/features/online.sqlite}   # or {type: redis, url: redis://...}
+entities:
+  customer: {join_keys: {customer_id: string}, description: A paying customer}
+feature_views:
+  customer_usage:
+    entity: customer
+    source: {uri: ./.raymlops/feature-data/customer_usage, format: parquet}
+    event_timestamp: event_ts
+    created_timestamp: created_ts      # optional: among equal event times the latest created wins
+    ttl_s: 2592000                     # optional: older values are not served (null); null = no limit
+    features: {usage_gb: {type: float64}, support_calls: {type: int64}}
+    description: ..., owner: ..., tags: {team: growth}
+feature_services:
+  churn_model: {features: [customer_profile, "customer_usage:usage_gb"]}   # a whole view, or view:feature
+```
+
+Relative paths are relative to the working directory, like every raymlops config. The validated document has a
+content digest (``FeatureRepo.digest``): a training set, a materialisation and a served model record the digest
+of the definitions they used, and ``save_copy`` keeps that exact document under the storage root.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raymlops import storage
+from raymlops.core.fingerprint import digest_bytes
+from raymlops.errors import ConfigError
+
+__all__ = ["FeatureRepo", "ResolvedView", "load_feature_repo", "parse_feature_repo"]
+
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+Name = Annotated[str, Field(pattern=_NAME)]
+FeatureType = Literal["int64", "float64", "string", "bool"]
+KeyType = Literal["string", "int64"]
+
+
+class _Def(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OnlineStoreDef(_Def):
+    type: Literal["sqlite", "redis"] = Field("sqlite", description="sqlite (embedded, default) or redis.")
+    path: str = Field("./.raymlops/features/online.sqlite", description="SQLite file (local path).")
+    url: str | None = Field(None, description="Redis URL, e.g. redis://localhost:6379/0 (type redis).")
+
+    @model_validator(mode="after")
+    def _complete(self) -> OnlineStoreDef:
+        if self.type == "redis" and not self.url:
+            raise ValueError("type 'redis' needs `url`, e.g. redis://localhost:6379/0")
+        if self.type == "sqlite" and "://" in self.path:
+            raise ValueError(f"path {self.path!r}: SQLite needs a local file path; use type redis for a shared store")
+        return self
+
+
+class EntityDef(_Def):
+    join_keys: dict[Name, KeyType] = Field(min_length=1, description="Key column -> string | int64.")
+    description: str = ""
+
+
+class SourceDef(_Def):
+    uri: str = Field(description="A file or directory of files (local path or pyarrow URI).")
+    format: Literal["auto", "parquet", "csv"] = "auto"
+
+
+class FeatureDef(_Def):
+    type: FeatureType
+    description: str = ""
+
+
+class FeatureViewDef(_Def):
+    entity: Name = Field(description="Name of an entity in `entities`.")
+    source: SourceDef
+    event_timestamp: Name = Field(description="Column with the time each value became true.")
+    created_timestamp: Name | None = Field(None, description="Column with the time a row was written (ties).")
+    ttl_s: Annotated[float, Field(ge=0)] | None = Field(None, description="Max age of a served value; null/0: none.")
+    features: dict[Name, FeatureDef] = Field(min_length=1)
+    online: bool = Field(True, description="Materialise this view into the online store.")
+    description: str = ""
+    owner: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class FeatureServiceDef(_Def):
+    features: list[str] = Field(min_length=1, description="View names, or `view:feature` for single features.")
+    description: str = ""
+    owner: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class FeatureRepo(_Def):
+    """A validated feature repo (see the module docstring for the YAML layout)."""
+
+    project: Name = "default"
+    online_store: OnlineStoreDef = Field(default_factory=OnlineStoreDef)
+    entities: dict[Name, EntityDef] = Field(min_length=1)
+    feature_views: dict[Name, FeatureViewDef] = Field(min_length=1)
+    feature_services: dict[Name, FeatureServiceDef] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> FeatureRepo:
+        for name, view in self.feature_views.items():
+            if view.entity not in self.entities:
+                raise ValueError(f"feature_views.{name}.entity: unknown entity '{view.entity}'; define it under "
+                                 f"`entities` (known: {sorted(self.entities)})")
+            reserved = {*self.entities[view.entity].join_keys, view.event_timestamp, view.created_timestamp}
+            clash = sorted(reserved & set(view.features))
+            if clash:
+                raise ValueError(f"feature_views.{name}.features: {clash} are keys or timestamps of the view, not "
+                                 "features; remove them from `features`")
+        for name, service in self.feature_services.items():
+            seen: dict[str, str] = {}
+            for ref in service.features:
+                view_name, _, feature = ref.partition(":")
+                view = self.feature_views.get(view_name)
+                if view is None:
+                    raise ValueError(f"feature_services.{name}.features: unknown view '{view_name}' in {ref!r}; "
+                                     f"use one of {sorted(self.feature_views)}")
+                if feature and feature not in view.features:
+                    raise ValueError(f"feature_services.{name}.features: view '{view_name}' has no feature "
+                                     f"'{feature}'; its features are {sorted(view.features)}")
+                for f in [feature] if feature else view.features:
+                    if f in seen and seen[f] != view_name:
+                        raise ValueError(f"feature_services.{name}.features: feature '{f}' comes from both "
+                                         f"'{seen[f]}' and '{view_name}'; list only one of them")
+                    seen[f] = view_name
+        return self
+
+    # ---------------------------------------------------------------------------------------------- use
+    @property
+    def digest(self) -> str:
+        """``sha256:...`` of the canonical JSON of the validated definitions (formatting does not count)."""
+        doc = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return digest_bytes(doc.encode())
+
+    def to_yaml(self) -> str:
+        """The validated definitions, defaults filled in, as YAML."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save_copy(self, storage_uri: str) -> str:
+        """Write the definitions under ``{storage_uri}/features/definitions/<digest>.yaml`` (atomic); its URI."""
+        uri = storage.join(storage_uri, "features", "definitions", self.digest.split(":")[-1][:16] + ".yaml")
+        if not storage.exists(uri):
+            storage.atomic_write_text(uri, self.to_yaml())
+        return uri
+
+    def view(self, name: str) -> ResolvedView:
+        """One feature view with every feature, resolved (raises ``ConfigError`` naming the known views)."""
+        if name not in self.feature_views:
+            raise ConfigError(f"unknown feature view '{name}'; known views: {sorted(self.feature_views)} "
+                              "(see `raymlops features list`)")
+        return self._resolve(name, list(self.feature_views[name].features))
+
+    def service(self, name: str) -> list[ResolvedView]:
+        """The views of a feature service, each limited to the features the service uses, in listed order."""
+        if name not in self.feature_services:
+            raise ConfigError(f"unknown feature service '{name}'; known services: {sorted(self.feature_services)} "
+                              "(see `raymlops features list`)")
+        chosen: dict[str, list[str]] = {}
+        for ref in self.feature_services[name].features:
+            view_name, _, feature = ref.partition(":")
+            names = chosen.setdefault(view_name, [])
+            for f in [feature] if feature else self.feature_views[view_name].features:
+                if f not in names:
+                    names.append(f)
+        return [self._resolve(v, fs) for v, fs in chosen.items()]
+
+    def _resolve(self, name: str, features: list[str]) -> ResolvedView:
+        view = self.feature_views[name]
+        ttl = dt.timedelta(seconds=view.ttl_s) if view.ttl_s else None
+        return ResolvedView(
+            name=name, entity=view.entity, join_keys=dict(self.entities[view.entity].join_keys),
+            source_uri=view.source.uri, source_format=view.source.format, event_timestamp=view.event_timestamp,
+            created_timestamp=view.created_timestamp, ttl=ttl,
+            features={f: view.features[f].type for f in features},
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedView:
+    """A feature view as retrieval and serving need it: keys with types, timestamps, TTL, typed features."""
+
+    name: str
+    entity: str
+    join_keys: dict[str, str]
+    source_uri: str
+    source_format: str
+    event_timestamp: str
+    created_timestamp: str | None
+    ttl: dt.timedelta | None
+    features: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (travels to serving replicas in the deployment's user_config)."""
+        return {"name": self.name, "entity": self.entity, "join_keys": self.join_keys,
+                "source_uri": self.source_uri, "source_format": self.source_format,
+                "event_timestamp": self.event_timestamp, "created_timestamp": self.created_timestamp,
+                "ttl_s": self.ttl.total_seconds() if self.ttl else None, "features": self.features}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> ResolvedView:
+        """Inverse of ``to_dict``."""
+        ttl = dt.timedelta(seconds=doc["ttl_s"]) if doc.get("ttl_s") else None
+        return cls(doc["name"], doc["entity"], dict(doc["join_keys"]), doc["source_uri"], doc["source_format"],
+                   doc["event_timestamp"], doc.get("created_timestamp"), ttl, dict(doc["features"]))
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid feature definitions in {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - {path}: unknown key; check the spelling (see the layout in raymlops.features."
+                         "definitions)")
+            continue
+        value = e.get("input")
+        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {path}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_feature_repo(doc: Any, source: str = "<dict>") -> FeatureRepo:
+    """Validate a feature repo document; ``ConfigError`` names each bad key path and the fix."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source} must hold a mapping (project:, entities:, feature_views:, ...), "
+                          f"not {type(doc).__name__}")
+    try:
+        return FeatureRepo.model_validate(doc)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def load_feature_repo(path: str | Path) -> FeatureRepo:
+    """Load and validate a feature repo YAML file (``ConfigError`` with the file, key path and fix)."""
+    p = str(path)
+    try:
+        text = storage.read_text(p)
+    except Exception:
+        raise ConfigError(f"feature repo {p} cannot be read; pass a path like configs/features.yaml "
+                          "(--repo, or features.repo in the pipeline config)") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"feature repo {p} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    return parse_feature_repo(doc, p)

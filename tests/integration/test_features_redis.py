@@ -1,0 +1,83 @@
+"""The Redis online store against a real redis-server started by the test (skipped when it cannot start)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raymlops.features.definitions import load_feature_repo
+from raymlops.features.example import generate_example
+from raymlops.features.materialize import materialize
+from raymlops.features.online import OnlineFeatures
+from raymlops.features.stores import RedisOnlineStore, SQLiteOnlineStore
+from tests.serving_helpers import free_port
+
+CONFIG = Path(__file__).parents[2] / "configs" / "features.yaml"
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server); the Redis store is untested here")
+    pytest.importorskip("redis", reason="the redis client is not installed: pip install 'raymlops[redis]'")
+    import redis
+
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path_factory.mktemp("redis"))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.skip(f"redis-server did not start on port {port}")
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_redis_store_semantics(redis_url):
+    store = RedisOnlineStore(redis_url, prefix="t1")
+    assert store.watermark("v") is None and store.read("v", ["a"]) == [None]
+    store.write("v", ["a", "b"], [10, 10], ['{"x":1}', '{"x":2}'], watermark_us=100, replace=False)
+    store.write("v", ["a", "b"], [5, 11], ['{"x":9}', '{"x":3}'], watermark_us=200, replace=False)
+    assert store.read("v", ["a", "b", "c"]) == [(10, '{"x":1}'), (11, '{"x":3}'), None]
+    assert store.watermark("v") == 200
+    store.write("v", ["c"], [1], ['{"x":4}'], watermark_us=300, replace=True)
+    assert store.read("v", ["a", "c"]) == [None, (1, '{"x":4}')]
+    store.close()
+
+
+def test_redis_and_sqlite_serve_the_same_values(redis_url, tmp_path):
+    generate_example(str(tmp_path / "data"), customers=40, days=6, seed=2)
+    doc = yaml.safe_load(CONFIG.read_text())
+    for view in doc["feature_views"].values():
+        view["source"]["uri"] = str(tmp_path / "data" / Path(view["source"]["uri"]).name)
+    doc["online_store"] = {"type": "redis", "url": redis_url}
+    (tmp_path / "features.yaml").write_text(yaml.safe_dump(doc))
+    repo = load_feature_repo(tmp_path / "features.yaml")
+    end = dt.datetime(2026, 1, 4, tzinfo=dt.timezone.utc)
+    materialize(repo, end=end)  # into Redis, through the repo's own online_store
+    sqlite = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    materialize(repo, end=end, store=sqlite)
+    keys = {"customer_id": [f"C{i:06d}" for i in range(40)] + ["nobody"]}
+    views = repo.service("churn_model")
+    redis_store = RedisOnlineStore(redis_url, prefix=f"raymlops:{repo.project}")
+    got = OnlineFeatures(redis_store, views, clock=end.timestamp).get(keys)
+    assert got == OnlineFeatures(sqlite, views, clock=end.timestamp).get(keys)
+    assert got["plan"][0] is not None and got["plan"][-1] is None
+    assert redis_store.watermark("customer_usage") == int(end.timestamp() * 1e6)
