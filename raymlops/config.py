@@ -312,6 +312,15 @@ class NotificationsConfig(_Section):
     )
     timeout_s: Annotated[float, Field(gt=0)] = Field(5.0, description="Webhook request timeout.")
 
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if not url:
+            return None  # `${RAYMLOPS_WEBHOOK:-}` left empty: no webhook
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook_url {url!r} must be an http:// or https:// URL, or null")
+        return url
+
 
 class ControllerConfig(_Section):
     poll_interval_s: Annotated[float, Field(gt=0)] = Field(

@@ -32,7 +32,8 @@ def ray_head():
     # Every port explicit: another Ray on this machine (the test session's own) holds the defaults.
     port, dash, agent_http, agent_grpc, metrics, runtime_env = (_free_port() for _ in range(6))
     temp = tempfile.mkdtemp(prefix="rmo-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    # PYTHONPATH: the cluster's workers import tests.controller_helpers (the controller test's fake pipeline).
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token", "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
@@ -53,7 +54,7 @@ def ray_head():
             time.sleep(2)
         else:
             pytest.fail("the Ray head did not come up within 90 s")
-        yield address, env
+        yield address, env, f"127.0.0.1:{port}"
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -64,7 +65,7 @@ def ray_head():
 
 
 def test_ray_job_submit_runs_the_pipeline(ray_head, tmp_path):
-    address, env = ray_head
+    address, env, _ = ray_head
     store = tmp_path / "store"
     subprocess.run([str(BIN / "raymlops"), "data", "generate", "--out", str(store / "landing"),
                     "--rows", "1500", "--days", "3", "--seed", "3"], check=True, env=env, capture_output=True)
@@ -85,3 +86,60 @@ def test_ray_job_submit_runs_the_pipeline(ray_head, tmp_path):
     assert len(run_records) == 1
     record = json.loads(run_records[0].read_text())
     assert record["status"] == "completed"
+
+
+def test_the_controller_cli_on_a_cluster(ray_head, tmp_path):
+    """Every controller command as a user types it, against a detached controller on a `ray start` cluster."""
+    _, env, gcs = ray_head
+    store = tmp_path / "store"
+    sets = [f"storage_uri={store}", f"tracking_uri=sqlite:///{store}/mlflow.db", f"data.source={store}/landing",
+            "name=cli", f"serving.port={_free_port()}", "controller.pipeline=tests.controller_helpers:fake_pipeline",
+            "canary.steps=[100]", "canary.interval_s=2", "triggers.new_data=false", "triggers.poll_interval_s=0.5",
+            "controller.poll_interval_s=0.3", "monitoring.interval_s=3600"]
+    args = [x for kv in sets for x in ("--set", kv)]
+
+    def cli(*cmd: str, address: bool = True) -> subprocess.CompletedProcess:
+        extra = ["--address", gcs] if address else []
+        return subprocess.run([str(BIN / "raymlops"), *cmd, "configs/churn.yaml", *args, *extra], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    def wait_event(kind: str, version: str) -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            r = cli("events", "--json", "--limit", "1000", address=False)
+            events = [json.loads(x) for x in r.stdout.splitlines()]
+            if any(e["kind"] == kind and e["data"].get("version") == version for e in events):
+                return
+            time.sleep(1)
+        pytest.fail(f"no {kind} event for version {version}: {r.stdout[-2000:]}")
+
+    r = cli("controller", "start")
+    assert r.returncode == 0 and "started" in r.stdout, r.stdout + r.stderr
+    r = cli("trigger", "--request-id", "first")
+    assert r.returncode == 0 and "trigger first accepted" in r.stdout, r.stdout + r.stderr
+    wait_event("promoted", "1")
+    assert cli("trigger", "--request-id", "second").returncode == 0
+    wait_event("canary_started", "2")  # no traffic: the canary holds at its step
+
+    r = cli("approve")
+    assert r.returncode == 2 and "nothing awaits approval" in r.stderr, r.stdout + r.stderr
+    r = cli("promote", "2")
+    assert r.returncode == 0 and "promoting" in r.stdout, r.stdout + r.stderr
+    wait_event("promoted", "2")
+
+    assert "controller paused" in cli("controller", "pause").stdout
+    assert cli("trigger", "--request-id", "third").returncode == 0
+    time.sleep(2)
+    status = json.loads(cli("controller", "status").stdout)
+    assert status["paused"] and status["run"] is None and [t["kind"] for t in status["queue"]] == ["on_demand"]
+    assert "controller resumed" in cli("controller", "resume").stdout
+    wait_event("canary_started", "3")
+    r = cli("rollback")
+    assert r.returncode == 0 and "rolling_back" in r.stdout, r.stdout + r.stderr
+    wait_event("rolled_back", "3")
+
+    r = cli("status", address=False)
+    assert r.returncode == 0 and "v2    champion" in r.stdout and "v2 100%" in r.stdout, r.stdout + r.stderr
+    assert "controller stopped" in cli("controller", "stop").stdout
+    r = cli("trigger")
+    assert r.returncode == 2 and "no controller is running" in r.stderr, r.stdout + r.stderr
