@@ -33,6 +33,10 @@ SetOpt = Annotated[
     Optional[list[str]],  # noqa: UP045 - typer needs Optional here
     typer.Option("--set", help="Override a config key: --set train.epochs=3 (repeatable)."),
 ]
+EnvOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--env", help="Environment of the config (`environments:`), e.g. staging or production."),
+]
 AddressOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--address", help="Ray cluster address. Default: $RAY_ADDRESS, else a local Ray."),
@@ -43,10 +47,10 @@ def _say(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-def _load(config: Path | None, overrides: list[str] | None):
+def _load(config: Path | None, overrides: list[str] | None, env: str | None = None):
     from raymlops.config import load_config
 
-    return load_config(config, overrides or [])
+    return load_config(config, overrides or [], env=env)
 
 
 def init_ray(address: str | None = None) -> None:
@@ -141,10 +145,11 @@ def validate_cmd(
         typer.Option("--data", help="Dataset to validate (file, glob, dir, URI). Default: data.source."),
     ] = None,
     set_: SetOpt = None,
+    env: EnvOpt = None,
     address: AddressOpt = None,
 ) -> None:
     """Profile a dataset and check it against the frozen schema (schema skew → exit 3) and reference (drift)."""
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, env)
     init_ray(address)
     from raymlops.data.validate import validate_data
 
@@ -159,7 +164,7 @@ def validate_cmd(
 @app.command("run")
 def run_cmd(
     config: ConfigArg,
-    set_: SetOpt = None,
+    set_: SetOpt = None, env: EnvOpt = None,
     resume: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--resume", help="Resume a failed run: only steps that did not complete run again."),
@@ -167,7 +172,7 @@ def run_cmd(
     address: AddressOpt = None,
 ) -> None:
     """Run the continuous-training pipeline: validate → prepare → train (+tune) → evaluate → bless → register."""
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, env)
     init_ray(address)
     from raymlops.pipeline.ct import run_ct_pipeline
 
@@ -180,14 +185,14 @@ def run_cmd(
 def runs_cmd(
     config: ConfigArg,
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many runs, newest first.")] = 20,
-    set_: SetOpt = None,
+    set_: SetOpt = None, env: EnvOpt = None,
 ) -> None:
     """List pipeline runs with their status and step states."""
     import datetime as dt
 
     from raymlops.registry.tracking import MetadataStore
 
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, env)
     runs = MetadataStore(cfg.tracking_uri).list_runs(cfg.name, limit)
     if not runs:
         typer.echo(f"no runs of pipeline {cfg.name!r} yet; start one with `raymlops run {config}`")
@@ -204,13 +209,13 @@ def runs_cmd(
 def lineage_cmd(
     config: ConfigArg,
     version: Annotated[str, typer.Argument(help="Model version number or alias (champion, challenger).")],
-    set_: SetOpt = None,
+    set_: SetOpt = None, env: EnvOpt = None,
 ) -> None:
     """Walk from a model version back to its pipeline run, steps, artifacts and data."""
     from raymlops.registry.models import ModelRegistry
     from raymlops.registry.tracking import MetadataStore
 
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, env)
     v = ModelRegistry(cfg.tracking_uri).resolve(cfg.name, version).version
     typer.echo(MetadataStore(cfg.tracking_uri).lineage(cfg.name, v).render())
 
@@ -220,7 +225,7 @@ def promote_cmd(
     config: ConfigArg,
     version: Annotated[str, typer.Argument(help="Version number or alias to make the champion.")],
     request_id: Annotated[Optional[str], typer.Option("--request-id", help="Idempotency key.")] = None,  # noqa: UP045
-    set_: SetOpt = None,
+    set_: SetOpt = None, env: EnvOpt = None,
     address: AddressOpt = None,
 ) -> None:
     """Make a version the champion (the old champion is kept as `previous` for rollback).
@@ -230,11 +235,11 @@ def promote_cmd(
     """
     from raymlops.registry.models import ModelRegistry
 
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, env)
     reg = ModelRegistry(cfg.tracking_uri)
     resolved = str(reg.resolve(cfg.name, version).version)
     if _controller_running(cfg, address):  # the controller owns the aliases and the split while it runs
-        _manual(config, set_, address, "promote", request_id, resolved)
+        _manual(config, set_, env, address, "promote", request_id, resolved)
         return
     info = reg.promote(cfg.name, resolved)
     typer.echo(f"{cfg.name} v{info.version} is the champion; aliases: {reg.aliases(cfg.name)}")
@@ -244,15 +249,15 @@ def promote_cmd(
 def rollback_cmd(
     config: ConfigArg,
     request_id: Annotated[Optional[str], typer.Option("--request-id", help="Idempotency key.")] = None,  # noqa: UP045
-    set_: SetOpt = None,
+    set_: SetOpt = None, env: EnvOpt = None,
     address: AddressOpt = None,
 ) -> None:
     """Roll back: the canary in progress (through the controller), else the `previous` champion returns."""
     from raymlops.registry.models import ModelRegistry
 
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, env)
     if _controller_running(cfg, address):
-        _manual(config, set_, address, "rollback", request_id)
+        _manual(config, set_, env, address, "rollback", request_id)
         return
     reg = ModelRegistry(cfg.tracking_uri)
     info = reg.rollback(cfg.name)
@@ -261,11 +266,12 @@ def rollback_cmd(
 
 def _controller_running(cfg, address: str | None) -> bool:
     """Whether a controller of ``cfg`` runs on the cluster at --address / $RAY_ADDRESS (no cluster: False)."""
-    if not (address or os.environ.get("RAY_ADDRESS")):
+    env_address = cfg.environments[cfg.environment].address if cfg.environment else None
+    if not (address or env_address or os.environ.get("RAY_ADDRESS")):
         return False
     from raymlops.control.actor import get_controller
 
-    _connect_cluster(address)
+    _connect_cluster(address, cfg)
     return get_controller(cfg) is not None
 
 
@@ -339,11 +345,11 @@ def config_schema() -> None:
 
 
 @config_app.command("show")
-def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Print the fully resolved config (defaults, overrides and ${ENV} filled in) as YAML."""
+def config_show(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None) -> None:
+    """Print the fully resolved config (defaults, environment, overrides and ${ENV} filled in) as YAML."""
     import yaml
 
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, env)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
@@ -408,14 +414,14 @@ def deploy_cmd(
         bool, typer.Option("--direct-ingress/--no-direct-ingress",
                            help="Also serve on each replica's own port (30000+), skipping Serve's proxy.")
     ] = True,
-    set_: SetOpt = None,
+    set_: SetOpt = None, env: EnvOpt = None,
     address: AddressOpt = None,
 ) -> None:
     """(Re)deploy the serving app from the registry's aliases; a running app is reconfigured in place.
 
     Without --address or $RAY_ADDRESS, Ray runs in this process: the command keeps serving until Ctrl-C.
     """
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, env)
     local = not (address or os.environ.get("RAY_ADDRESS"))
     init_ray(address)
     from raymlops.serve.deploy import deploy, undeploy
@@ -436,9 +442,9 @@ def deploy_cmd(
 
 
 @app.command("undeploy")
-def undeploy_cmd(config: ConfigArg, set_: SetOpt = None, address: AddressOpt = None) -> None:
+def undeploy_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None) -> None:
     """Delete the serving app (its replicas drain their prediction logs first)."""
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, env)
     _connect(address)
     from raymlops.serve.deploy import app_name, undeploy
 
@@ -483,11 +489,12 @@ RequestOpt = Annotated[
 ]
 
 
-def _connect_cluster(address: str | None) -> None:
-    """Join the cluster where the controller runs: --address or $RAY_ADDRESS (the controller outlives the CLI)."""
+def _connect_cluster(address: str | None, cfg=None) -> None:
+    """Join the cluster where the controller runs: --address, the environment's address, or $RAY_ADDRESS."""
     from raymlops.errors import ControllerError
 
-    address = address or os.environ.get("RAY_ADDRESS")
+    env_address = cfg.environments[cfg.environment].address if cfg is not None and cfg.environment else None
+    address = address or env_address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise ControllerError("give the cluster the controller runs on: --address HOST:PORT or $RAY_ADDRESS (start "
                               "one with `ray start --head`; `raymlops controller start` without them runs it in "
@@ -507,7 +514,7 @@ def _echo_event(e: dict) -> None:
 
 
 @controller_app.command("start")
-def controller_start_cmd(config: ConfigArg, set_: SetOpt = None, address: AddressOpt = None) -> None:
+def controller_start_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None) -> None:
     """Start the controller of CONFIG (a detached Ray actor; it resumes from its persisted state).
 
     With --address or $RAY_ADDRESS it runs on that cluster and this command returns. Without, Ray runs in this
@@ -517,7 +524,8 @@ def controller_start_cmd(config: ConfigArg, set_: SetOpt = None, address: Addres
 
     from raymlops.control.actor import call, start_controller, stop_controller
 
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, env)
+    address = address or (cfg.environments[cfg.environment].address if cfg.environment else None)
     local = not (address or os.environ.get("RAY_ADDRESS"))
     init_ray(address)
     _, started = start_controller(cfg)
@@ -541,32 +549,32 @@ def controller_start_cmd(config: ConfigArg, set_: SetOpt = None, address: Addres
 
 
 @controller_app.command("stop")
-def controller_stop_cmd(config: ConfigArg, set_: SetOpt = None, address: AddressOpt = None) -> None:
+def controller_stop_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None) -> None:
     """Stop the controller (serving keeps running; its state is kept for the next start)."""
     from raymlops.control.actor import stop_controller
 
-    cfg = _load(config, set_)
-    _connect_cluster(address)
+    cfg = _load(config, set_, env)
+    _connect_cluster(address, cfg)
     typer.echo("controller stopped" if stop_controller(cfg) else f"no controller of {cfg.name!r} was running")
 
 
 @controller_app.command("status")
-def controller_status_cmd(config: ConfigArg, set_: SetOpt = None, address: AddressOpt = None) -> None:
+def controller_status_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None) -> None:
     """The live controller's state as JSON: run in flight, queue, rollout, weights, last monitor pass."""
     from raymlops.control.actor import call
 
-    cfg = _load(config, set_)
-    _connect_cluster(address)
+    cfg = _load(config, set_, env)
+    _connect_cluster(address, cfg)
     typer.echo(json.dumps(call(cfg, "status"), indent=2, default=str))
 
 
-def _manual(config: Path, set_: list[str] | None, address: str | None, command: str, request_id: str | None,
-            version: str | None = None) -> None:
+def _manual(config: Path, set_: list[str] | None, env: str | None, address: str | None, command: str,
+            request_id: str | None, version: str | None = None) -> None:
     from raymlops.control.actor import call
     from raymlops.errors import ControllerError
 
-    cfg = _load(config, set_)
-    _connect_cluster(address)
+    cfg = _load(config, set_, env)
+    _connect_cluster(address, cfg)
     entry = call(cfg, "command", command, request_id, version)
     if entry is None:
         typer.echo(f"{command}: nothing to do")
@@ -577,27 +585,27 @@ def _manual(config: Path, set_: list[str] | None, address: str | None, command: 
 
 
 @controller_app.command("pause")
-def controller_pause_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None,
+def controller_pause_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None, env: EnvOpt = None,
                          address: AddressOpt = None) -> None:
     """Pause: no new runs start and no canary decision is taken (the split stays as it is)."""
-    _manual(config, set_, address, "pause", request_id)
+    _manual(config, set_, env, address, "pause", request_id)
 
 
 @controller_app.command("resume")
-def controller_resume_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None,
+def controller_resume_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None, env: EnvOpt = None,
                           address: AddressOpt = None) -> None:
     """Resume after `pause`: queued runs and waiting canaries go on."""
-    _manual(config, set_, address, "resume", request_id)
+    _manual(config, set_, env, address, "resume", request_id)
 
 
 @app.command("trigger")
-def trigger_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None,
+def trigger_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None, env: EnvOpt = None,
                 address: AddressOpt = None) -> None:
     """Ask the controller for a pipeline run now (queued behind a run in flight)."""
     from raymlops.control.actor import call
 
-    cfg = _load(config, set_)
-    _connect_cluster(address)
+    cfg = _load(config, set_, env)
+    _connect_cluster(address, cfg)
     rid = call(cfg, "trigger", request_id)
     s = call(cfg, "status")
     run = (s["run"] or {}).get("run_id")
@@ -609,10 +617,10 @@ def trigger_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt =
 def approve_cmd(
     config: ConfigArg,
     version: Annotated[Optional[str], typer.Argument(help="The canary version (checked if given).")] = None,  # noqa: UP045
-    request_id: RequestOpt = None, set_: SetOpt = None, address: AddressOpt = None,
+    request_id: RequestOpt = None, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None,
 ) -> None:
     """Promote the canary waiting at its last step (canary.require_approval: true)."""
-    _manual(config, set_, address, "approve", request_id, version)
+    _manual(config, set_, env, address, "approve", request_id, version)
 
 
 @app.command("events")
@@ -622,7 +630,7 @@ def events_cmd(
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many (the newest).")] = 50,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    set_: SetOpt = None,
+    set_: SetOpt = None, env: EnvOpt = None,
 ) -> None:
     """The controller's event log: triggers, runs, canary decisions with their checks, promotions, rollbacks.
 
@@ -633,7 +641,7 @@ def events_cmd(
     from raymlops import storage
     from raymlops.control.ports import state_uri
 
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, env)
     uri = state_uri(cfg)
 
     def read() -> list[dict]:
@@ -663,14 +671,114 @@ def events_cmd(
 def status_cmd(
     config: ConfigArg,
     as_json: Annotated[bool, typer.Option("--json", help="Everything as one JSON document.")] = False,
-    set_: SetOpt = None,
+    set_: SetOpt = None, env: EnvOpt = None,
 ) -> None:
     """Where the loop stands: model versions and aliases, controller rollout and run, live serving, monitoring."""
     from raymlops.control.status import gather_status, render_status
 
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, env)
     doc = gather_status(cfg)
     typer.echo(json.dumps(doc, indent=2, default=str) if as_json else render_status(doc))
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+pipeline_app = typer.Typer(help="Deliver the pipeline's own code: package, pre-flight, deploy per environment, "
+                           "promote, roll back.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+RequiredEnvOpt = Annotated[str, typer.Option("--env", help="The environment (`environments:` in the config).")]
+
+
+@pipeline_app.command("deploy")
+def pipeline_deploy_cmd(
+    config: ConfigArg,
+    env: RequiredEnvOpt,
+    source: Annotated[Path, typer.Option("--source", help="The working tree to package.")] = Path("."),
+    skip_preflight: Annotated[bool, typer.Option("--skip-preflight", help="Deploy without the pre-flight run "
+                                                 "(not advised).")] = False,
+    set_: SetOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Package the working tree (with its git commit and a content digest), pre-flight it, and make it the
+    implementation that ENV's controller runs for every triggered pipeline run."""
+    from raymlops.pipeline import delivery
+
+    cfg = _load(config, set_, env)
+    impl = delivery.package_implementation(cfg, source)
+    typer.echo(f"packaged {delivery.describe(impl)}")
+    if not skip_preflight:
+        init_ray(address or cfg.environments[env].address)
+        problems = delivery.preflight(cfg, impl, progress=_say)
+        if problems:
+            from raymlops.errors import GateError
+
+            raise GateError(f"pre-flight of {impl.short} failed; not deployed to {env}:\n  - " + "\n  - ".join(problems))
+    delivery.deploy_implementation(cfg, impl, f"deployed by `raymlops pipeline deploy` from {impl.source}")
+    typer.echo(f"{env}: pipeline implementation {impl.short} deployed; the next triggered run uses it")
+
+
+@pipeline_app.command("list")
+def pipeline_list_cmd(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Implementations deployed to each environment: current, history, runs and blessed models per implementation."""
+    import datetime as dt
+
+    from raymlops.pipeline import delivery
+
+    base = _load(config, set_)
+    if not base.environments:
+        typer.echo("no environments in the config; add `environments:` (see configs/churn.yaml)")
+        return
+    for name in base.environments:
+        cfg = _load(config, set_, name)
+        state = delivery.env_state(cfg)
+        typer.echo(f"{name}: current {state.current[:12] if state.current else '(installed code)'}"
+                   + (f"; awaiting approval to promote {state.pending_approval[:12]}" if state.pending_approval else ""))
+        for d in reversed(state.history):
+            counts = state.runs.get(d.digest, {})
+            when = dt.datetime.fromtimestamp(d.deployed_at).isoformat(sep=" ", timespec="seconds")
+            typer.echo(f"  {'*' if d.digest == state.current else ' '} {d.digest[:12]}  {when}  runs "
+                       f"{counts.get('runs', 0)}, blessed models {counts.get('models', 0)}  ({d.reason})")
+
+
+@pipeline_app.command("promote")
+def pipeline_promote_cmd(
+    config: ConfigArg,
+    env: Annotated[str, typer.Option("--env", help="The environment to promote INTO (e.g. production).")],
+    source_env: Annotated[str, typer.Option("--from", help="The environment whose implementation to take.")],
+    set_: SetOpt = None,
+) -> None:
+    """Promote the current implementation of --from into --env now (an operator's decision: no rule applies)."""
+    from raymlops.errors import PipelineError
+    from raymlops.pipeline import delivery
+
+    source = _load(config, set_, source_env)
+    state = delivery.env_state(source)
+    if state.current is None:
+        raise PipelineError(f"environment {source_env!r} has no deployed implementation to promote")
+    delivery.promote_implementation(source, env, state.current, f"promoted from {source_env} by an operator")
+    typer.echo(f"{env}: pipeline implementation {state.current[:12]} (from {source_env}) deployed")
+
+
+@pipeline_app.command("approve")
+def pipeline_approve_cmd(config: ConfigArg, env: RequiredEnvOpt, set_: SetOpt = None) -> None:
+    """Approve the promotion into ENV of the implementation that earned it (promotion.require_approval)."""
+    from raymlops.errors import PipelineError
+    from raymlops.pipeline import delivery
+
+    cfg = _load(config, set_, env)
+    sources = [n for n, e in cfg.environments.items() if e.promote_to == env]
+    if not sources:
+        raise PipelineError(f"no environment promotes into {env!r} (set `promote_to: {env}` on one)")
+    impl = delivery.approve_promotion(cfg, sources[0])
+    typer.echo(f"{env}: pipeline implementation {impl.short} (from {sources[0]}) approved and deployed")
+
+
+@pipeline_app.command("rollback")
+def pipeline_rollback_cmd(config: ConfigArg, env: RequiredEnvOpt, set_: SetOpt = None) -> None:
+    """Return ENV to the implementation deployed before the current one."""
+    from raymlops.pipeline import delivery
+
+    impl = delivery.rollback_implementation(_load(config, set_, env))
+    typer.echo(f"{env}: pipeline implementation rolled back to {impl.short}")
 
 
 # ----------------------------------------------------------------------------------------------- features
@@ -700,12 +808,11 @@ def main(argv: list[str] | None = None) -> int:
         _say("interrupted")
         return 130
     except Exception as err:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
+        # Typer vendors its own click (typer._click): match on the shape, not on one click's classes.
+        if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             return err.exit_code
-        if isinstance(err, click.exceptions.Abort):
+        if type(err).__name__ == "Abort":
             return 1
         if os.environ.get("RAYMLOPS_DEBUG"):
             traceback.print_exc()

@@ -7,6 +7,7 @@ reading this module.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -360,6 +361,54 @@ class FeaturesConfig(_Section):
     )
 
 
+# --------------------------------------------------------------------------------------- pre-exposure
+class PreExposureConfig(_Section):
+    enabled: bool = Field(True, description="Test every challenger before it gets live traffic (also canaries).")
+    contract: bool = Field(True, description="Call it over HTTP with expected and with bad inputs.")
+    sample_rows: PositiveInt = Field(16, description="Expected inputs: rows of its test split (else live inputs).")
+    load_requests: Annotated[int, Field(ge=0)] = Field(
+        300, description="Requests of the bounded load test, on the challenger and on the champion (0: none)."
+    )
+    load_concurrency: PositiveInt = 8
+    max_p99_increase_pct: Annotated[float, Field(ge=0)] | None = Field(
+        100.0, description="Challenger p99 may exceed the champion's (same load, same moment) by this much."
+    )
+    min_qps: Annotated[float, Field(gt=0)] | None = Field(None, description="Minimum challenger throughput.")
+    timeout_s: Annotated[float, Field(gt=0)] = Field(180.0, description="Whole test budget; over it fails.")
+
+
+# ---------------------------------------------------------------------------------------- environments
+class PipelinePromotionConfig(_Section):
+    after_runs: PositiveInt | None = Field(
+        3, description="Promote the implementation to `promote_to` after this many runs that registered a model."
+    )
+    require_approval: bool = Field(
+        False, description="Wait for `raymlops pipeline approve --env TARGET` instead of promoting automatically."
+    )
+
+
+class EnvironmentConfig(_Section):
+    address: str | None = Field(None, description="Ray address of this environment. Null: the one connected to.")
+    set: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Config keys this environment overrides (dotted, like --set): name (registry model), "
+        "storage_uri, serving.app_name, serving.route_prefix, canary.*, triggers.* ...",
+    )
+    promote_to: str | None = Field(None, description="Environment that receives this one's proven implementation.")
+    promotion: PipelinePromotionConfig = Field(default_factory=PipelinePromotionConfig)
+
+
+class DeliveryConfig(_Section):
+    exclude: list[str] = Field(
+        default_factory=lambda: [".git", ".venv", "venv", ".raymlops", "__pycache__", "*.pyc", ".pytest_cache",
+                                 "benchmarks/results", "*.egg-info", "node_modules"],
+        description="Paths (globs) left out of a packaged pipeline implementation.",
+    )
+    pip: list[str] = Field(default_factory=list, description="Extra packages the implementation's runs install.")
+    max_mb: Annotated[float, Field(gt=0)] = Field(100.0, description="Refuse to package a larger working tree.")
+    preflight_rows: PositiveInt = Field(2000, description="Rows of the pre-flight's tiny end-to-end run.")
+
+
 # ------------------------------------------------------------------------------------------------- config
 class Config(_Section):
     """A whole pipeline configuration (one YAML file)."""
@@ -379,6 +428,24 @@ class Config(_Section):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    pre_exposure: PreExposureConfig = Field(default_factory=PreExposureConfig)
+    environments: dict[str, EnvironmentConfig] = Field(
+        default_factory=dict, description="Named environments (staging, production ...); pick one with --env."
+    )
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    environment: str | None = Field(None, description="Set by --env: the environment this config is for.")
+    environment_base: dict[str, Any] = Field(
+        default_factory=dict, description="Set by --env: what the environment's keys held before it changed them "
+        "(so that another environment's config can be derived, see `for_environment`)."
+    )
+
+    @model_validator(mode="after")
+    def _promotions_name_environments(self) -> Config:
+        for name, env in self.environments.items():
+            if env.promote_to is not None and (env.promote_to == name or env.promote_to not in self.environments):
+                raise ValueError(f"environments.{name}.promote_to is {env.promote_to!r}; name another environment "
+                                 f"of: {', '.join(n for n in self.environments if n != name) or '(none defined)'}")
+        return self
     features: FeaturesConfig | None = Field(None, description="Feature store integration; null: none.")
 
 
@@ -407,21 +474,74 @@ def _interpolate(value: Any, path: str) -> Any:
     return _ENV.sub(repl, value)
 
 
-def _apply_override(doc: dict[str, Any], override: str) -> None:
-    if "=" not in override:
-        raise ConfigError(f"--set {override!r}: expected KEY.PATH=VALUE, e.g. --set train.epochs=3")
-    key, raw = override.split("=", 1)
+def _apply_environment(doc: dict[str, Any], envs: Any, env: str, source: str) -> None:
+    envs = envs or {}
+    if not isinstance(envs, dict) or env not in envs:
+        known = ", ".join(envs) if isinstance(envs, dict) and envs else "none"
+        raise ConfigError(f"environment {env!r} is not defined in {source} (defined: {known}); add it under "
+                          f"`environments:` or drop --env")
+    settings = (envs[env] or {}).get("set") or {}
+    base: dict[str, Any] = {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"environments.{env}.set in {source} must map dotted keys to values, e.g. "
+                          "{name: churn-staging, serving.route_prefix: /staging}")
+    for key, value in settings.items():
+        if str(key).split(".")[0] in ("environments", "environment"):
+            raise ConfigError(f"environments.{env}.set.{key}: an environment cannot change the environments")
+        base[str(key)] = _get_path(doc, str(key))
+        _set_path(doc, str(key), value, f"environments.{env}.set.{key}")
+    doc["environment"], doc["environment_base"] = env, base
+
+
+_DEFAULT = "__default__"  # the key was absent: the default applies
+
+
+def _get_path(doc: dict[str, Any], key: str) -> Any:
+    node: Any = doc
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _DEFAULT
+        node = node[part]
+    return copy.deepcopy(node)
+
+
+def for_environment(cfg: Config, env: str) -> Config:
+    """The config of another environment of the same file: ``cfg``'s environment undone, then ``env``'s applied."""
+    doc = cfg.model_dump(mode="json")
+    for key, value in cfg.environment_base.items():
+        parts = key.split(".")
+        if value == _DEFAULT:
+            node = doc
+            for part in parts[:-1]:
+                node = node.get(part, {})
+            node.pop(parts[-1], None)
+        else:
+            _set_path(doc, key, value, key)
+    doc["environment"], doc["environment_base"] = None, {}
+    return config_from_dict(doc, [], source=f"environment {env!r} of {cfg.name!r}", env=env)
+
+
+def _set_path(doc: dict[str, Any], key: str, value: Any, what: str) -> None:
     parts = key.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"--set {override!r}: empty key segment; write e.g. --set train.epochs=3")
+        raise ConfigError(f"{what}: empty key segment; write e.g. train.epochs")
     node = doc
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: '{part}' is a value, not a section")
+            raise ConfigError(f"{what}: '{part}' is a value, not a section")
         node = child
+    node[parts[-1]] = value
+
+
+def _apply_override(doc: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected KEY.PATH=VALUE, e.g. --set train.epochs=3")
+    key, raw = override.split("=", 1)
+    if not all(key.strip().split(".")):
+        raise ConfigError(f"--set {override!r}: empty key segment; write e.g. --set train.epochs=3")
     # YAML parsing gives numbers, booleans, lists and null their natural types ("3" -> 3, "[1,2]" -> list).
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    _set_path(doc, key, yaml.safe_load(raw) if raw.strip() else "", f"--set {key}")
 
 
 def _describe(err: ValidationError, source: str) -> str:
@@ -441,9 +561,16 @@ def _describe(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def config_from_dict(doc: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "<dict>") -> Config:
-    """Validate a config document (after ``--set`` overrides and ``${ENV}`` interpolation)."""
-    doc = dict(doc)
+def config_from_dict(doc: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "<dict>",
+                     env: str | None = None) -> Config:
+    """Validate a config document (after the environment's and the ``--set`` overrides, and ``${ENV}``)."""
+    doc = copy.deepcopy(doc)
+    if env is not None:
+        # The environment's settings come first and --set wins; the environments may themselves come from --set.
+        probe = copy.deepcopy(doc)
+        for override in overrides:
+            _apply_override(probe, override)
+        _apply_environment(doc, probe.get("environments"), env, source)
     for override in overrides:
         _apply_override(doc, override)
     doc = _interpolate(doc, "")
@@ -453,10 +580,14 @@ def config_from_dict(doc: dict[str, Any], overrides: list[str] | tuple[str, ...]
         raise ConfigError(_describe(err, source)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load and validate a YAML config. ``path=None`` gives the embedded defaults (plus overrides)."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                env: str | None = None) -> Config:
+    """Load and validate a YAML config. ``path=None`` gives the embedded defaults (plus overrides).
+
+    ``env`` picks one of ``environments``: its ``set`` overrides apply first, then ``overrides``.
+    """
     if path is None:
-        return config_from_dict({}, overrides, source="embedded defaults")
+        return config_from_dict({}, overrides, source="embedded defaults", env=env)
     p = Path(path)
     try:
         text = p.read_text()
@@ -472,7 +603,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"config file {p} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"config file {p} must hold a mapping of sections (name:, data:, ...), not {type(doc).__name__}")
-    return config_from_dict(doc, overrides, source=str(p))
+    return config_from_dict(doc, overrides, source=str(p), env=env)
 
 
 def config_json_schema() -> dict[str, Any]:

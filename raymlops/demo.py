@@ -24,12 +24,16 @@ DEMO_OVERRIDES = [
     "train.epochs=4", "train.hidden_sizes=[32,16]",
     "evaluation.min_delta_vs_champion=-0.02",  # non-inferiority: a retrained model may tie the champion
     "canary.steps=[25,100]", "canary.interval_s=12", "canary.min_requests=30", "canary.min_labels=200",
-    "canary.max_quality_drop=0.05", "canary.max_prediction_psi=0.5", "canary.max_p99_ratio=3",
+    # A model retrained after drift predicts differently on purpose: prediction shift only guards against wrecks
+    # here; the quality on the clients' labels is what judges the canary.
+    "canary.max_quality_drop=0.05", "canary.max_prediction_psi=3", "canary.max_p99_ratio=3",
     "triggers.new_data=true", "triggers.on_drift=false", "triggers.cooldown_s=0", "triggers.poll_interval_s=1",
     "controller.poll_interval_s=0.5", "monitoring.interval_s=10", "monitoring.window_s=600",
+    "pre_exposure.load_requests=100",
     "monitoring.min_rows=200", "serving.prediction_log.flush_interval_s=0.5",
 ]
-QUICK_OVERRIDES = ["train.epochs=2", "canary.interval_s=6", "canary.min_requests=15", "canary.min_labels=100"]
+QUICK_OVERRIDES = ["train.epochs=3", "train.learning_rate=0.01", "canary.interval_s=6", "canary.min_requests=15",
+                   "canary.min_labels=100"]
 
 
 class Timeline:
@@ -131,7 +135,7 @@ def run_demo(cfg: Config, say: Callable[[str], None] = print, *, quick: bool = F
     if storage.is_local(root) and Path(root).exists():
         shutil.rmtree(root)  # the demo's own sandbox: every demo starts from nothing
     landing, label, ts = cfg.data.source, cfg.data.label, cfg.data.timestamp
-    rows = 1000 if quick else 2500
+    rows = 1500 if quick else 2500
     tl(f"sandbox {root}; serving on 127.0.0.1:{cfg.serving.port}")
 
     # -- data lands, validation freezes the schema, a broken day is refused -----------------------------
@@ -162,7 +166,8 @@ def run_demo(cfg: Config, say: Callable[[str], None] = print, *, quick: bool = F
         generate(landing, rows_per_day=rows, days=2, start_date="2026-01-04", seed=3, drift=drift)
         clients.use(make_day("2026-01-06", 3000, seed=102, drift=drift), label, ts)
         tl("drifted data landed (day 4-5: monthly_charges +15, more premium plans); live traffic drifts too")
-        events.wait(lambda s: s["champion"] == "2", 600, "v2 to be promoted")
+        events.wait(lambda s: s["champion"] == "2", 600, "v2 to be promoted",
+                    fail_on=("rolled_back", "exposure_blocked"))
         if bad_model:
             # -- an upstream bug inverts the labels of a large partition: v3 is worse, and only live labels show it
             for day, seed in (("2026-01-06", 4), ("2026-01-07", 5), ("2026-01-08", 6)):
@@ -173,7 +178,7 @@ def run_demo(cfg: Config, say: Callable[[str], None] = print, *, quick: bool = F
             tl("a partition with inverted labels landed (day 6-8, an upstream bug); offline its test split "
                "has the same bug, so the retrained model looks fine there")
             events.wait(lambda s: any(e["kind"] == "rolled_back" for e in call(cfg, "events", 0)), 600,
-                        "v3 to be judged on live labels")
+                        "v3 to be judged on live labels", fail_on=("promoted",))
         events.flush()
         time.sleep(min(cfg.monitoring.interval_s, 10) + 1)  # one more monitor pass over the whole story
     finally:
@@ -225,15 +230,20 @@ class _EventPrinter:
                     self.tl(f"    {msg}")
             self.run_lines[log.name] = len(lines)
 
-    def wait(self, done: Callable[[dict], bool], timeout_s: float, what: str) -> None:
+    def wait(self, done: Callable[[dict], bool], timeout_s: float, what: str, fail_on: tuple[str, ...] = ()) -> None:
         from raymlops.control.actor import call
         from raymlops.errors import RaymlopsError
 
         deadline = time.monotonic() + timeout_s
+        checked = self.seen
         while True:
             self.flush()
             if done(call(self.cfg, "status")):
                 return
+            wrong = [e for e in call(self.cfg, "events", checked) if e["kind"] in ("run_failed", *fail_on)]
+            if wrong:  # the story cannot go on: say why instead of waiting for the timeout
+                raise RaymlopsError(f"demo: while waiting for {what}: {wrong[-1]['kind']}: {wrong[-1]['message']}")
+            checked = self.seen
             if time.monotonic() > deadline:
                 raise RaymlopsError(f"demo: timed out after {timeout_s:g}s waiting for {what}; see "
                                     f"`raymlops events` and the run logs under {self.cfg.storage_uri}/controller")

@@ -32,6 +32,11 @@ def seed_file(cfg: Config) -> Path:
     return Path(cfg.storage_uri) / "fake-pipeline-seed"
 
 
+def extra_feature_file(cfg: Config) -> Path:
+    """When it exists, the next package needs a feature the clients never send (it fails its contract test)."""
+    return Path(cfg.storage_uri) / "fake-pipeline-extra-feature"
+
+
 def fake_pipeline(cfg: Config, *, run_id: str | None = None, resume_run_id: str | None = None,
                   progress=print) -> FakeResult:
     run_id = resume_run_id or run_id or f"fake-{uuid.uuid4().hex[:8]}"
@@ -40,7 +45,8 @@ def fake_pipeline(cfg: Config, *, run_id: str | None = None, resume_run_id: str 
     time.sleep(0.5)  # a kill can land while the run is in flight
     out = Path(cfg.storage_uri) / "fake-packages" / run_id
     storage.makedirs(str(out.parent))
-    info = build_package(cfg, out, seed=seed, metrics={"run_id": run_id})
+    extra = extra_feature_file(cfg).read_text().strip() if extra_feature_file(cfg).exists() else None
+    info = build_package(cfg, out, seed=seed, metrics={"run_id": run_id}, extra_feature=extra)
     version = ModelRegistry(cfg.tracking_uri).register(cfg.name, info.uri, run_id=None, digest=info.digest,
                                                        tags={"pipeline_run_id": run_id}).version
     progress(f"fake run {run_id}: registered version {version}")

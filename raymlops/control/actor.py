@@ -7,6 +7,7 @@ file and carries on where the old one stopped (``Controller.start``).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -36,12 +37,25 @@ def absolute_config(cfg: Config, base: str | None = None) -> Config:
             return uri
         return str((root / uri).resolve())
 
+    def fix_tracking(uri: str) -> str:
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            return "sqlite:///" + fix(uri[len("sqlite:///"):])
+        return uri
+
+    paths = {"storage_uri": fix, "data.source": fix, "triggers.landing_uri": fix, "tracking_uri": fix_tracking}
     doc = cfg.model_dump(mode="json")
     doc["storage_uri"] = fix(doc["storage_uri"])
     doc["data"]["source"] = fix(doc["data"]["source"])
     doc["triggers"]["landing_uri"] = fix(doc["triggers"]["landing_uri"])
-    if doc["tracking_uri"].startswith("sqlite:///") and not doc["tracking_uri"].startswith("sqlite:////"):
-        doc["tracking_uri"] = "sqlite:///" + fix(doc["tracking_uri"][len("sqlite:///"):])
+    doc["tracking_uri"] = fix_tracking(doc["tracking_uri"])
+    # Other environments are derived from this config later (pipeline promotion): their paths too.
+    defaults = Config().model_dump(mode="json")
+    for settings in [env["set"] for env in doc["environments"].values()] + [doc["environment_base"]]:
+        for key, value in settings.items():
+            if key in paths and value == "__default__":  # the default is a relative path too
+                value = functools.reduce(lambda node, part: node[part], key.split("."), defaults)
+            if key in paths and isinstance(value, str):
+                settings[key] = paths[key](value)
     return Config.model_validate(doc)
 
 
@@ -73,7 +87,8 @@ class ControllerActor:
                 ctl = Controller(CanaryPolicy.from_config(cfg.canary),
                                  TriggerPolicy.from_config(cfg.triggers, cfg.canary.min_labels),
                                  build_ports(cfg, self._say), trigger_interval_s=cfg.triggers.poll_interval_s,
-                                 monitor_interval_s=cfg.monitoring.interval_s, say=self._say)
+                                 monitor_interval_s=cfg.monitoring.interval_s,
+                                 pre_exposure=cfg.pre_exposure.enabled, say=self._say)
                 ctl.start()
                 self._ctl = ctl
                 break

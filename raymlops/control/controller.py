@@ -29,9 +29,11 @@ from raymlops.control.state import (
     CanaryAnalysis,
     ControllerState,
     Event,
+    ExposureTested,
     LogEntry,
     Manual,
     Notify,
+    Observed,
     PromoteAlias,
     Restarted,
     ResumeRun,
@@ -39,6 +41,7 @@ from raymlops.control.state import (
     RunStarted,
     SetWeights,
     StartRun,
+    TestExposure,
     TriggerFired,
     step,
 )
@@ -63,6 +66,7 @@ class RunOutcome:
     status: str
     version: str | None = None
     error: str | None = None
+    impl: str | None = None  # digest of the pipeline implementation that ran (None: the installed code)
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,14 @@ class Notifier(Protocol):
     def send(self, entry: LogEntry) -> None: ...
 
 
+class Exposure(Protocol):
+    def test(self, version: str, champion: str | None) -> ExposureTested: ...
+
+
+class Delivery(Protocol):
+    def run_finished(self, outcome: RunOutcome) -> list[tuple[str, str]]: ...  # (kind, message) to log
+
+
 @dataclass
 class Ports:
     store: StateStore
@@ -121,6 +133,8 @@ class Ports:
     observer: Observer
     notifier: Notifier
     monitor: Monitor | None = None
+    exposure: Exposure | None = None
+    pipelines: Delivery | None = None
 
 
 # ------------------------------------------------------------------------------------------------- shell
@@ -128,11 +142,12 @@ class Controller:
     """One pipeline's controller. Thread-safe: ``tick`` (the poll loop) and the commands share one lock."""
 
     def __init__(self, canary: CanaryPolicy, triggers: TriggerPolicy, ports: Ports, *,
-                 trigger_interval_s: float = 5.0, monitor_interval_s: float | None = 60.0,
+                 trigger_interval_s: float = 5.0, monitor_interval_s: float | None = 60.0, pre_exposure: bool = False,
                  clock: Callable[[], float] = time.time, new_run_id: Callable[[], str] | None = None,
                  say: Callable[[str], None] = lambda _msg: None):
         self.canary, self.triggers, self.ports = canary, triggers, ports
         self.trigger_interval_s, self.monitor_interval_s = trigger_interval_s, monitor_interval_s
+        self.pre_exposure = pre_exposure
         self.clock, self.say = clock, say
         self.new_run_id = new_run_id or (lambda: f"ctl-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-"
                                          f"{uuid.uuid4().hex[:6]}")
@@ -158,6 +173,7 @@ class Controller:
                 self.state = ControllerState.from_dict(doc["state"])
                 self.timeline = list(doc.get("timeline", []))
                 self.monitor_history = list(doc.get("monitor", []))
+            self.state.pre_exposure = self.pre_exposure  # configuration, not history: the config in force wins
             self._handle(Restarted())
 
     def tick(self, on_demand: Sequence[str] = ()) -> None:
@@ -229,6 +245,10 @@ class Controller:
         elif isinstance(action, PromoteAlias):
             self.ports.registry.promote(action.version)
             self._handle(Applied("promote", action.version))
+        elif isinstance(action, TestExposure):
+            result = (ExposureTested(action.version, True) if self.ports.exposure is None
+                      else self.ports.exposure.test(action.version, action.champion))
+            self._handle(result)
         elif isinstance(action, Notify):
             self._notify(action.entry)
 
@@ -261,9 +281,18 @@ class Controller:
         run = self.state.run
         if run is None or run.run_id is None:
             return
+        if not self.ports.runner.active(run.run_id):
+            # Recorded but not running here: its launch failed, or this process took over; resume it by id.
+            self.say(f"relaunching pipeline run {run.run_id}")
+            self.ports.runner.start(run.run_id, resume=True)
+            return
         outcome = self.ports.runner.poll(run.run_id)
-        if outcome is not None:
-            self._handle(RunFinished(outcome.run_id, outcome.status, outcome.version, outcome.error))
+        if outcome is None:
+            return
+        self._handle(RunFinished(outcome.run_id, outcome.status, outcome.version, outcome.error))
+        if self.ports.pipelines is not None:
+            for kind, message in self.ports.pipelines.run_finished(outcome):
+                self._handle(Observed(kind, message, {"impl": outcome.impl}))
 
     def _evaluate_triggers(self, now: float, on_demand: Sequence[str]) -> None:
         sig = self._signal

@@ -19,7 +19,7 @@ from raymlops import storage
 from raymlops.config import Config
 from raymlops.control.canary import WindowStats, window_stats
 from raymlops.control.controller import MonitorSignal, Ports, RunOutcome
-from raymlops.control.state import LogEntry
+from raymlops.control.state import ExposureTested, LogEntry
 from raymlops.errors import DataError, RaymlopsError
 
 __all__ = ["build_ports", "controller_dir", "state_uri"]
@@ -83,7 +83,11 @@ def run_pipeline_task(cfg_doc: dict[str, Any], run_id: str, resume: bool) -> dic
 
 
 class RayRunner:
-    """Each pipeline run is a Ray task owned by the controller actor (it dies with the actor; a restart resumes)."""
+    """Each pipeline run is a Ray task owned by the controller actor (it dies with the actor; a restart resumes).
+
+    The task runs with the environment's deployed pipeline implementation as its working directory; which one
+    a run uses is recorded beside its log before it starts, so a resumed run keeps its implementation.
+    """
 
     def __init__(self, cfg: Config):
         import ray
@@ -91,10 +95,22 @@ class RayRunner:
         self.cfg = cfg
         self._remote = ray.remote(run_pipeline_task)
         self._refs: dict[str, Any] = {}
+        self._impls: dict[str, str | None] = {}
 
     def start(self, run_id: str, resume: bool) -> None:
+        from raymlops.pipeline import delivery
+
+        record = storage.join(controller_dir(self.cfg), "runs", f"{run_id}.json")
+        if resume and storage.exists(record):
+            digest = json.loads(storage.read_text(record))["impl"]
+            impl = None if digest is None else delivery.get_implementation(self.cfg, digest)
+        else:
+            impl = delivery.current_implementation(self.cfg)
+            storage.atomic_write_text(record, json.dumps({"impl": impl.digest if impl else None}))
+        self._impls[run_id] = impl.digest if impl else None
         self._refs[run_id] = self._remote.options(
             name=f"pipeline-run:{run_id}", num_cpus=self.cfg.controller.run_num_cpus, max_retries=0,
+            runtime_env=delivery.runtime_env_for(self.cfg, impl),
         ).remote(self.cfg.model_dump(mode="json"), run_id, resume)
 
     def poll(self, run_id: str) -> RunOutcome | None:
@@ -104,11 +120,12 @@ class RayRunner:
         if ref is None or not ray.wait([ref], timeout=0)[0]:
             return None
         del self._refs[run_id]
+        impl = self._impls.pop(run_id, None)
         try:
-            return RunOutcome(**ray.get(ref))
+            return RunOutcome(**ray.get(ref), impl=impl)
         except Exception as err:  # noqa: BLE001 - the run failed outside its own error handling
             cause = getattr(err, "cause", None) or err
-            return RunOutcome(run_id, "failed", None, f"{type(cause).__name__}: {cause}")
+            return RunOutcome(run_id, "failed", None, f"{type(cause).__name__}: {cause}", impl=impl)
 
     def active(self, run_id: str) -> bool:
         return run_id in self._refs
@@ -274,8 +291,37 @@ class WebhookNotifier:
                     time.sleep(0.5 * (attempt + 1))
 
 
+# ------------------------------------------------------------------------------ delivery and pre-exposure
+class PreExposurePort:
+    def __init__(self, cfg: Config, say: Callable[[str], None]):
+        self.cfg, self.say = cfg, say
+
+    def test(self, version: str, champion: str | None) -> ExposureTested:
+        from raymlops.control.preexposure import run_pre_exposure
+
+        self.say(f"pre-exposure tests of version {version}")
+        try:
+            result = run_pre_exposure(self.cfg, version, champion=champion)
+        except Exception as err:  # noqa: BLE001 - a test that cannot run must not let the version through
+            return ExposureTested(version, False, (f"the pre-exposure tests could not run: {type(err).__name__}: "
+                                                   f"{err}",))
+        return ExposureTested(version, result.passed, tuple(result.reasons()),
+                              tuple(result.to_dict()["checks"]))
+
+
+class DeliveryPort:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def run_finished(self, outcome: RunOutcome) -> list[tuple[str, str]]:
+        from raymlops.pipeline.delivery import on_run_finished
+
+        registered = outcome.status == "completed" and outcome.version is not None
+        return on_run_finished(self.cfg, outcome.impl, registered)
+
+
 def build_ports(cfg: Config, say: Callable[[str], None]) -> Ports:
     """The real ports for ``cfg`` (call inside Ray: the runner and the monitor start Ray tasks)."""
     return Ports(store=FileStateStore(state_uri(cfg)), runner=RayRunner(cfg), serving=ServeWeights(cfg),
                  registry=RegistryPort(cfg), observer=LogObserver(cfg), notifier=WebhookNotifier(cfg, say),
-                 monitor=RayMonitor(cfg, say))
+                 monitor=RayMonitor(cfg, say), exposure=PreExposurePort(cfg, say), pipelines=DeliveryPort(cfg))

@@ -33,6 +33,8 @@ __all__ = [
     "Manual",
     "Notify",
     "PromoteAlias",
+    "Observed",
+    "ExposureTested",
     "Restarted",
     "ResumeRun",
     "RunFinished",
@@ -40,6 +42,7 @@ __all__ = [
     "RunStarted",
     "SetWeights",
     "StartRun",
+    "TestExposure",
     "TriggerFired",
     "step",
 ]
@@ -154,6 +157,33 @@ class Applied:
 
 
 @dataclass(frozen=True)
+class ExposureTested:
+    """The pre-exposure tests of ``version`` ended (``reasons``: one line per failed check)."""
+
+    version: str
+    passed: bool
+    reasons: tuple[str, ...] = ()
+    checks: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"exposure:{self.version}"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Something the shell saw or did outside the state machine (e.g. a pipeline promotion), for the log."""
+
+    kind: str
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
 class Restarted:
     """The actor (re)started on a persisted state: re-issue what is still owed."""
 
@@ -162,7 +192,8 @@ class Restarted:
         return None
 
 
-Event = TriggerFired | RunStarted | RunFinished | CanaryAnalysis | Manual | Applied | Restarted
+Event = (TriggerFired | RunStarted | RunFinished | CanaryAnalysis | Manual | Applied | ExposureTested | Observed
+         | Restarted)
 
 
 # ---------------------------------------------------------------------------------------------- actions
@@ -196,13 +227,22 @@ class PromoteAlias:
 
 
 @dataclass(frozen=True)
+class TestExposure:
+    """Run the pre-exposure tests of ``version`` against ``champion`` (no live traffic), then report
+    ``ExposureTested``."""
+
+    version: str
+    champion: str | None
+
+
+@dataclass(frozen=True)
 class Notify:
     """Send this event-log entry to the notification channels (webhook)."""
 
     entry: LogEntry
 
 
-Action = StartRun | ResumeRun | SetWeights | PromoteAlias | Notify
+Action = StartRun | ResumeRun | SetWeights | PromoteAlias | TestExposure | Notify
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -218,6 +258,7 @@ class ControllerState:
     rollout: RolloutState = field(default_factory=RolloutState)
     pending_canary: str | None = None  # the newest challenger waiting for the rollout in progress
     paused: bool = False
+    pre_exposure: bool = False  # test each challenger before its canary (the shell sets it from the config)
     triggers: TriggerState = field(default_factory=TriggerState)
     handled_versions: list[str] = field(default_factory=list)  # got a rollout or a promotion: never again
     events: list[LogEntry] = field(default_factory=list)
@@ -296,6 +337,15 @@ class _Tx:
         self.log("canary_started", f"version {version} on canary at {s.rollout.weight:g}% against champion "
                  f"{s.champion}", notify=True, version=version, weights=s.rollout.weights())
 
+    def start_testing(self, version: str) -> None:
+        s = self.s
+        s.handled_versions.append(version)
+        s.rollout = RolloutState("testing", version, s.champion, list(s.canary_steps), 0, 0.0, 0, self.now,
+                                 self.now)
+        self.actions.append(TestExposure(version, s.champion))
+        self.log("exposure_testing", f"version {version}: contract, load and infrastructure tests before any live "
+                 "traffic", version=version)
+
     def promote(self, version: str, reason: str, **data: Any) -> None:
         s, r = self.s, self.s.rollout
         if r.phase in ACTIVE_PHASES and r.canary_version == version:
@@ -332,6 +382,8 @@ class _Tx:
         elif s.rollout.phase == "idle" and not s.paused:
             if s.champion is None:
                 self.promote(version, "first model: there is no champion to compare it with")
+            elif s.pre_exposure:
+                self.start_testing(version)
             else:
                 self.start_canary(version)
         elif version != s.pending_canary:
@@ -442,6 +494,14 @@ def _manual(tx: _Tx, e: Manual) -> None:
         tx.next_work()
     elif busy:
         tx.reject(f"{cmd}: a {r.phase.replace('_', ' ')} of {r.canary_version} is in progress; retry when it ends")
+    elif r.phase == "testing" and cmd in ("rollback", "approve"):
+        if cmd == "approve":
+            tx.reject(f"approve: version {r.canary_version} is still in its pre-exposure tests")
+            return
+        tx.log("exposure_blocked", f"version {r.canary_version} gets no traffic: stopped by an operator during "
+               "its pre-exposure tests", notify=True, version=r.canary_version)
+        s.rollout = RolloutState()
+        tx.next_work()
     elif cmd == "approve":
         if r.phase != "awaiting_approval":
             tx.reject(f"approve: nothing awaits approval (rollout phase: {r.phase})")
@@ -484,10 +544,34 @@ def _applied(tx: _Tx, e: Applied) -> None:
     tx.next_work()
 
 
+def _exposure_tested(tx: _Tx, e: ExposureTested) -> None:
+    s, r = tx.s, tx.s.rollout
+    if r.phase != "testing" or r.canary_version != str(e.version):
+        tx.log("ignored", f"pre-exposure result of {e.version}, which is not being tested", version=e.version)
+        return
+    checks = [dict(c) for c in e.checks]
+    if e.passed:
+        tx.log("exposure_passed", f"version {e.version} passed its pre-exposure tests", version=e.version,
+               checks=checks)
+        s.rollout = RolloutState()
+        tx.start_canary(str(e.version))
+    else:
+        tx.log("exposure_blocked", f"version {e.version} gets no traffic: " + "; ".join(e.reasons), notify=True,
+               version=e.version, checks=checks)
+        s.rollout = RolloutState()
+        tx.next_work()
+
+
+def _observed(tx: _Tx, e: Observed) -> None:
+    tx.log(e.kind, e.message, notify=True, **e.data)
+
+
 def _restarted(tx: _Tx, e: Restarted) -> None:
     s, r = tx.s, tx.s.rollout
     if s.run is not None:
         tx.actions.append(ResumeRun(s.run.run_id) if s.run.run_id else StartRun(tuple(s.run.triggers)))
+    if r.phase == "testing":
+        tx.actions.append(TestExposure(r.canary_version, r.champion_version))
     if r.phase == "promoting":
         tx.actions.append(PromoteAlias(r.canary_version, s.champion))
     if s.weights():
@@ -497,7 +581,8 @@ def _restarted(tx: _Tx, e: Restarted) -> None:
 
 
 _HANDLERS = {TriggerFired: _trigger_fired, RunStarted: _run_started, RunFinished: _run_finished,
-             CanaryAnalysis: _canary_analysis, Manual: _manual, Applied: _applied, Restarted: _restarted}
+             CanaryAnalysis: _canary_analysis, Manual: _manual, Applied: _applied, ExposureTested: _exposure_tested,
+             Observed: _observed, Restarted: _restarted}
 
 
 def step(state: ControllerState, event: Event, now: float) -> tuple[ControllerState, list[Action]]:

@@ -198,7 +198,7 @@ def register(ctx, package: Artifact, blessing: Artifact, snapshot: Artifact, eva
     info = ModelRegistry(cfg.tracking_uri).register(
         cfg.name, package.uri, run_id=ctx.mlflow_run_id, digest=package.digest,
         tags={"pipeline_run_id": ctx.run_id, "data_fingerprint": snapshot.digest, "blessing_uri": blessing.uri,
-              **{f"test_{k}": v for k, v in test.items() if v is not None}},
+              **{f"test_{k}": v for k, v in test.items() if v is not None}, **_run_tags()},
     )
     ctx.progress(f"registered {cfg.name} v{info.version} as challenger")
     return {"version": info.version}
@@ -257,6 +257,7 @@ def run_ct_pipeline(cfg: Config, *, resume_run_id: str | None = None, run_id: st
     result = run_pipeline(
         build_ct_pipeline(cfg), storage_uri=cfg.storage_uri, tracking_uri=cfg.tracking_uri, config=cfg,
         params={"validate.data_digest": digest}, resume_run_id=resume_run_id, run_id=run_id, progress=progress,
+        tags=_run_tags(),
     )
     version = result.outputs.get("register.version")
     return CTResult(result.run_id, result.status, version, result.error, result)
@@ -275,6 +276,19 @@ def _signature(cfg: Config, data) -> dict[str, Any]:
             "outputs": {"binary": ["probability", "label"], "multiclass": ["probabilities", "label"],
                         "regression": ["value"]}[cfg.data.task],
             "task": cfg.data.task, "label": cfg.data.label, "classes": list(t.classes or [])}
+
+
+def _run_tags() -> dict[str, str]:
+    """Tags a controller gives this run (environment, pipeline implementation digest and commit)."""
+    import os
+
+    from raymlops.pipeline.delivery import RUN_TAGS_ENV
+
+    try:
+        tags = json.loads(os.environ.get(RUN_TAGS_ENV, "{}"))
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in tags.items() if v not in (None, "")} if isinstance(tags, dict) else {}
 
 
 def _read_table(split_uri: str):

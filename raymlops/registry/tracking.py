@@ -123,6 +123,14 @@ class Lineage:
         lines = [f"model {self.model} v{self.version}  source {self.source}"]
         if self.data_fingerprint:
             lines.append(f"│ data fingerprint {self.data_fingerprint}")
+        impl = self.model_tags.get("raymlops.impl.digest")
+        if impl or self.model_tags.get("raymlops.environment"):
+            commit = self.model_tags.get("raymlops.impl.commit")
+            lines.append(f"│ environment {self.model_tags.get('raymlops.environment') or '-'}, pipeline implementation "
+                         f"{impl[:12] if impl else 'installed code'}" + (f" (git {commit[:10]})" if commit else ""))
+        decisions = sorted((k, v) for k, v in self.model_tags.items() if k.startswith("raymlops.decision."))
+        for _, text in decisions:
+            lines.append(f"│ decision {text}")
         if self.pipeline_run_id is None:
             lines.append("└── no pipeline run recorded (registered outside a raymlops pipeline)")
             return "\n".join(lines)

@@ -15,7 +15,7 @@ CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "churn.yaml")
 
 
 def test_the_demo_promotes_v2_and_rolls_back_v3(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAYMLOPS_STORAGE": str(tmp_path)}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYMLOPS_STORAGE")}
     r = subprocess.run([sys.executable, "-m", "raymlops.cli", "demo", "--quick"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -25,7 +25,7 @@ def test_the_demo_promotes_v2_and_rolls_back_v3(tmp_path):
                  "controller: rolled_back: canary 3 rolled back"):
         assert line in out, f"{line!r} not in the timeline:\n{out[-4000:]}"
 
-    sandbox = tmp_path / "demo"
+    sandbox = tmp_path / ".raymlops" / "demo"  # no config given: the embedded defaults store under ./.raymlops
     state = json.loads((sandbox / "controller" / "churn" / "state.json").read_text())["state"]
     assert state["champion"] == "2" and state["previous"] == "1" and state["rollout"]["phase"] == "idle"
     kinds = [(e["kind"], e["data"].get("version")) for e in state["events"]]
@@ -45,4 +45,4 @@ def test_the_demo_promotes_v2_and_rolls_back_v3(tmp_path):
                         timeout=120)
     assert st.returncode == 0, st.stderr
     assert "v2    champion" in st.stdout and "v1    previous" in st.stdout
-    assert Path(tmp_path / "demo" / "mlflow.db").exists()
+    assert (sandbox / "mlflow.db").exists()

@@ -24,7 +24,7 @@ from raymlops.control.ports import state_uri
 from raymlops.registry.models import ModelRegistry
 from raymlops.registry.package import load_package
 from raymlops.serve.deploy import undeploy
-from tests.controller_helpers import fake_pipeline, seed_file
+from tests.controller_helpers import extra_feature_file, fake_pipeline, seed_file
 from tests.serving_helpers import instances, serving_config, wait_for
 
 pytestmark = pytest.mark.slow
@@ -77,7 +77,7 @@ def loop(ray_session, _mlflow_template, tmp_path_factory):
         "triggers.poll_interval_s=0.3", "triggers.new_data=false", "triggers.on_drift=false", "triggers.cooldown_s=0",
         "canary.steps=[50,100]", f"canary.interval_s={INTERVAL_S}", "canary.min_requests=10",
         "canary.min_labels=10", f"canary.failure_limit={FAILURE_LIMIT}", "canary.max_p99_ratio=5",
-        "monitoring.interval_s=3600", "serving.prediction_log.flush_interval_s=0.2",
+        "monitoring.interval_s=3600", "serving.prediction_log.flush_interval_s=0.2", "pre_exposure.enabled=false",
     )
     reg = ModelRegistry(cfg.tracking_uri)
     first = fake_pipeline(cfg, run_id="seed-run")
@@ -200,3 +200,27 @@ def test_killing_the_controller_at_random_points_loses_nothing(loop):
     seqs = [e["seq"] for e in log]
     assert seqs == sorted(set(seqs))
     assert Path(state_uri(loop.cfg)).exists()
+
+
+def test_with_pre_exposure_tests_a_challenger_that_breaks_the_contract_never_gets_traffic(loop):
+    """The controller restarted with pre-exposure on: a version that needs a feature clients do not send is
+    called through a preview app, fails its contract, and never appears in the live split."""
+    loop.clients.on.set()
+    stop_controller(loop.cfg)
+    cfg = loop.cfg.model_copy(update={"pre_exposure": loop.cfg.pre_exposure.model_copy(
+        update={"enabled": True, "load_requests": 50, "max_p99_increase_pct": 1000.0})})
+    start_controller(cfg)
+    champion = status(loop)["champion"]
+    served: set[str] = set()
+    extra_feature_file(cfg).write_text("loyalty_score")
+    try:
+        call(cfg, "trigger", "breaks-contract")
+        wait_for(lambda: (served.update(served_weights(loop)) or True)
+                 and any(e["kind"] == "exposure_blocked" for e in events(loop)), 120, "the contract to fail")
+    finally:
+        extra_feature_file(cfg).unlink()
+    blocked = [e for e in events(loop) if e["kind"] == "exposure_blocked"][-1]
+    version = blocked["data"]["version"]
+    assert "loyalty_score" in blocked["message"] and version not in served
+    assert served_weights(loop) == {champion: 100.0} and wait_idle(loop)["champion"] == champion
+    assert ModelRegistry(cfg.tracking_uri).aliases(cfg.name)["champion"] == int(champion)

@@ -39,6 +39,7 @@ class World:
         self.files = frozenset({"day1.parquet"})
         self.stats: dict[str, WindowStats] = {}
         self.calls = 0
+        self.finish = True  # False: launched runs stay in flight
         self.crash_at: int | None = None
         self.saved_run_ids: list[str] = []
 
@@ -68,7 +69,7 @@ class World:
 
     def poll(self, run_id):
         self._call()
-        if run_id not in getattr(self, "active_ids", set()):
+        if run_id not in getattr(self, "active_ids", set()) or not self.finish:
             return None
         self.active_ids.discard(run_id)
         run = self.runs[run_id]
@@ -296,7 +297,7 @@ def test_new_files_fire_one_run_and_files_landing_during_it_queue_one_more():
     clock.t += 1
     ctl.tick()
     assert ctl.state.run is not None and ctl.state.run.triggers[0].kind == "new_data"
-    world.active_ids = set()  # keep the run in flight: poll reports nothing
+    world.finish = False  # keep the run in flight
     world.files = world.files | {"day3.parquet", "day4.parquet"}
     clock.t += 1
     ctl.tick()
@@ -327,6 +328,21 @@ def test_restart_resumes_the_recorded_run_by_its_id():
     world.active_ids = set()  # the process died: its task died with it
     make(world, clock)
     assert world.launched[-1] == (run_id, True)
+
+
+def test_a_run_whose_launch_failed_is_relaunched_on_the_next_poll():
+    world, clock = World({"champion": "1"}), Clock()
+    world.registered = 1
+    ctl = make(world, clock)
+    world.finish = False
+    ctl.trigger("r1")
+    run_id = ctl.state.run.run_id
+    world.active_ids = set()  # e.g. Ray refused the task
+    ctl.tick()
+    assert world.launched == [(run_id, False), (run_id, True)]
+    world.finish = True
+    ctl.tick()
+    assert ctl.state.run is None and world.registered == 2
 
 
 # ------------------------------------------------------------------------------------------------ crashes

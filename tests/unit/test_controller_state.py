@@ -412,3 +412,57 @@ def test_control_modules_import_without_ray_mlflow_or_config():
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------ pre-exposure
+def in_exposure_tests():
+    from raymlops.control.state import TestExposure
+
+    s = new_state(pre_exposure=True)
+    clock = Clock()
+    s, _ = step(s, fired("on_demand"), clock())
+    s, _ = step(s, RunStarted("r1"), clock())
+    s, actions = step(s, RunFinished("r1", "completed", "2"), clock())
+    assert s.rollout.phase == "testing" and TestExposure("2", "1") in actions
+    assert not any(isinstance(a, SetWeights) for a in actions) and s.weights() == {"1": 100.0}
+    return s, clock
+
+
+def test_a_challenger_that_passes_its_pre_exposure_tests_goes_on_canary():
+    from raymlops.control.state import ExposureTested
+
+    s, clock = in_exposure_tests()
+    s, actions = step(s, ExposureTested("2", True), clock())
+    assert s.rollout.phase == "canary" and SetWeights({"1": 90.0, "2": 10.0}) in actions
+    assert [e.kind for e in s.events][-2:] == ["exposure_passed", "canary_started"]
+
+
+def test_a_challenger_that_fails_its_pre_exposure_tests_never_gets_traffic():
+    from raymlops.control.state import ExposureTested
+
+    s, clock = in_exposure_tests()
+    s, actions = step(s, ExposureTested("2", False, ("contract: missing feature loyalty_score",)), clock())
+    assert s.rollout.phase == "idle" and s.weights() == {"1": 100.0}
+    assert not any(isinstance(a, SetWeights) for a in actions) and "exposure_blocked" in notes(actions)
+    assert "loyalty_score" in s.events[-1].message
+    s, _ = step(s, RunFinished("r9", "completed", "2"), clock())  # the same version again: never retested
+    assert s.rollout.phase == "idle"
+    s2, actions = step(s, ExposureTested("2", True), clock())  # a late result changes nothing
+    assert s2.rollout.phase == "idle" and not any(isinstance(a, SetWeights) for a in actions)
+
+
+def test_a_restart_during_the_pre_exposure_tests_runs_them_again():
+    from raymlops.control.state import TestExposure
+
+    s, clock = in_exposure_tests()
+    s = ControllerState.from_json(s.to_json())
+    s, actions = step(s, Restarted(), clock())
+    assert TestExposure("2", "1") in actions and SetWeights({"1": 100.0}) in actions
+
+
+def test_an_operator_can_stop_a_version_in_its_pre_exposure_tests():
+    s, clock = in_exposure_tests()
+    s, actions = step(s, Manual("rollback", "op-1"), clock())
+    assert s.rollout.phase == "idle" and "exposure_blocked" in notes(actions)
+    s, actions = step(s, Manual("approve", "op-2"), clock())
+    assert s.events[-1].kind == "rejected"

@@ -1,0 +1,304 @@
+"""Pipeline delivery: package a working tree as an implementation, pre-flight it, deploy it to an environment,
+count its runs there and hand it on to the next environment once it has proven itself.
+
+An implementation is a zip of the working tree (minus ``delivery.exclude``) named by its content digest, stored
+under ``{storage_uri}/pipelines/{name}/implementations/`` of each environment it is deployed to, with a manifest
+(digest, git commit, dirty flag, files). The environment's controller launches every pipeline run with that zip
+as the Ray ``runtime_env`` working directory, so triggered runs use exactly the deployed code, and the run and the
+model it registers carry the digest and commit (lineage). ``deployments.json`` is the environment's record
+(``raymlops.core.impl.EnvPipelines``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import hashlib
+import io
+import json
+import os
+import subprocess
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from raymlops import storage
+from raymlops.config import Config, for_environment
+from raymlops.core import impl as core
+from raymlops.errors import PipelineError
+
+__all__ = ["RUN_TAGS_ENV", "Implementation", "approve_promotion", "current_implementation", "deploy_implementation",
+           "describe", "env_state",
+           "get_implementation", "on_run_finished", "package_implementation", "preflight",
+           "promote_implementation", "rollback_implementation", "run_tags", "runtime_env_for"]
+
+RUN_TAGS_ENV = "RAYMLOPS_RUN_TAGS"  # JSON tags a run (and the model it registers) carries: set by the controller
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """A packaged pipeline implementation."""
+
+    digest: str
+    commit: str | None
+    dirty: bool
+    created_at: float
+    source: str
+    files: int
+    size_bytes: int
+    uri: str  # the zip
+
+    @property
+    def short(self) -> str:
+        return self.digest[:12]
+
+
+def _dir(cfg: Config) -> str:
+    return storage.join(cfg.storage_uri, "pipelines", cfg.name)
+
+
+def _state_uri(cfg: Config) -> str:
+    return storage.join(_dir(cfg), "deployments.json")
+
+
+def _zip_uri(cfg: Config, digest: str) -> str:
+    return storage.join(_dir(cfg), "implementations", f"{digest[:12]}.zip")
+
+
+def _excluded(rel: str, patterns: list[str]) -> bool:
+    parts = rel.split("/")
+    return any(fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(part, p) for part in parts) or rel.startswith(p + "/")
+               for p in patterns)
+
+
+def _git(source: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+# ------------------------------------------------------------------------------------------------ package
+def package_implementation(cfg: Config, source_dir: str | Path = ".") -> Implementation:
+    """Zip the working tree under its content digest (idempotent: the same tree gives the same implementation)."""
+    source = Path(source_dir).resolve()
+    if not source.is_dir():
+        raise PipelineError(f"{source} is not a directory; pass the pipeline's working tree (--source DIR)")
+    files: list[tuple[str, bytes]] = []
+    for root, dirs, names in os.walk(source):
+        rel_root = Path(root).relative_to(source).as_posix()
+        dirs[:] = sorted(d for d in dirs if not _excluded(f"{rel_root}/{d}".lstrip("./"), cfg.delivery.exclude))
+        for name in sorted(names):
+            rel = f"{rel_root}/{name}".lstrip("./") if rel_root != "." else name
+            if not _excluded(rel, cfg.delivery.exclude) and Path(root, name).is_file():
+                files.append((rel, Path(root, name).read_bytes()))
+    size = sum(len(b) for _, b in files)
+    if size > cfg.delivery.max_mb * 1024 * 1024:
+        raise PipelineError(f"{source} holds {size / 2**20:.1f} MB after delivery.exclude; exclude data and build "
+                            f"outputs (delivery.exclude) or raise delivery.max_mb ({cfg.delivery.max_mb:g})")
+    if not files:
+        raise PipelineError(f"{source} has no files to package (all excluded by delivery.exclude?)")
+    digest = core.tree_digest((rel, hashlib.sha256(data).hexdigest()) for rel, data in files)
+    commit = _git(source, "rev-parse", "HEAD")
+    dirty = bool(_git(source, "status", "--porcelain")) if commit else False
+    impl = Implementation(digest, commit, dirty, time.time(), str(source), len(files), size, _zip_uri(cfg, digest))
+    if not storage.exists(impl.uri):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for rel, data in files:
+                # One top-level directory: what Ray expects of a working_dir zip.
+                zf.writestr(zipfile.ZipInfo(f"impl/{rel}", date_time=(2000, 1, 1, 0, 0, 0)), data)
+        storage.atomic_write_bytes(impl.uri, buf.getvalue())
+        storage.atomic_write_text(impl.uri[:-4] + ".json", json.dumps(asdict(impl), indent=2))
+    return get_implementation(cfg, digest)
+
+
+def get_implementation(cfg: Config, digest: str) -> Implementation:
+    """A packaged implementation by digest (or its 12-character prefix) in ``cfg``'s environment."""
+    manifest = _zip_uri(cfg, digest)[:-4] + ".json"
+    if not storage.exists(manifest):
+        raise PipelineError(f"pipeline implementation {digest[:12]} is not in {_dir(cfg)}; list them with "
+                            "`raymlops pipeline list CONFIG --env ENV`")
+    doc = json.loads(storage.read_text(manifest))
+    return Implementation(**{**doc, "uri": _zip_uri(cfg, doc["digest"])})
+
+
+# ---------------------------------------------------------------------------------------------- environment
+def env_state(cfg: Config) -> core.EnvPipelines:
+    uri = _state_uri(cfg)
+    return core.EnvPipelines.from_dict(json.loads(storage.read_text(uri))) if storage.exists(uri) \
+        else core.EnvPipelines()
+
+
+def _save(cfg: Config, state: core.EnvPipelines) -> None:
+    storage.atomic_write_text(_state_uri(cfg), json.dumps(state.to_dict(), indent=2))
+
+
+def current_implementation(cfg: Config) -> Implementation | None:
+    """The implementation deployed to ``cfg``'s environment (None: runs use the installed code)."""
+    state = env_state(cfg)
+    return None if state.current is None else get_implementation(cfg, state.current)
+
+
+def deploy_implementation(cfg: Config, impl: Implementation, reason: str) -> core.EnvPipelines:
+    """Make ``impl`` the environment's implementation (its zip is copied into the environment's storage)."""
+    target = _zip_uri(cfg, impl.digest)
+    if not storage.exists(target):
+        storage.atomic_write_bytes(target, storage.read_bytes(impl.uri))
+        storage.atomic_write_text(target[:-4] + ".json", json.dumps({**asdict(impl), "uri": target}, indent=2))
+    state = core.deploy(env_state(cfg), impl.digest, time.time(), reason)
+    _save(cfg, state)
+    return state
+
+
+def rollback_implementation(cfg: Config) -> Implementation:
+    """Back to the previously deployed implementation of ``cfg``'s environment."""
+    try:
+        state = core.rollback(env_state(cfg), time.time())
+    except ValueError as err:
+        raise PipelineError(f"cannot roll back the pipeline of environment {cfg.environment!r}: {err}") from None
+    _save(cfg, state)
+    return get_implementation(cfg, state.current)
+
+
+def run_tags(cfg: Config, impl: Implementation | None) -> dict[str, str]:
+    tags = {"raymlops.environment": cfg.environment or ""}
+    if impl is not None:
+        tags |= {"raymlops.impl.digest": impl.digest, "raymlops.impl.commit": impl.commit or "",
+                 "raymlops.impl.dirty": str(impl.dirty).lower()}
+    return tags
+
+
+def runtime_env_for(cfg: Config, impl: Implementation | None) -> dict[str, Any]:
+    """The Ray runtime_env of a run: the implementation as working directory, its tags, its extra packages."""
+    env: dict[str, Any] = {"env_vars": {RUN_TAGS_ENV: json.dumps(run_tags(cfg, impl))}}
+    if impl is not None:
+        # Tasks take a zip URI, not a local path: file:// for local storage (one node or a shared filesystem).
+        env["working_dir"] = ("file://" + storage.resolve(impl.uri)[1]) if storage.is_local(impl.uri) else impl.uri
+        if cfg.delivery.pip:
+            env["pip"] = list(cfg.delivery.pip)
+    return env
+
+
+# ------------------------------------------------------------------------------------------------ promotion
+def promote_implementation(cfg: Config, target_env: str, digest: str, reason: str) -> Config:
+    """Deploy ``digest`` (from ``cfg``'s environment) to ``target_env``; returns the target's config."""
+    target = for_environment(cfg, target_env)
+    deploy_implementation(target, get_implementation(cfg, digest), reason)
+    return target
+
+
+def on_run_finished(cfg: Config, digest: str | None, registered_model: bool) -> list[tuple[str, str]]:
+    """Count a run of the environment's implementation; promote it when its rule says so.
+
+    Returns ``(kind, message)`` events for the controller's log.
+    """
+    if digest is None or cfg.environment is None:
+        return []
+    env = cfg.environments[cfg.environment]
+    state = core.record_run(env_state(cfg), digest, registered_model)
+    events: list[tuple[str, str]] = []
+    if env.promote_to and core.promotion_due(state, env.promotion.after_runs) and state.pending_approval != digest:
+        models = state.runs[digest]["models"]
+        if env.promotion.require_approval:
+            state = core.EnvPipelines(**{**vars(state), "pending_approval": digest})
+            events.append(("pipeline_awaiting_approval", f"implementation {digest[:12]} produced {models} blessed "
+                           f"models; approve its promotion with `raymlops pipeline approve CONFIG --env "
+                           f"{env.promote_to}`"))
+        else:
+            promote_implementation(cfg, env.promote_to, digest, f"{models} blessed models in {cfg.environment}")
+            state = core.EnvPipelines(**{**vars(state), "promoted": (*state.promoted, digest)})
+            events.append(("pipeline_promoted", f"implementation {digest[:12]} promoted to {env.promote_to} "
+                           f"after {models} blessed models in {cfg.environment}"))
+    _save(cfg, state)
+    return events
+
+
+def approve_promotion(cfg: Config, source_env: str) -> Implementation:
+    """Promote the implementation of ``source_env`` that waits for approval into ``cfg``'s environment."""
+    source = for_environment(cfg, source_env)
+    state = env_state(source)
+    if state.pending_approval is None:
+        raise PipelineError(f"no implementation of environment {source_env!r} waits for approval")
+    digest = state.pending_approval
+    promote_implementation(source, cfg.environment, digest, f"approved after runs in {source_env}")
+    _save(source, core.EnvPipelines(**{**vars(state), "pending_approval": None,
+                                       "promoted": (*state.promoted, digest)}))
+    return get_implementation(cfg, digest)
+
+
+# ------------------------------------------------------------------------------------------------ pre-flight
+def preflight(cfg: Config, impl: Implementation, progress: Callable[[str], None] = print) -> list[str]:
+    """Fast checks before an implementation reaches an environment: imports resolve and a tiny run completes.
+
+    Both run as a Ray task with the implementation as working directory, exactly as triggered runs will.
+    Returns the problems found (empty: it may be deployed). Ray must be initialised.
+    """
+    import ray
+
+    problems: list[str] = []
+    task = ray.remote(_preflight_task).options(num_cpus=0.1, max_retries=0,
+                                               runtime_env=runtime_env_for(cfg, impl))
+    progress(f"pre-flight of {impl.short}: imports and a run on {cfg.delivery.preflight_rows} sampled rows")
+    try:
+        result = ray.get(task.remote(cfg.model_dump(mode="json")), timeout=900)
+    except Exception as err:  # noqa: BLE001 - a broken implementation is a finding, not a crash
+        cause = getattr(err, "cause", None) or err
+        return [f"pre-flight task failed: {type(cause).__name__}: {cause}"]
+    problems += result["problems"]
+    progress(f"pre-flight run: {result.get('status', '-')} in {result.get('seconds', 0):.1f}s")
+    return problems
+
+
+def _preflight_task(cfg_doc: dict[str, Any]) -> dict[str, Any]:
+    import importlib
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from raymlops.data.ingest import ingest_data
+
+    cfg = Config.model_validate(cfg_doc)
+    module, _, fn_name = cfg.controller.pipeline.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), fn_name)
+    except (ImportError, AttributeError) as err:
+        return {"problems": [f"controller.pipeline {cfg.controller.pipeline!r} does not import in the "
+                             f"implementation: {err}"]}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="raymlops-preflight-") as tmp:
+        try:
+            import pyarrow as pa
+            import ray
+
+            refs = ingest_data(cfg.data).dataset.limit(cfg.delivery.preflight_rows).to_arrow_refs()
+            table = pa.concat_tables(ray.get(refs))
+        except Exception as err:  # noqa: BLE001
+            return {"problems": [f"cannot read a sample of {cfg.data.source}: {err}"]}
+        os.makedirs(f"{tmp}/landing")
+        pq.write_table(table, f"{tmp}/landing/sample.parquet")
+        doc = cfg.model_dump(mode="json")
+        doc.update(storage_uri=f"{tmp}/store", tracking_uri=f"sqlite:///{tmp}/mlflow.db", environment=None,
+                   environment_base={})
+        doc["data"].update(source=f"{tmp}/landing", window={"start": None, "end": None})
+        doc["train"].update(epochs=1)
+        doc["tune"].update(enabled=False)
+        doc["evaluation"].update(min_primary=None, min_delta_vs_champion=-1.0, max_slice_drop=1.0)
+        tiny = Config.model_validate(doc)
+        try:
+            result = fn(tiny, run_id=None, resume_run_id=None, progress=lambda _m: None)
+        except Exception as err:  # noqa: BLE001
+            return {"problems": [f"the tiny run raised {type(err).__name__}: {err}"]}
+    status = str(getattr(result, "status", "?"))
+    problems = [] if status == "completed" else [f"the tiny run {status}: {getattr(result, 'error', '')}"]
+    return {"problems": problems, "status": status, "seconds": time.perf_counter() - started}
+
+
+def describe(impl: Implementation) -> str:
+    when = dt.datetime.fromtimestamp(impl.created_at).isoformat(sep=" ", timespec="seconds")
+    commit = f"git {impl.commit[:10]}{' (dirty)' if impl.dirty else ''}" if impl.commit else "no git commit"
+    return f"{impl.short}  {commit}  {impl.files} files, {impl.size_bytes / 1024:.0f} KiB  packaged {when}"
