@@ -27,7 +27,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -387,42 +386,21 @@ class _Preview:
     serving: str  # the version the preview serves now
 
 
-def _preview_user_config(cfg: Config, info: ModelVersionInfo) -> dict[str, Any]:
-    """A routing with ``info`` alone, as the champion, so its own schema validates the requests."""
-    from raymlops.serve import deploy as serve_deploy
-
-    serve_deploy._verify(info)  # a tampered package is refused before Serve loads it
-    v = str(info.version)
-    return {
-        "revision": uuid.uuid4().hex[:12], "model": cfg.name, "champion": v,
-        "versions": {v: {"uri": info.package_uri, "digest": info.digest, "role": "champion"}},
-        "weights": {v: 100.0}, "shadow": None, "shadow_pct": 0.0,
-        "limits": {"max_body_bytes": cfg.serving.max_body_bytes, "max_instances": cfg.serving.max_instances},
-        "num_replicas": cfg.serving.num_replicas, "features": serve_deploy._features_spec(cfg),
-    }
-
-
 def _deploy_preview(preview: Config, info: ModelVersionInfo, budget: _Budget) -> _Preview:
-    from raymlops.serve import deploy as serve_deploy
+    from raymlops.serve.deploy import deploy_alone
 
-    direct = serve_deploy._direct(None)
-    user_config = _preview_user_config(preview, info)
-
-    def run() -> Any:
-        url = serve_deploy._start_serve(preview, direct)
-        return serve_deploy._run(preview, user_config, direct, url)
-
-    deployed = _bounded(run, budget.left("deploying the preview app"), "deploying the preview app")
-    return _Preview(deployed.url, (deployed.direct_urls or [deployed.url])[0], direct, str(info.version))
+    what = "deploying the preview app"
+    deployed = _bounded(lambda: deploy_alone(preview, info), budget.left(what), what)
+    return _Preview(deployed.url, (deployed.direct_urls or [deployed.url])[0], bool(deployed.direct_urls),
+                    str(info.version))
 
 
 def _route_preview(preview: Config, app: _Preview, info: ModelVersionInfo, budget: _Budget) -> None:
     """Serve ``info`` on the running preview instead: a reconfigure of the same replicas, not a new app."""
-    from raymlops.serve import deploy as serve_deploy
+    from raymlops.serve.deploy import deploy_alone
 
-    user_config = _preview_user_config(preview, info)
     what = f"routing the preview to version {info.version}"
-    _bounded(lambda: serve_deploy._run(preview, user_config, app.direct, app.url), budget.left(what), what)
+    _bounded(lambda: deploy_alone(preview, info), budget.left(what), what)
     app.serving = str(info.version)
 
 

@@ -266,6 +266,34 @@ def deploy(
     return _run(cfg, user_config, direct, url)
 
 
+def plan_alone(cfg: Config, info: ModelVersionInfo) -> dict[str, Any]:
+    """A ``user_config`` serving ``info`` alone, as the app's champion, so that its own schema validates requests."""
+    _verify(info)  # a tampered package is refused before Serve loads it
+    v = str(info.version)
+    return {
+        "revision": uuid.uuid4().hex[:12], "model": cfg.name, "champion": v,
+        "versions": {v: {"uri": info.package_uri, "digest": info.digest, "role": "champion"}},
+        "weights": {v: 100.0}, "shadow": None, "shadow_pct": 0.0,
+        "limits": {"max_body_bytes": cfg.serving.max_body_bytes, "max_instances": cfg.serving.max_instances},
+        "num_replicas": cfg.serving.num_replicas, "features": _features_spec(cfg),
+    }
+
+
+def deploy_alone(cfg: Config, info: ModelVersionInfo, *, direct_ingress: bool | None = None) -> DeployInfo:
+    """Serve one version alone in ``cfg``'s app, whatever the registry's aliases say (preview apps: pre-exposure
+    tests). A running app is reconfigured in place."""
+    from ray import serve
+
+    name = app_name(cfg)
+    try:
+        running = name in serve.status().applications
+    except Exception:  # noqa: BLE001 - Serve not started yet
+        running = False
+    direct = _running_direct(name) if running else _direct(direct_ingress)
+    url = _start_serve(cfg, direct)
+    return _run(cfg, plan_alone(cfg, info), direct, url)
+
+
 def set_weights(
     cfg: Config,
     weights: dict[str, float],
