@@ -98,9 +98,9 @@ def test_the_controller_cli_on_a_cluster(ray_head, tmp_path):
             "controller.poll_interval_s=0.3", "monitoring.interval_s=3600", "pre_exposure.enabled=false"]
     args = [x for kv in sets for x in ("--set", kv)]
 
-    def cli(*cmd: str, address: bool = True) -> subprocess.CompletedProcess:
+    def cli(*cmd: str, pos: tuple[str, ...] = (), address: bool = True) -> subprocess.CompletedProcess:
         extra = ["--address", gcs] if address else []
-        return subprocess.run([str(BIN / "raymlops"), *cmd, "configs/churn.yaml", *args, *extra], cwd=ROOT,
+        return subprocess.run([str(BIN / "raymlops"), *cmd, "configs/churn.yaml", *pos, *args, *extra], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=300)
 
     def wait_event(kind: str, version: str) -> None:
@@ -123,7 +123,7 @@ def test_the_controller_cli_on_a_cluster(ray_head, tmp_path):
 
     r = cli("approve")
     assert r.returncode == 2 and "nothing awaits approval" in r.stderr, r.stdout + r.stderr
-    r = cli("promote", "2")
+    r = cli("promote", pos=("2",))
     assert r.returncode == 0 and "promoting" in r.stdout, r.stdout + r.stderr
     wait_event("promoted", "2")
 
