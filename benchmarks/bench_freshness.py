@@ -5,6 +5,8 @@ partition, tuning off) and puts the blessed challenger on canary while a client 
 at the first response served by the challenger. Stages come from the controller's event log, the pipeline's run
 record (step start/end times), the controller's weight timeline and the client's responses.
 
+The pre-exposure tests (contract, load, infrastructure on a preview app) are part of the path and timed as a stage.
+
 Baseline, in the same run: the same pipeline run and canary deploy done by hand (`run_ct_pipeline`, then
 `set_weights`) after another partition lands: no detection, no controller. The ratio says what the closed loop
 costs over a person running the two commands at the right moment.
@@ -137,7 +139,13 @@ def main() -> None:
     # -- the closed loop: a partition lands; the clock stops at the challenger's first answer --------------
     seen = call(cfg, "status")["last_event"]["seq"]
     t0 = _land(cfg.data.source, "2026-01-04", a.rows - 3 * per_day, seed=4)
-    _wait(lambda: "2" in client.first_seen, 900, "v2 serving canary traffic")
+    def challenger_serving() -> bool:
+        blocked = [e for e in call(cfg, "events", seen) if e["kind"] in ("exposure_blocked", "run_failed")]
+        if blocked:
+            raise SystemExit(f"the challenger never reached canary: {blocked[-1]['message']}")
+        return "2" in client.first_seen
+
+    _wait(challenger_serving, 900, "v2 serving canary traffic")
     t_first = client.first_seen["2"]
     events = call(cfg, "events", seen)
     at = {e["kind"]: e["at"] for e in reversed(events)}  # the first of each kind
@@ -153,7 +161,8 @@ def main() -> None:
         "train": steps["train"][1] - steps["train"][0],
         "evaluate_bless": steps["bless"][1] - steps["evaluate"][0],
         "register": steps["register"][1] - steps["register"][0],
-        "collect_result": at["canary_started"] - steps["register"][1],
+        "collect_result": at.get("exposure_testing", at["canary_started"]) - steps["register"][1],
+        "pre_exposure_tests": at["canary_started"] - at.get("exposure_testing", at["canary_started"]),
         "deploy": t_weights - at["canary_started"],
         "first_canary_request": t_first - t_weights,
     }

@@ -22,7 +22,7 @@ from raymlops.data.synthetic import generate
 from raymlops.pipeline import delivery
 from raymlops.registry.models import ModelRegistry
 from raymlops.registry.tracking import MetadataStore
-from raymlops.serve.deploy import undeploy
+from raymlops.serve.deploy import _proxy_url, undeploy
 from tests.serving_helpers import free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -111,6 +111,13 @@ def envs(ray_session, _mlflow_template, tmp_path_factory):
         undeploy(cfg)
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def lineage_tags(cfg, version) -> dict[str, str]:
     return MetadataStore(cfg.tracking_uri).lineage(cfg.name, version).model_tags
 
@@ -164,11 +171,11 @@ def test_implementations_are_packaged_preflighted_deployed_run_promoted_and_roll
     v4 = run_once(staging, "a-2")
     assert lineage_tags(staging, v4)["raymlops.impl.digest"] == impl_a.digest
 
-    # Two Serve apps on one Serve, one per environment, each serving its own model.
-    port = staging.serving.port
-    for cfg, prefix in ((staging, "staging"), (production, "prod")):
-        wait_for(lambda c=cfg, p=prefix: httpx.get(f"http://127.0.0.1:{port}/{p}/v1/models/{c.name}",
-                                                   timeout=5).status_code == 200, 60, f"the {prefix} app")
+    # Two Serve apps on one Serve, one per environment, each at its own route prefix with its own model.
+    for cfg, prefix in ((staging, "/staging"), (production, "/prod")):
+        url = _proxy_url(cfg)  # Serve's real address (the session's Serve may run on another port)
+        assert url.endswith(prefix)
+        wait_for(lambda c=cfg, u=url: _answers(f"{u}/v1/models/{c.name}"), 60, f"the {prefix} app")
     assert ModelRegistry(production.tracking_uri).aliases(production.name)["champion"] == int(p1)
 
 
