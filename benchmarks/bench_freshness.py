@@ -163,8 +163,10 @@ def main() -> None:
         "register": steps["register"][1] - steps["register"][0],
         "collect_result": at.get("exposure_testing", at["canary_started"]) - steps["register"][1],
         "pre_exposure_tests": at["canary_started"] - at.get("exposure_testing", at["canary_started"]),
-        "deploy": t_weights - at["canary_started"],
-        "first_canary_request": t_first - t_weights,
+        # The split is live once Serve has reconfigured; the client may see the canary before the controller
+        # has recorded it, so the deploy ends at whichever came first.
+        "deploy": min(t_weights, t_first) - at["canary_started"],
+        "first_canary_request": t_first - min(t_weights, t_first),
     }
     loop_total = t_first - t0
     stop_controller(cfg)
