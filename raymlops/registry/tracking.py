@@ -312,11 +312,12 @@ class MetadataStore:
 
     # -------------------------------------------------------------------------------------------- monitor
     def log_monitor_pass(self, experiment: str, metrics: Mapping[str, float], *, at: float,
-                         tags: Mapping[str, str] | None = None) -> str:
+                         tags: Mapping[str, str] | None = None, artifact_location: str | None = None) -> str:
         """Log one monitor pass as metrics (step = epoch seconds) of the long-lived run tagged
-        ``raymlops.kind=monitor`` in ``experiment`` (created on first use), in one batch; returns its run id."""
+        ``raymlops.kind=monitor`` in ``experiment`` (created on first use, with ``artifact_location``: the
+        pipeline's runs reuse it), in one batch; returns its run id."""
         with self._errors(f"logging a monitor pass to experiment {experiment!r}"):
-            exp_id = self._experiment_id(experiment, None)
+            exp_id = self._experiment_id(experiment, artifact_location)
             found = self._client.search_runs([exp_id], filter_string=f"tags.`{KIND_TAG}` = 'monitor'",
                                              max_results=1, order_by=["attributes.start_time ASC"])
             if found:  # the oldest one: two monitors racing to create it converge on the same run

@@ -39,7 +39,8 @@ def _pipeline_run_with_training_split(cfg, root: Path, train) -> str:
     (prepared / "train").mkdir(parents=True)
     pq.write_table(train, prepared / "train" / "part-0.parquet")
     store = MetadataStore(cfg.tracking_uri)
-    run_id = store.start_pipeline_run(cfg.name, pipeline=cfg.name, pipeline_run_id="run-1")
+    run_id = store.start_pipeline_run(cfg.name, pipeline=cfg.name, pipeline_run_id="run-1",
+                                    artifact_location=str(Path(cfg.storage_uri) / "mlflow-artifacts"))
     now = time.time()
     store.log_step(run_id, StepRecord(
         pipeline_run_id="run-1", step="prepare", component="prepare", component_version="1", code_hash="c",
@@ -116,6 +117,7 @@ def test_run_monitor_figures_drift_report_and_mlflow(tmp_path, tracking_uri):
 
     client = MlflowClient(tracking_uri=cfg.tracking_uri)
     exp = client.get_experiment_by_name(cfg.name)
+    assert exp.artifact_location.startswith(("file://" + str(tmp_path), str(tmp_path)))  # never ./mlruns of the cwd
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`raymlops.kind` = 'monitor'")
     assert len(runs) == 1
     metrics = runs[0].data.metrics
