@@ -34,6 +34,11 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([base, *(p.strip("/") for p in parts if p)])
 
 
+def absolute(uri: str) -> str:
+    """A local relative path made absolute (Ray workers do not share the caller's working directory); URIs as is."""
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
 def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 

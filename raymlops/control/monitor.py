@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -105,10 +104,6 @@ class MonitorResult:
 
 
 # ------------------------------------------------------------------------------------------------ logs
-def _absolute(uri: str) -> str:
-    return uri if "://" in uri else os.path.abspath(uri)
-
-
 def log_uris(cfg: Config) -> tuple[str, str]:
     """(prediction log, feedback log) URIs, as the serving app writes them."""
     return (storage.join(cfg.storage_uri, "predictions", cfg.name),
@@ -364,7 +359,7 @@ def run_monitor(
             MetadataStore(cfg.tracking_uri).log_monitor_pass(
                 cfg.name, _metrics(result), at=now, tags={"raymlops.monitor.report": result.report_uri},
                 # As the pipeline runner does: MLflow's default would be ./mlruns of whatever directory this runs in.
-                artifact_location=_absolute(storage.join(cfg.storage_uri, "mlflow-artifacts")))
+                artifact_location=storage.absolute(storage.join(cfg.storage_uri, "mlflow-artifacts")))
         except RegistryError as err:  # the figures still reach the controller and the report
             result.notes.append(f"monitor metrics not logged to MLflow: {err}")
     return result

@@ -137,15 +137,9 @@ class ServeWeights:
         self.cfg = cfg
 
     def apply(self, weights: dict[str, float]) -> None:
-        from ray import serve
-
         from raymlops.serve import deploy
 
-        try:
-            running = deploy.app_name(self.cfg) in serve.status().applications
-        except Exception:  # noqa: BLE001 - Serve not started yet
-            running = False
-        if running:
+        if deploy.is_deployed(self.cfg):
             live = deploy.live_routing(self.cfg)
             serving = None if live is None else {v: w for v, w in live["weights"].items() if w > 0}
             if serving == weights and live["shadow"] is None:

@@ -26,7 +26,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raymlops import storage
@@ -118,7 +117,7 @@ def run_pipeline(
                 f"pipeline {pipeline.name!r} runs steps as Ray tasks but Ray is not initialised; call ray.init() "
                 "first (the raymlops CLI does), or pass in_process=True to run every step in this process"
             )
-    storage_uri = _absolute(storage_uri)
+    storage_uri = storage.absolute(storage_uri)
     if resume_run_id:
         record = _load_record(storage_uri, resume_run_id, pipeline)
     else:
@@ -569,11 +568,6 @@ class _Run:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _absolute(uri: str) -> str:
-    # Ray workers do not share the driver's working directory, so a relative path would land elsewhere.
-    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
-
-
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 

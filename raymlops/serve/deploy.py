@@ -266,6 +266,16 @@ def deploy(
     return _run(cfg, user_config, direct, url)
 
 
+def is_deployed(cfg: Config) -> bool:
+    """Whether ``cfg``'s serving app runs (False when Serve itself is not started)."""
+    from ray import serve
+
+    try:
+        return app_name(cfg) in serve.status().applications
+    except Exception:  # noqa: BLE001 - Serve not started yet
+        return False
+
+
 def plan_alone(cfg: Config, info: ModelVersionInfo) -> dict[str, Any]:
     """A ``user_config`` serving ``info`` alone, as the app's champion, so that its own schema validates requests."""
     _verify(info)  # a tampered package is refused before Serve loads it
@@ -282,14 +292,9 @@ def plan_alone(cfg: Config, info: ModelVersionInfo) -> dict[str, Any]:
 def deploy_alone(cfg: Config, info: ModelVersionInfo, *, direct_ingress: bool | None = None) -> DeployInfo:
     """Serve one version alone in ``cfg``'s app, whatever the registry's aliases say (preview apps: pre-exposure
     tests). A running app is reconfigured in place."""
-    from ray import serve
 
     name = app_name(cfg)
-    try:
-        running = name in serve.status().applications
-    except Exception:  # noqa: BLE001 - Serve not started yet
-        running = False
-    direct = _running_direct(name) if running else _direct(direct_ingress)
+    direct = _running_direct(name) if is_deployed(cfg) else _direct(direct_ingress)
     url = _start_serve(cfg, direct)
     return _run(cfg, plan_alone(cfg, info), direct, url)
 
