@@ -6,7 +6,6 @@ the prediction and feedback logs, the monitor task and a webhook. Each is small;
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import json
 import queue
 import threading
@@ -20,7 +19,7 @@ from raymlops.config import Config
 from raymlops.control.canary import WindowStats, window_stats
 from raymlops.control.controller import MonitorSignal, Ports, RunOutcome
 from raymlops.control.state import ExposureTested, LogEntry
-from raymlops.errors import DataError, RaymlopsError
+from raymlops.errors import DataError
 
 __all__ = ["build_ports", "controller_dir", "state_uri"]
 
@@ -49,19 +48,12 @@ class FileStateStore:
 
 
 # -------------------------------------------------------------------------------------------------- runs
-def _import(path: str) -> Callable[..., Any]:
-    module, _, name = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise RaymlopsError(f"controller.pipeline {path!r} cannot be imported ({err}); give `module:function` of "
-                            "a function importable on the cluster") from None
-
-
 def run_pipeline_task(cfg_doc: dict[str, Any], run_id: str, resume: bool) -> dict[str, Any]:
     """Body of the Ray task that drives one pipeline run (its steps start their own Ray work)."""
     cfg = Config.model_validate(cfg_doc)
-    fn = _import(cfg.controller.pipeline)
+    from raymlops.pipeline.delivery import import_pipeline
+
+    fn = import_pipeline(cfg.controller.pipeline)
     # A run recorded but never launched (the controller died in between) has nothing to resume: start it anew.
     resume = resume and storage.exists(storage.join(cfg.storage_uri, "runs", run_id, "run.json"))
     log_uri = storage.join(controller_dir(cfg), "runs", f"{run_id}.log")

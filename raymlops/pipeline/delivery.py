@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -32,7 +33,7 @@ from raymlops.errors import PipelineError
 
 __all__ = ["RUN_TAGS_ENV", "Implementation", "approve_promotion", "current_implementation", "deploy_implementation",
            "describe", "env_state",
-           "get_implementation", "on_run_finished", "package_implementation", "preflight",
+           "get_implementation", "import_pipeline", "on_run_finished", "package_implementation", "preflight",
            "promote_implementation", "rollback_implementation", "run_tags", "runtime_env_for"]
 
 RUN_TAGS_ENV = "RAYMLOPS_RUN_TAGS"  # JSON tags a run (and the model it registers) carries: set by the controller
@@ -80,6 +81,16 @@ def _git(source: Path, *args: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def import_pipeline(path: str) -> Callable[..., Any]:
+    """The function ``controller.pipeline`` names (``module:function``); ``PipelineError`` when it does not import."""
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise PipelineError(f"controller.pipeline {path!r} cannot be imported ({err}); give `module:function` of "
+                            "a function importable on the cluster") from None
 
 
 # ------------------------------------------------------------------------------------------------ package
@@ -255,7 +266,6 @@ def preflight(cfg: Config, impl: Implementation, progress: Callable[[str], None]
 
 
 def _preflight_task(cfg_doc: dict[str, Any]) -> dict[str, Any]:
-    import importlib
     import tempfile
 
     import pyarrow.parquet as pq
@@ -263,12 +273,10 @@ def _preflight_task(cfg_doc: dict[str, Any]) -> dict[str, Any]:
     from raymlops.data.ingest import ingest_data
 
     cfg = Config.model_validate(cfg_doc)
-    module, _, fn_name = cfg.controller.pipeline.partition(":")
     try:
-        fn = getattr(importlib.import_module(module), fn_name)
-    except (ImportError, AttributeError) as err:
-        return {"problems": [f"controller.pipeline {cfg.controller.pipeline!r} does not import in the "
-                             f"implementation: {err}"]}
+        fn = import_pipeline(cfg.controller.pipeline)
+    except PipelineError as err:
+        return {"problems": [f"in the implementation: {err}"]}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="raymlops-preflight-") as tmp:
         try:
