@@ -264,7 +264,9 @@ class CanaryConfig(_Section):
     max_error_rate_pct: Pct = 1.0
     max_p99_ratio: Annotated[float, Field(gt=0)] = Field(1.5, description="Canary p99 / champion p99 limit.")
     max_quality_drop: Annotated[float, Field(ge=0)] = Field(0.02, description="Allowed drop of the quality metric.")
-    max_prediction_psi: Annotated[float, Field(gt=0)] = Field(0.25, description="Prediction distribution shift.")
+    max_prediction_psi: Annotated[float, Field(gt=0)] = Field(
+        0.25, description="Largest prediction distribution shift (PSI of canary vs champion predictions in the "
+        "window, beyond what sampling noise of that many requests gives).")
     failure_limit: PositiveInt = 2
     require_approval: bool = False
 

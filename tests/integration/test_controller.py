@@ -76,7 +76,10 @@ def loop(ray_session, _mlflow_template, tmp_path_factory):
         "controller.pipeline=tests.controller_helpers:fake_pipeline", "controller.poll_interval_s=0.3",
         "triggers.poll_interval_s=0.3", "triggers.new_data=false", "triggers.on_drift=false", "triggers.cooldown_s=0",
         "canary.steps=[50,100]", f"canary.interval_s={INTERVAL_S}", "canary.min_requests=10",
-        "canary.min_labels=10", f"canary.failure_limit={FAILURE_LIMIT}", "canary.max_p99_ratio=5",
+        "canary.min_labels=10", f"canary.failure_limit={FAILURE_LIMIT}",
+        # Windows here hold tens of requests: a p99 is then one slow request (a restart's CPU spike), and the
+        # prediction shift is judged in unit tests; both are set wide so that quality decides here.
+        "canary.max_p99_ratio=50", "canary.max_prediction_psi=10",
         "monitoring.interval_s=3600", "serving.prediction_log.flush_interval_s=0.2", "pre_exposure.enabled=false",
     )
     reg = ModelRegistry(cfg.tracking_uri)
@@ -193,7 +196,8 @@ def test_killing_the_controller_at_random_points_loses_nothing(loop):
     assert len(new) == 10, f"each of the 10 triggers registers one version, got {new}"
     assert len(set(started)) == len(started) and len(set(finished)) == len(finished)
     assert len(set(promoted)) == len(promoted)
-    assert [str(v) for v in new] == [v for v in promoted if int(v) in new]  # every new version promoted once
+    fates = {v: [(e["kind"], e["message"]) for e in log if e["data"].get("version") == str(v)] for v in new}
+    assert [str(v) for v in new] == [v for v in promoted if int(v) in new], fates  # every one promoted once
     assert s["champion"] == str(new[-1]) == str(loop.reg.aliases(loop.cfg.name)["champion"])
     wait_for(lambda: served_weights(loop) == {str(new[-1]): 100.0}, 30, "the last champion serving everything")
     assert sum(e["kind"] == "restarted" for e in log) >= kills

@@ -20,6 +20,7 @@ from raymlops.control.canary import (
     analysis_due,
     analyze,
     apply_decision,
+    prediction_shift,
     window_stats,
 )
 from raymlops.core.metrics import compute_metrics
@@ -284,3 +285,17 @@ def test_too_little_data_never_advances_or_promotes(req_a, req_b, lab_a, lab_b, 
         assert short
     if decision.failed:
         assert any(c.verdict == "fail" and c.samples >= c.min_samples for c in decision.checks)
+
+
+def test_prediction_shift_discounts_sampling_noise_but_catches_a_real_shift():
+    # Two windows of 100 requests from one distribution: the raw PSI exceeds 0.25 about a third of the time,
+    # which would fail healthy canaries; the noise-corrected shift almost never does.
+    rng = np.random.default_rng(7)
+    shares = np.array([.02, .05, .1, .15, .18, .18, .15, .1, .05, .02])
+    same = [prediction_shift(rng.multinomial(100, shares), rng.multinomial(100, shares)) for _ in range(300)]
+    assert sum(shift > 0.25 for shift, _ in same) <= 6
+    assert all(0.1 < noise < 0.2 for _, noise in same)
+    moved = [prediction_shift(rng.multinomial(300, shares), rng.multinomial(300, np.roll(shares, 2)))[0]
+             for _ in range(50)]
+    assert min(moved) > 0.25
+    assert prediction_shift([50, 0], [0, 50])[0] > 3  # disjoint windows: finite, and far over any limit
