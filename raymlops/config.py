@@ -31,6 +31,12 @@ class TimeWindow(_Section):
     start: str | None = Field(None, description="Inclusive ISO-8601 start of the window on `data.timestamp`.")
     end: str | None = Field(None, description="Exclusive ISO-8601 end of the window on `data.timestamp`.")
 
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _iso(cls, value: Any) -> Any:
+        # YAML (and so `--set data.window.start=2026-01-02`) reads an unquoted date or time as a date object.
+        return value.isoformat() if hasattr(value, "isoformat") else value
+
 
 class SplitConfig(_Section):
     method: Literal["random", "time"] = Field(
@@ -72,6 +78,11 @@ class DataConfig(_Section):
     slices: list[str] = Field(default_factory=lambda: ["region"], description="Columns to evaluate slices on.")
     window: TimeWindow = Field(default_factory=TimeWindow)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    local_max_rows: Annotated[int, Field(ge=0)] = Field(
+        250_000, description="Parquet data of at most this many rows is validated and prepared in the step's own "
+        "process (read once with pyarrow, same code); larger data streams through Ray Data, whose start-up costs "
+        "1-2 s per pass. 0: always Ray Data."
+    )
 
 
 # --------------------------------------------------------------------------------------------- validation

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -53,10 +54,14 @@ class IngestResult:
     schema: pa.Schema
 
 
-def ingest_data(data, source: str | None = None) -> IngestResult:
-    """`ingest` with a config's `data` section (format, timestamp, window); `source` overrides `data.source`."""
+def ingest_data(data, source: str | None = None, *, local: bool = False) -> IngestResult:
+    """`ingest` with a config's `data` section (format, timestamp, window); `source` overrides `data.source`.
+
+    With `local`, a parquet source of at most `data.local_max_rows` rows is read in this process
+    (a `LocalDataset`) instead of through Ray Data."""
     return ingest(source or data.source, fmt=data.format, timestamp=data.timestamp,
-                  window_start=data.window.start, window_end=data.window.end)
+                  window_start=data.window.start, window_end=data.window.end,
+                  local_max_rows=data.local_max_rows if local else 0)
 
 
 def read_dataset(
@@ -82,12 +87,14 @@ def ingest(
     window_end: str | None = None,
     columns: Sequence[str] | None = None,
     num_cpus: float = 0.5,
+    local_max_rows: int = 0,
 ) -> IngestResult:
     """Read `source` lazily with Ray Data, after checking files, schemas and the time window up front.
 
     `fmt` is `auto` (from the suffix), `parquet` or `csv`. The window is on the `timestamp` column, ISO-8601 bounds,
     start inclusive, end exclusive, naive times read as UTC. Raises `DataError` for unreadable sources, no files,
     corrupt files, conflicting schemas, a missing column and an empty result; `ConfigError` for bad arguments.
+    A parquet source whose footers count at most `local_max_rows` rows is read here, into a `LocalDataset`.
     """
     if fmt not in ("auto", *SUFFIXES):
         raise ConfigError(f"data format {fmt!r} is not supported; use auto, parquet or csv")
@@ -131,6 +138,20 @@ def ingest(
             num_cpus=num_cpus,  # same resources as the read, so Ray fuses the two into one task
             fn_kwargs={"column": timestamp, "start_us": _us(start), "end_us": _us(end), "keep": keep},
         )
+
+    if kind == "parquet" and full_rows + sum(schemas[p][1].num_rows for p in partial) <= local_max_rows:
+        from raymlops.data.local import LocalDataset
+
+        keep = None if columns is None else list(columns)
+        cols = None if keep is None else keep + ([timestamp] if windowed and timestamp not in keep else [])
+        table = pads.dataset(paths, schema=schema, format="parquet", filesystem=fs).to_table(columns=cols)
+        if windowed:
+            table = filter_window(table, column=timestamp, start_us=_us(start), end_us=_us(end), keep=keep)
+        if table.num_rows == 0:
+            raise DataError(_empty(source, window_start, window_end, span))
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in columns])
+        return IngestResult(LocalDataset(table), [prefix + p for p in paths], table.num_rows, kind, schema)
 
     dataset = build(paths, None if columns is None else list(columns))
     rows = full_rows

@@ -126,7 +126,7 @@ def validate_data(
     source = data_uri or cfg.data.source
     if ingested is None:
         progress(f"ingesting {source}")
-        ingested = ingest_data(cfg.data, source)
+        ingested = ingest_data(cfg.data, source, local=True)
     progress(f"  {ingested.rows:,} rows in {len(ingested.files)} file(s)")
     categorical, skip = profile_columns(cfg)
     frozen = load_frozen_schema(cfg)

@@ -29,7 +29,7 @@ def _ingest(cfg: Config, expected_digest: str):
     if snapshot(cfg.data.source, cfg.data.format)[1] != expected_digest:
         raise DataError(f"{cfg.data.source} changed since the validate step of this run; start a new run "
                         "(without --resume) so the new data is validated first")
-    return ingest_data(cfg.data)
+    return ingest_data(cfg.data, local=True)
 
 
 @component(outputs=("snapshot", "schema", "report"), executor="driver", config_keys=("name", "data", "validation"))

@@ -26,9 +26,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
-    """A head node in its own process group, so that stopping it touches no other Ray on the machine."""
+    """A head node in its own process group, so that stopping it touches no other Ray on the machine.
+
+    One for the module: a start and a stop cost ~20 s here, and the tests use separate names and stores."""
     # Every port explicit: another Ray on this machine (the test session's own) holds the defaults.
     port, dash, agent_http, agent_grpc, metrics, runtime_env = (_free_port() for _ in range(6))
     temp = tempfile.mkdtemp(prefix="rmo-", dir="/tmp")  # short: Ray's socket paths have a length limit

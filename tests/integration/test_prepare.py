@@ -219,3 +219,32 @@ def test_errors_raised_in_ray_tasks_reach_the_caller_typed(ray_session):
     with pytest.raises(DataError, match=r"^column 'x' is bad; fix it$"):
         with prepare_mod._typed_errors():
             ds.take_all()
+
+
+@pytest.mark.parametrize("method", ["random", "time"])
+def test_small_data_prepared_in_process_equals_the_ray_data_path(ray_session, data, tmp_path, method):
+    """`data.local_max_rows`: a small parquet source is read with pyarrow and run through the same callables in
+    this process; the window, the splits, the transform and the written rows are those of the Ray Data path."""
+    from raymlops.data.ingest import ingest
+    from raymlops.data.local import LocalDataset
+
+    src = tmp_path / "landing"
+    src.mkdir()
+    for i, part in enumerate(blocks(data, 1000)):
+        pq.write_table(part, src / f"part-{i}.parquet")
+    window = dict(timestamp="event_ts", window_start="2023-11-16T00:00:00Z", window_end="2023-12-01T00:00:00Z")
+    local = ingest(str(src), local_max_rows=N, **window)
+    remote = ingest(str(src), local_max_rows=N - 1, **window)
+    assert isinstance(local.dataset, LocalDataset) and not isinstance(remote.dataset, LocalDataset)
+    assert 0 < local.rows == remote.rows < N and local.schema == remote.schema
+    via = {}
+    for name, got in (("local", local), ("ray", remote)):
+        via[name] = prepare(config(method=method), got.dataset, schema_of(data), str(tmp_path / name))
+    assert split_ids(via["local"]) == split_ids(via["ray"])
+    assert via["local"].rows == via["ray"].rows
+    a, b = via["local"].transform, via["ray"].transform
+    assert a.categorical == b.categorical and a.classes == b.classes
+    for x, y in zip(a.numeric, b.numeric, strict=True):
+        assert (x.name, x.impute) == (y.name, y.impute) and np.allclose([x.mean, x.std], [y.mean, y.std], rtol=1e-12)
+    for split, uri in via["local"].split_uris.items():  # same columns, no partition column left in the files
+        assert pq.read_table(uri).schema.names == pq.read_table(via["ray"].split_uris[split]).schema.names

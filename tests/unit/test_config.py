@@ -31,6 +31,12 @@ def test_overrides_take_yaml_types():
     assert cfg.name == "x1"
 
 
+def test_an_unquoted_date_or_time_in_a_window_override_is_taken_as_iso_text():
+    cfg = load_config(None, ["data.window.start=2026-01-02", "data.window.end=2026-01-05T06:00:00Z"])
+    assert cfg.data.window.start == "2026-01-02"
+    assert cfg.data.window.end.startswith("2026-01-05T06:00:00")
+
+
 def test_env_interpolation_with_default(tmp_path, monkeypatch):
     p = tmp_path / "c.yaml"
     p.write_text("storage_uri: ${RMO_TEST_STORE}\ntracking_uri: ${RMO_UNSET:-sqlite:///x.db}\n")
