@@ -9,6 +9,7 @@ results are the same rows, splits and statistics; ``tests/integration/test_prepa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,10 @@ from raymlops import storage
 
 __all__ = ["LocalDataset"]
 
-_PART_FILE = "part-00000.parquet"
+# Rows per written file: Ray Data reads a file as (at least) one block, so a split written as several files lets
+# the training workers' shards and the readers work in parallel, as with Ray Data's own write (a file per block).
+_ROWS_PER_FILE = 16_384
+_MAX_FILES = 8
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ class LocalDataset:
     def write_parquet(self, path: str, *, partition_cols: list[str] | None = None, **_ray_options: Any) -> None:
         """Hive-style like Ray Data: ``path/<col>=<value>/`` without the partition column (one column only)."""
         if not partition_cols:
-            self._write(self._table, storage.join(path, _PART_FILE))
+            self._write(self._table, path)
             return
         if len(partition_cols) != 1:
             raise ValueError("LocalDataset.write_parquet partitions by one column")
@@ -95,10 +99,13 @@ class LocalDataset:
         values = self._table.column(col)
         for value in pc.unique(values).to_pylist():
             part = self._table.filter(pc.equal(values, value)).drop_columns([col])
-            self._write(part, storage.join(path, f"{col}={value}", _PART_FILE))
+            self._write(part, storage.join(path, f"{col}={value}"))
 
     @staticmethod
-    def _write(table: pa.Table, uri: str) -> None:
-        fs, target = storage.resolve(uri)
-        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(table, target, filesystem=fs)
+    def _write(table: pa.Table, directory: str) -> None:
+        fs, target = storage.resolve(directory)
+        fs.create_dir(target, recursive=True)
+        files = max(1, min(_MAX_FILES, math.ceil(table.num_rows / _ROWS_PER_FILE)))
+        size = math.ceil(table.num_rows / files)
+        for i in range(files):
+            pq.write_table(table.slice(i * size, size), f"{target}/part-{i:05d}.parquet", filesystem=fs)
