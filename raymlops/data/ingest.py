@@ -32,6 +32,8 @@ from raymlops.storage import resolve
 if TYPE_CHECKING:
     import ray.data
 
+    from raymlops.data.local import LocalDataset
+
 __all__ = ["IngestResult", "filter_window", "ingest", "ingest_data", "read_dataset"]
 
 SUFFIXES = MappingProxyType({"parquet": (".parquet", ".pq", ".parq"), "csv": (".csv", ".csv.gz")})
@@ -44,10 +46,11 @@ _IO_THREADS = 16
 
 @dataclass(frozen=True)
 class IngestResult:
-    """A lazily read dataset, the files behind it (URIs, sorted), its row count (after the time window),
-    its format and its (unified) Arrow schema."""
+    """A lazily read dataset (or, for small data read with ``local_max_rows``, a ``LocalDataset`` in memory),
+    the files behind it (URIs, sorted), its row count (after the time window), its format and its (unified)
+    Arrow schema."""
 
-    dataset: ray.data.Dataset
+    dataset: ray.data.Dataset | LocalDataset
     files: list[str]
     rows: int
     format: str
@@ -125,9 +128,11 @@ def ingest(
     if missing:
         raise DataError(f"column(s) {missing} are not in {source}; its columns are {schema.names}")
 
+    def read_columns(keep: list[str] | None) -> list[str] | None:
+        return None if keep is None else keep + ([timestamp] if windowed and timestamp not in keep else [])
+
     def build(subset: list[str], keep: list[str] | None) -> ray.data.Dataset:
-        cols = None if keep is None else keep + ([timestamp] if windowed and timestamp not in keep else [])
-        ds = _read(kind, fs, subset, schema, cols, sum(sizes[p] for p in subset), num_cpus)
+        ds = _read(kind, fs, subset, schema, read_columns(keep), sum(sizes[p] for p in subset), num_cpus)
         if not windowed:
             return ds
         return ds.map_batches(
@@ -143,8 +148,8 @@ def ingest(
         from raymlops.data.local import LocalDataset
 
         keep = None if columns is None else list(columns)
-        cols = None if keep is None else keep + ([timestamp] if windowed and timestamp not in keep else [])
-        table = pads.dataset(paths, schema=schema, format="parquet", filesystem=fs).to_table(columns=cols)
+        table = pads.dataset(paths, schema=schema, format="parquet", filesystem=fs).to_table(
+            columns=read_columns(keep))
         if windowed:
             table = filter_window(table, column=timestamp, start_us=_us(start), end_us=_us(end), keep=keep)
         if table.num_rows == 0:
