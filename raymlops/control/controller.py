@@ -9,7 +9,10 @@ keeps so that a kill at any point loses nothing:
 * serving is level-triggered: ``SetWeights`` applies the split the *current* state calls for, so an action
   made stale by a later transition cannot undo it, and a restart re-asserts the split;
 * promotions and rollbacks stay in progress until the port call returned (``Applied``), so a restart redoes them,
-  and the registry's promote converges when repeated.
+  and the registry's promote converges when repeated;
+* pre-exposure tests run on a worker thread, outside the lock (they take seconds: a preview app and a load test),
+  so status and commands answer meanwhile; their result is collected by a later ``tick``, and a restart in the
+  ``testing`` phase runs them again.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -159,6 +163,8 @@ class Controller:
         self._last_trigger_at = -math.inf
         self._last_monitor_at = -math.inf
         self._applied: dict[str, float] | None = None
+        self._exposure: tuple[str, Future] | None = None  # the version under pre-exposure tests, and their result
+        self._exposure_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raymlops-exposure")
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -181,6 +187,7 @@ class Controller:
         with self._lock:
             now = self.clock()
             self._collect_run()
+            self._collect_exposure()
             self._collect_monitor()
             if on_demand or now - self._last_trigger_at >= self.trigger_interval_s:
                 self._last_trigger_at = now
@@ -246,9 +253,11 @@ class Controller:
             self.ports.registry.promote(action.version)
             self._handle(Applied("promote", action.version))
         elif isinstance(action, TestExposure):
-            result = (ExposureTested(action.version, True) if self.ports.exposure is None
-                      else self.ports.exposure.test(action.version, action.champion))
-            self._handle(result)
+            if self.ports.exposure is None:
+                self._handle(ExposureTested(action.version, True))
+            elif self._exposure is None or self._exposure[0] != action.version:
+                future = self._exposure_pool.submit(self.ports.exposure.test, action.version, action.champion)
+                self._exposure = (action.version, future)
         elif isinstance(action, Notify):
             self._notify(action.entry)
 
@@ -293,6 +302,18 @@ class Controller:
         if self.ports.pipelines is not None:
             for kind, message in self.ports.pipelines.run_finished(outcome):
                 self._handle(Observed(kind, message, {"impl": outcome.impl}))
+
+    def _collect_exposure(self) -> None:
+        if self._exposure is None or not self._exposure[1].done():
+            return
+        version, future = self._exposure
+        self._exposure = None
+        try:
+            result = future.result()
+        except Exception as err:  # noqa: BLE001 - a test that cannot run must not let the version through
+            result = ExposureTested(version, False, (f"the pre-exposure tests could not run: {type(err).__name__}: "
+                                                     f"{err}",))
+        self._handle(result)  # ignored by the state machine if that version is no longer being tested
 
     def _evaluate_triggers(self, now: float, on_demand: Sequence[str]) -> None:
         sig = self._signal

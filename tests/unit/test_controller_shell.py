@@ -428,3 +428,62 @@ def test_commands_without_a_canary_are_rejected_with_a_reason(bad):
     ctl = make(world, clock)
     entry = ctl.command(bad, "op-1")
     assert entry.kind == "rejected" and world.promotions == []
+
+
+class GatedExposure:
+    """Pre-exposure tests that last until ``release`` (or raise ``error``), as a preview app and load test do."""
+
+    def __init__(self, error: Exception | None = None):
+        import threading
+
+        self.release, self.started, self.error = threading.Event(), threading.Event(), error
+
+    def test(self, version, champion):
+        from raymlops.control.state import ExposureTested
+
+        self.started.set()
+        assert self.release.wait(10)
+        if self.error is not None:
+            raise self.error
+        return ExposureTested(version, True, (), ({"name": "contract", "passed": True},))
+
+
+def exposed(world: World, clock: Clock, exposure: GatedExposure) -> Controller:
+    world.aliases, world.registered = {"champion": "1"}, 1
+    ports = world.ports()
+    ports.exposure = exposure
+    ctl = Controller(POLICY, TRIGGERS, ports, trigger_interval_s=0.0, monitor_interval_s=None, clock=clock,
+                     pre_exposure=True)
+    ctl.start()
+    ctl.trigger("r")
+    clock.t += 1
+    ctl.tick()
+    assert exposure.started.wait(10) and ctl.state.rollout.phase == "testing"
+    return ctl
+
+
+def test_pre_exposure_tests_run_off_the_lock_and_their_result_is_collected_by_a_later_tick():
+    world, clock, exposure = World(), Clock(), GatedExposure()
+    ctl = exposed(world, clock, exposure)
+    # While the tests run, the controller answers and serves only the champion.
+    assert ctl.status()["rollout"]["phase"] == "testing" and world.weights == {"1": 100.0}
+    ctl.tick()
+    assert ctl.state.rollout.phase == "testing"
+    exposure.release.set()
+    ctl._exposure[1].result(timeout=10)
+    ctl.tick()
+    assert ctl.state.rollout.phase == "canary" and world.weights == {"1": 90.0, "2": 10.0}
+    kinds = [e.kind for e in ctl.state.events]
+    assert kinds.index("exposure_testing") < kinds.index("exposure_passed") < kinds.index("canary_started")
+
+
+def test_pre_exposure_tests_that_cannot_run_block_the_version_with_the_reason():
+    world, clock, exposure = World(), Clock(), GatedExposure(error=RuntimeError("preview app did not start"))
+    ctl = exposed(world, clock, exposure)
+    exposure.release.set()
+    with pytest.raises(RuntimeError):
+        ctl._exposure[1].result(timeout=10)
+    ctl.tick()
+    blocked = [e for e in ctl.state.events if e.kind == "exposure_blocked"]
+    assert ctl.state.rollout.phase == "idle" and world.weights == {"1": 100.0}
+    assert blocked and "preview app did not start" in blocked[-1].message
