@@ -286,11 +286,7 @@ class PreExposurePort:
         from raymlops.control.preexposure import run_pre_exposure
 
         self.say(f"pre-exposure tests of version {version}")
-        try:
-            result = run_pre_exposure(self.cfg, version, champion=champion)
-        except Exception as err:  # noqa: BLE001 - a test that cannot run must not let the version through
-            return ExposureTested(version, False, (f"the pre-exposure tests could not run: {type(err).__name__}: "
-                                                   f"{err}",))
+        result = run_pre_exposure(self.cfg, version, champion=champion)  # raising blocks it (Controller)
         return ExposureTested(version, result.passed, tuple(result.reasons()),
                               tuple(result.to_dict()["checks"]))
 

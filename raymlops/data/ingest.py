@@ -128,6 +128,8 @@ def ingest(
     if missing:
         raise DataError(f"column(s) {missing} are not in {source}; its columns are {schema.names}")
 
+    keep = None if columns is None else list(columns)
+
     def read_columns(keep: list[str] | None) -> list[str] | None:
         return None if keep is None else keep + ([timestamp] if windowed and timestamp not in keep else [])
 
@@ -147,23 +149,18 @@ def ingest(
     if kind == "parquet" and full_rows + sum(schemas[p][1].num_rows for p in partial) <= local_max_rows:
         from raymlops.data.local import LocalDataset
 
-        keep = None if columns is None else list(columns)
         table = pads.dataset(paths, schema=schema, format="parquet", filesystem=fs).to_table(
             columns=read_columns(keep))
         if windowed:
             table = filter_window(table, column=timestamp, start_us=_us(start), end_us=_us(end), keep=keep)
-        if table.num_rows == 0:
-            raise DataError(_empty(source, window_start, window_end, span))
-        if columns is not None:
-            schema = pa.schema([schema.field(c) for c in columns])
-        return IngestResult(LocalDataset(table), [prefix + p for p in paths], table.num_rows, kind, schema)
-
-    dataset = build(paths, None if columns is None else list(columns))
-    rows = full_rows
-    if kind == "csv":
-        rows = dataset.count()
-    elif partial:
-        rows += build(partial, [timestamp]).count()
+        dataset, rows = LocalDataset(table), table.num_rows
+    else:
+        dataset = build(paths, keep)
+        rows = full_rows
+        if kind == "csv":
+            rows = dataset.count()
+        elif partial:
+            rows += build(partial, [timestamp]).count()
     if rows == 0:
         raise DataError(_empty(source, window_start, window_end, span))
     if columns is not None:

@@ -31,11 +31,7 @@ _MAX_FILES = 8
 
 @dataclass(frozen=True)
 class _Schema:
-    base_schema: pa.Schema
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.base_schema.names)
+    base_schema: pa.Schema  # what the steps read of a Ray Data schema
 
 
 def _as_table(out: pa.Table | dict[str, Any]) -> pa.Table:
