@@ -107,12 +107,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="train.epochs (default: the config's)")
     a = ap.parse_args()
 
-    from raymlops.cli import init_ray
+    from raymlops._ray import init_ray
     from raymlops.config import load_config
     from raymlops.control.actor import call, start_controller, stop_controller
     from raymlops.control.ports import state_uri
+    from raymlops.ct import run_ct_pipeline
     from raymlops.data.synthetic import generate, make_day
-    from raymlops.pipeline.ct import run_ct_pipeline
     from raymlops.registry.models import ModelRegistry
     from raymlops.serve.deploy import set_weights, undeploy
 

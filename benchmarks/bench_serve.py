@@ -88,7 +88,7 @@ def raw_server(package: str, digest: str, port: int, threads: int) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from raymlops.registry.package import load_package
+    from raymlops.model.package import load_package
 
     torch.set_num_threads(threads)
     model = load_package(package, digest, version="1")
@@ -104,7 +104,7 @@ class PlainModel:
     """(b) The minimal Serve deployment: load the package, predict in ``__call__``."""
 
     def __init__(self, package: str, digest: str):
-        from raymlops.registry.package import load_package
+        from raymlops.model.package import load_package
 
         self.model = load_package(package, digest, version="1")
 
@@ -308,7 +308,7 @@ def in_process_costs(package: str, digest: str, body: bytes, threads: int) -> di
 
     from raymlops.core.request_validation import RequestValidator
     from raymlops.core.schema import Schema
-    from raymlops.registry.package import load_package
+    from raymlops.model.package import load_package
 
     torch.set_num_threads(threads)
     model = load_package(package, digest, version="1")

@@ -66,7 +66,7 @@ class EpochClock:
 
 # ------------------------------------------------------------------------------------------------- parts
 def bench_ct(cfg) -> tuple[dict, str]:
-    from raymlops.pipeline.ct import run_ct_pipeline
+    from raymlops.ct import run_ct_pipeline
 
     t0 = time.perf_counter()
     result = run_ct_pipeline(cfg, progress=lambda m: None)
@@ -210,7 +210,7 @@ def main() -> None:
 
     import ray
 
-    from raymlops.cli import quiet_ray_data
+    from raymlops._ray import quiet_ray_data
     from raymlops.config import load_config
     from raymlops.data.prepare import load_prepared
     from raymlops.data.synthetic import generate

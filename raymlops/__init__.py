@@ -22,14 +22,14 @@ _EXPORTS = {
     "generate": "raymlops.data.synthetic",
     "ingest": "raymlops.data.ingest",
     "prepare": "raymlops.data.prepare",
-    "run_pipeline": "raymlops.pipeline.ct:run",
-    "CTResult": "raymlops.pipeline.ct",
+    "run_pipeline": "raymlops.ct:run",
+    "CTResult": "raymlops.ct",
     "component": "raymlops.pipeline",
     "Pipeline": "raymlops.pipeline",
     "Step": "raymlops.pipeline",
     "Artifact": "raymlops.pipeline",
     "ModelRegistry": "raymlops.registry.models",
-    "load_package": "raymlops.registry.package",
+    "load_package": "raymlops.model.package",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -346,7 +346,7 @@ class ControllerConfig(_Section):
         0.1, description="CPUs the task driving a pipeline run reserves (its steps reserve their own)."
     )
     pipeline: str = Field(
-        "raymlops.pipeline.ct:run_ct_pipeline",
+        "raymlops.ct:run_ct_pipeline",
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="What a triggered run calls, as `module:function` taking (cfg, *, run_id, resume_run_id, "
         "progress) and returning an object with run_id, status, version and error (like run_ct_pipeline).",

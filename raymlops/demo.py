@@ -16,8 +16,9 @@ from pathlib import Path
 
 from raymlops import storage
 from raymlops.config import Config
+from raymlops.serve.urls import base_url, feedback_url, predict_url
 
-__all__ = ["DEMO_OVERRIDES", "QUICK_OVERRIDES", "demo_config", "run_demo"]
+__all__ = ["DEMO_OVERRIDES", "QUICK_OVERRIDES", "demo_config", "free_port", "run_demo"]
 
 # The demo's policies, sized for a laptop's traffic (tens of requests per second) and a story of minutes.
 DEMO_OVERRIDES = [
@@ -63,8 +64,8 @@ def demo_config(cfg: Config, port: int) -> Config:
 class Clients:
     """Simulated clients: batches of live rows, each answer followed by its true labels as feedback."""
 
-    def __init__(self, url: str, batch: int = 8, rate_per_s: float = 15.0):
-        self.url, self.batch, self.pause = url, batch, 1.0 / rate_per_s
+    def __init__(self, base: str, model: str, batch: int = 8, rate_per_s: float = 15.0):
+        self.base, self.model, self.batch, self.pause = base, model, batch, 1.0 / rate_per_s
         self.rows: list[dict] = []
         self.labels: list[int] = []
         self.sent = self.failed = 0
@@ -99,13 +100,13 @@ class Clients:
                 if not rows:
                     continue
                 try:
-                    r = client.post(f"{self.url}:predict", json={"instances": rows},
+                    r = client.post(predict_url(self.base, self.model), json={"instances": rows},
                                     headers={"X-Routing-Key": f"customer-{idx[0]}"})
                     if r.status_code != 200:
                         self.failed += 1
                         continue
-                    client.post(f"{self.url}:feedback", json={"request_id": r.json()["request_id"],
-                                                               "labels": labels})
+                    client.post(feedback_url(self.base, self.model),
+                                json={"request_id": r.json()["request_id"], "labels": labels})
                     self.sent += 1
                 except httpx.HTTPError:
                     self.failed += 1
@@ -154,11 +155,11 @@ def run_demo(cfg: Config, say: Callable[[str], None] = print, *, quick: bool = F
     events = _EventPrinter(cfg, tl)
     call(cfg, "trigger", "demo-first-run")
     events.wait(lambda s: s["champion"] is not None, 600, "the first model")
-    url = f"http://127.0.0.1:{cfg.serving.port}/v1/models/{cfg.name}"
-    clients = Clients(url)
+    base = base_url(cfg, "127.0.0.1")
+    clients = Clients(base, cfg.name)
     clients.use(make_day("2026-01-04", 3000, seed=101), label, ts)
     clients.start()
-    tl(f"simulated clients send traffic to {url}:predict and their labels to :feedback")
+    tl(f"simulated clients send traffic to {predict_url(base, cfg.name)} and their labels to :feedback")
     try:
         time.sleep(4)
         # -- drifted data lands: retrain, canary, promote -------------------------------------------------
@@ -217,7 +218,7 @@ class _EventPrinter:
         self._run_progress()
 
     def _run_progress(self) -> None:
-        from raymlops.control.ports import controller_dir
+        from raymlops.control.statefile import controller_dir
 
         runs = storage.join(controller_dir(self.cfg), "runs")
         if not storage.is_local(runs) or not Path(runs).exists():
@@ -248,3 +249,16 @@ class _EventPrinter:
                 raise RaymlopsError(f"demo: timed out after {timeout_s:g}s waiting for {what}; see "
                                     f"`raymlops events` and the run logs under {self.cfg.storage_uri}/controller")
             time.sleep(0.5)
+
+
+def free_port(host: str, port: int) -> int:
+    """``port`` when it is free on ``host``, else any free port (the demo must not fail on a busy 8000)."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+            return port
+        except OSError:
+            sock.bind((host, 0))
+            return sock.getsockname()[1]

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from raymlops._ray import apply_env_defaults
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # the 2 s default floors every epoch at 2 s
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+apply_env_defaults()  # the same settings as every local Ray of the CLI and the Python API
 
 
 @pytest.fixture(scope="session")

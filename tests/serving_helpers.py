@@ -25,10 +25,10 @@ from raymlops.core.schema import infer_schema
 from raymlops.core.sketches import profile_table
 from raymlops.core.transform import fit_transform
 from raymlops.data.synthetic import make_day
+from raymlops.model.nets import build_model
+from raymlops.model.package import PackageInfo, save_package
 from raymlops.registry.models import ModelRegistry, ModelVersionInfo
-from raymlops.registry.package import PackageInfo, save_package
 from raymlops.train.loop import make_model_spec
-from raymlops.train.model import build_model
 
 IDS, TS, LABEL = ["customer_id"], "event_ts", "churned"
 

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from raymlops.core.drift import psi
 from raymlops.core.metrics import compute_metrics, metric_direction, metrics_for_task
+from raymlops.core.outputs import score_field
 from raymlops.errors import ConfigError
 
 __all__ = [
@@ -150,7 +151,7 @@ def _hist(task: str, outputs: list[dict[str, Any] | None], classes: Sequence[Any
 
 def _quality(task: str, metric: str, joined: pa.Table, classes: Sequence[Any] | None) -> tuple[int, float | None]:
     ys, scores = [], []
-    key = {"binary": "probability", "multiclass": "probabilities", "regression": "value"}[task]
+    key = score_field(task)
     labels = joined.column("label").to_pylist()
     for y, out in zip(labels, _outputs(joined.column("outputs").to_pylist()), strict=True):
         if y is not None and out is not None and out.get(key) is not None:

@@ -49,6 +49,7 @@ from raymlops.control.state import (
     TriggerFired,
     step,
 )
+from raymlops.control.statefile import Saved
 from raymlops.control.triggers import QualitySignal, TriggerContext, TriggerPolicy, evaluate_triggers
 from raymlops.core.drift import DriftResult
 
@@ -176,9 +177,9 @@ class Controller:
                 self.state = ControllerState(canary_steps=list(self.canary.steps),
                                              champion=aliases.get("champion"), previous=aliases.get("previous"))
             else:
-                self.state = ControllerState.from_dict(doc["state"])
-                self.timeline = list(doc.get("timeline", []))
-                self.monitor_history = list(doc.get("monitor", []))
+                saved = Saved.from_doc(doc)
+                self.state = ControllerState.from_dict(saved.state)
+                self.timeline, self.monitor_history = saved.timeline, saved.monitor
             self.state.pre_exposure = self.pre_exposure  # configuration, not history: the config in force wins
             self._handle(Restarted())
 
@@ -356,8 +357,7 @@ class Controller:
         self._save()
 
     def _save(self) -> None:
-        self.ports.store.save({"format": 1, "state": self.state.to_dict(), "timeline": self.timeline,
-                               "monitor": self.monitor_history})
+        self.ports.store.save(Saved(self.state.to_dict(), self.timeline, self.monitor_history).to_doc())
 
 
 def weights_text(weights: Mapping[str, float]) -> str:

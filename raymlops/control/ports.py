@@ -19,32 +19,10 @@ from raymlops.config import Config
 from raymlops.control.canary import WindowStats, window_stats
 from raymlops.control.controller import MonitorSignal, Ports, RunOutcome
 from raymlops.control.state import ExposureTested, LogEntry
+from raymlops.control.statefile import FileStateStore, controller_dir, state_uri
 from raymlops.errors import DataError
 
-__all__ = ["build_ports", "controller_dir", "state_uri"]
-
-
-def controller_dir(cfg: Config) -> str:
-    return storage.join(cfg.storage_uri, "controller", cfg.name)
-
-
-def state_uri(cfg: Config) -> str:
-    """Where the controller persists its state (readable without Ray: `raymlops events` and `status` use it)."""
-    return storage.join(controller_dir(cfg), "state.json")
-
-
-# ------------------------------------------------------------------------------------------------- state
-class FileStateStore:
-    def __init__(self, uri: str):
-        self.uri = uri
-
-    def load(self) -> dict[str, Any] | None:
-        if not storage.exists(self.uri):
-            return None
-        return json.loads(storage.read_text(self.uri))
-
-    def save(self, doc: dict[str, Any]) -> None:
-        storage.atomic_write_text(self.uri, json.dumps(doc, allow_nan=False))
+__all__ = ["build_ports"]
 
 
 # -------------------------------------------------------------------------------------------------- runs

@@ -50,6 +50,7 @@ from raymlops.core.schema import Schema
 from raymlops.core.transform import Transform
 from raymlops.errors import RaymlopsError, RegistryError, ServingError
 from raymlops.registry.models import ModelRegistry, ModelVersionInfo
+from raymlops.serve.urls import predict_url
 
 __all__ = ["CHECKS", "ExposureCheck", "PreExposureResult", "preview_config", "run_pre_exposure"]
 
@@ -436,7 +437,7 @@ def _contract(preview: Config, target: _Target, app: _Preview, inputs: _Inputs, 
 
 
 def _expected_problems(client: Any, preview: Config, target: _Target, app: _Preview, inputs: _Inputs) -> list[str]:
-    url = f"{app.url}/v1/models/{preview.name}:predict"
+    url = predict_url(app.url, preview.name)
     outputs = expected_outputs(target.task, target.signature)
     problems: list[str] = []
     step = preview.serving.max_instances
@@ -474,7 +475,7 @@ def _refused(r: Any, source: str) -> str:
 def _case_problems(client: Any, base_url: str, case: BadInputCase) -> list[str]:
     import httpx
 
-    url = f"{base_url}/v1/models/{case.model}:predict"
+    url = predict_url(base_url, case.model)
     try:
         r = client.post(url, content=case.body, headers=_JSON)
     except httpx.HTTPError as err:
@@ -490,7 +491,7 @@ def _load(preview: Config, target: _Target, app: _Preview, inputs: _Inputs, cham
     rows = inputs.rows or synthetic_instances(target.schema, 16)
     bodies = [json.dumps({"instances": [r]}, default=str).encode()
               for r in itertools.islice(itertools.cycle(rows), pe.load_requests)]
-    url = f"{app.load_url}/v1/models/{preview.name}:predict"
+    url = predict_url(app.load_url, preview.name)
     mine = _measure(url, bodies, pe.load_concurrency, budget, f"the load on version {target.version}")
     theirs, note = None, ""
     if champion is not None:

@@ -4,12 +4,11 @@ state, the serving app's own HTTP info and the last monitor pass."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
 from raymlops import storage
 from raymlops.config import Config
-from raymlops.control.ports import state_uri
+from raymlops.control.statefile import read_saved, state_uri
 from raymlops.errors import RaymlopsError
 
 __all__ = ["gather_status", "render_status"]
@@ -33,9 +32,9 @@ def _registry(cfg: Config) -> dict[str, Any]:
 def _serving(cfg: Config) -> dict[str, Any]:
     import httpx
 
-    host = "127.0.0.1" if cfg.serving.host in ("0.0.0.0", "::") else cfg.serving.host
-    prefix = "/" + cfg.serving.route_prefix.strip("/")
-    url = f"http://{host}:{cfg.serving.port}{prefix.rstrip('/')}/v1/models/{cfg.name}"
+    from raymlops.serve.urls import base_url, model_url
+
+    url = model_url(base_url(cfg), cfg.name)
     try:
         r = httpx.get(url, timeout=3)
         return {"url": url, **(r.json() if r.status_code == 200 else {"http_status": r.status_code})}
@@ -47,14 +46,14 @@ def gather_status(cfg: Config) -> dict[str, Any]:
     """Everything `raymlops status` shows, as one JSON-safe document."""
     doc: dict[str, Any] = {"pipeline": cfg.name, "registry": _registry(cfg), "serving": _serving(cfg)}
     uri = state_uri(cfg)
-    if storage.exists(uri):
-        saved = json.loads(storage.read_text(uri))
-        s = saved["state"]
+    saved = read_saved(cfg)
+    if saved is not None:
+        s = saved.state
         doc["controller"] = {"state_uri": uri, "champion": s["champion"], "previous": s["previous"],
                              "paused": s["paused"], "run": s["run"], "queue": s["queue"], "rollout": s["rollout"],
-                             "pending_canary": s["pending_canary"], "recent_events": s["events"][-8:]}
-        doc["monitor"] = saved["monitor"][-1] if saved.get("monitor") else None
-        doc["weights_timeline"] = saved.get("timeline", [])[-20:]
+                             "pending_canary": s["pending_canary"], "recent_events": saved.events[-8:]}
+        doc["monitor"] = saved.monitor[-1] if saved.monitor else None
+        doc["weights_timeline"] = saved.timeline[-20:]
     else:
         doc["controller"] = None
     doc["where"] = {

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from raymlops.core.outputs import PREDICTION_FIELDS
 from raymlops.core.schema import ColumnSpec, Schema
 
 __all__ = [
@@ -42,11 +43,7 @@ __all__ = [
     "synthetic_instances",
 ]
 
-DEFAULT_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "binary": ("probability", "label"),
-    "multiclass": ("probabilities", "label"),
-    "regression": ("value",),
-}
+DEFAULT_OUTPUTS = PREDICTION_FIELDS
 UNKNOWN_FEATURE = "__preexposure_unknown_feature__"
 UNKNOWN_MODEL = "__preexposure_unknown_model__"
 _MAX_LINES = 5  # problems listed per kind; the rest are counted, so a detail stays readable

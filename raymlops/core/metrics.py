@@ -6,7 +6,7 @@ Model outputs are dicts as a loaded model package returns them:
 * multiclass: ``{"probabilities": [n, C], "label": [n]}``,
 * regression: ``{"value": [n]}``.
 
-``outputs["label"]`` holds class *indices* (``raymlops.train.model.predict_outputs``); when absent it is derived
+``outputs["label"]`` holds class *indices* (``raymlops.model.nets.predict_outputs``); when absent it is derived
 (probability >= 0.5, or the argmax). ``y_true`` holds class *values*: with ``classes`` (the transform's label
 classes, in the order of the probability columns) they are mapped to indices, without it they must already be
 indices ``0..C-1`` (binary: 0/1 or bool). A metric that is undefined on the given rows (one class only, no

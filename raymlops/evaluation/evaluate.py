@@ -35,7 +35,7 @@ _SPLIT = "__split__"
 
 def _load(model: Any) -> Any:
     if isinstance(model, str):
-        from raymlops.registry.package import load_package
+        from raymlops.model.package import load_package
 
         return load_package(model)
     return model

@@ -23,7 +23,7 @@ from typing import Any
 
 __all__ = ["DEFAULT_LOADER", "check_package_in_fresh_process", "package_size_mb"]
 
-DEFAULT_LOADER = "raymlops.registry.package:load_package"
+DEFAULT_LOADER = "raymlops.model.package:load_package"
 _MB = 1024 * 1024
 
 

@@ -1,14 +1,14 @@
-"""The CT pipeline on feature-store data, and materialisation as a pipeline step.
+"""Feature-store data for the CT pipeline: the point-in-time training set, and materialisation for a config.
 
 ``build_training_source(cfg)`` joins ``features.label_source`` (entity rows with timestamps and labels)
 point-in-time with ``features.service`` and writes the result as a parquet dataset under
 ``{storage_uri}/features/training/{name}/{digest}/``, where the digest covers the definitions, the service and
-the (stat) digests of the label and feature sources. It returns the config with ``data.source`` pointing there,
-so every later step (validation, preparation, snapshot digests, lineage) works unchanged; the same inputs give
-the same directory, so a resumed run sees the same data. A ``_manifest.json`` beside the data records the
+the (stat) digests of the label and feature sources. It returns that URI, which the CT pipeline's ``join_features``
+step makes the run's dataset; the same inputs give the same directory, so a resumed run sees the same data. A ``_manifest.json`` beside the data records the
 definitions digest and a copy of the definitions is kept under ``{storage_uri}/features/definitions/``.
 
-``materialize_step`` is a pipeline component that materialises the service's views (incrementally).
+``materialize_for_config(cfg)`` materialises the service's views into the online store (incrementally); the
+pipeline component around it is ``raymlops.ct.materialize_step``.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ def _source_digest(uri: str) -> str:
     return digest_tree(fs, path, "stat")
 
 
-def build_training_source(cfg: Any, progress: Callable[[str], None] = print) -> Any:
-    """``cfg`` with ``data.source`` set to the point-in-time training set (see the module docstring)."""
+def build_training_source(cfg: Any, progress: Callable[[str], None] = print) -> str:
+    """The URI of the point-in-time training set of ``cfg`` (see the module docstring), built when missing."""
     fc = cfg.features
     if fc is None or not fc.label_source:
-        return cfg
+        raise ConfigError("a feature-store training set needs features.label_source and features.service")
     if not cfg.data.timestamp:
         raise ConfigError("features.label_source needs data.timestamp: the column of each label row's time")
     repo = load_feature_repo(fc.repo)
@@ -70,8 +70,7 @@ def build_training_source(cfg: Any, progress: Callable[[str], None] = print) -> 
             storage.atomic_write_text(storage.join(tmp, "_manifest.json"), json.dumps(manifest, indent=1))
             storage.atomic_write_text(storage.join(tmp, "_SUCCESS"), "")
         progress(f"[features] training set: {table.num_rows:,} rows at {out}")
-    data = cfg.data.model_copy(update={"source": out, "format": "parquet"})
-    return cfg.model_copy(update={"data": data})
+    return out
 
 
 def materialize_for_config(cfg: Any, *, full: bool = False) -> list[MaterializeResult]:

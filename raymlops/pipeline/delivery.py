@@ -31,9 +31,9 @@ from raymlops.config import Config, for_environment
 from raymlops.core import impl as core
 from raymlops.errors import PipelineError
 
-__all__ = ["RUN_TAGS_ENV", "Implementation", "approve_promotion", "current_implementation", "deploy_implementation",
-           "describe", "env_state",
-           "get_implementation", "import_pipeline", "on_run_finished", "package_implementation", "preflight",
+__all__ = ["RUN_TAGS_ENV", "Implementation", "approve_into", "approve_promotion", "current_implementation",
+           "deploy_implementation", "deploy_pipeline", "describe", "env_state", "get_implementation",
+           "import_pipeline", "on_run_finished", "package_implementation", "preflight", "promote_current",
            "promote_implementation", "rollback_implementation", "run_tags", "runtime_env_for"]
 
 RUN_TAGS_ENV = "RAYMLOPS_RUN_TAGS"  # JSON tags a run (and the model it registers) carries: set by the controller
@@ -310,3 +310,42 @@ def describe(impl: Implementation) -> str:
     when = dt.datetime.fromtimestamp(impl.created_at).isoformat(sep=" ", timespec="seconds")
     commit = f"git {impl.commit[:10]}{' (dirty)' if impl.dirty else ''}" if impl.commit else "no git commit"
     return f"{impl.short}  {commit}  {impl.files} files, {impl.size_bytes / 1024:.0f} KiB  packaged {when}"
+
+
+def deploy_pipeline(cfg: Config, source: str | Path = ".", *, run_preflight: bool = True,
+                    address: str | None = None, progress: Callable[[str], None] = print) -> Implementation:
+    """Package ``source``, pre-flight it on Ray, and make it the implementation ``cfg``'s environment runs.
+
+    A failed pre-flight raises ``GateError`` (exit 3) and deploys nothing.
+    """
+    from raymlops._ray import cluster_address, init_ray
+    from raymlops.errors import GateError
+
+    impl = package_implementation(cfg, source)
+    progress(f"packaged {describe(impl)}")
+    if run_preflight:
+        init_ray(cluster_address(cfg, address))
+        problems = preflight(cfg, impl, progress=progress)
+        if problems:
+            raise GateError(f"pre-flight of {impl.short} failed; not deployed to {cfg.environment}:\n  - "
+                            + "\n  - ".join(problems))
+    deploy_implementation(cfg, impl, f"deployed by `raymlops pipeline deploy` from {impl.source}")
+    return impl
+
+
+def promote_current(source: Config, target_env: str) -> str:
+    """Promote the current implementation of ``source``'s environment into ``target_env`` now; its digest."""
+    state = env_state(source)
+    if state.current is None:
+        raise PipelineError(f"environment {source.environment!r} has no deployed implementation to promote")
+    promote_implementation(source, target_env, state.current, f"promoted from {source.environment} by an operator")
+    return state.current
+
+
+def approve_into(cfg: Config) -> tuple[str, Implementation]:
+    """Approve the promotion into ``cfg``'s environment of the implementation that earned it: (source env, impl)."""
+    sources = [n for n, e in cfg.environments.items() if e.promote_to == cfg.environment]
+    if not sources:
+        raise PipelineError(f"no environment promotes into {cfg.environment!r} (set `promote_to: "
+                            f"{cfg.environment}` on one)")
+    return sources[0], approve_promotion(cfg, sources[0])

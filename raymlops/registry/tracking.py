@@ -80,6 +80,16 @@ class RunSummary:
     def duration_s(self) -> float | None:
         return None if self.started_at is None or self.ended_at is None else self.ended_at - self.started_at
 
+    def render(self) -> str:
+        """One line (and the error under it) for a terminal."""
+        import datetime as dt
+
+        started = dt.datetime.fromtimestamp(self.started_at).isoformat(timespec="seconds") if self.started_at else "-"
+        took = f"{self.duration_s:.0f}s" if self.duration_s is not None else "-"
+        steps = " ".join(f"{k}:{v}" for k, v in self.steps.items())
+        line = f"{self.pipeline_run_id}  {self.status:<9} {started}  {took:>6}  {steps}"
+        return line + (f"\n    {self.error}" if self.error else "")
+
 
 @dataclass
 class LineageStep:

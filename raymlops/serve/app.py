@@ -46,7 +46,7 @@ from raymlops.core.request_validation import ParsedRequest, RequestError, Reques
 from raymlops.core.routing import RoutingTable, pick_version, should_shadow
 from raymlops.core.schema import Schema
 from raymlops.errors import ServingError
-from raymlops.registry.package import LoadedModel, load_package
+from raymlops.model.package import LoadedModel, load_package
 from raymlops.serve.predlog import FeedbackLog, PredictionLog
 
 __all__ = ["ModelServer"]

@@ -27,13 +27,14 @@ import pyarrow.parquet as pq
 
 from raymlops import storage
 from raymlops.config import Config
+from raymlops.core.outputs import PREDICTION_FIELDS
 from raymlops.errors import DataError, PackageError
+from raymlops.model.package import LoadedModel, load_package
 from raymlops.registry.models import CHAMPION, ModelRegistry
-from raymlops.registry.package import LoadedModel, load_package
 
 __all__ = ["OUTPUT_COLUMNS", "VERSION_COLUMN", "BatchResult", "PredictPackage", "predict_batch", "prediction_columns"]
 
-OUTPUT_COLUMNS = {"binary": ("probability", "label"), "multiclass": ("probabilities", "label"), "regression": ("value",)}
+OUTPUT_COLUMNS = PREDICTION_FIELDS
 VERSION_COLUMN = "model_version"
 SUCCESS = "_SUCCESS"
 

@@ -34,6 +34,7 @@ from raymlops.config import Config
 from raymlops.core.routing import RoutingTable, validate_weights
 from raymlops.errors import PackageError, RegistryError, ServingError
 from raymlops.registry.models import CHALLENGER, CHAMPION, ModelRegistry, ModelVersionInfo
+from raymlops.serve.urls import base_url, model_url, predict_url, route_prefix
 
 __all__ = [
     "DEPLOYMENT_NAME", "DeployInfo", "app_name", "build_app", "deploy", "plan", "set_weights", "status", "undeploy",
@@ -66,7 +67,7 @@ class DeployInfo:
     @property
     def predict_url(self) -> str:
         """``POST`` here to predict (through the proxy)."""
-        return f"{self.url}/v1/models/{self.model}:predict"
+        return predict_url(self.url, self.model)
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -168,7 +169,7 @@ def _resolve(registry: ModelRegistry, name: str, ref: str | int) -> ModelVersion
 
 
 def _verify(info: ModelVersionInfo) -> None:
-    from raymlops.registry.package import verify_package
+    from raymlops.model.package import verify_package
 
     if not info.digest:
         raise PackageError(
@@ -356,7 +357,7 @@ def status(cfg: Config) -> dict[str, Any]:
         },
     }
     try:
-        r = httpx.get(f"{_proxy_url(cfg)}/v1/models/{cfg.name}", timeout=5)
+        r = httpx.get(model_url(_proxy_url(cfg), cfg.name), timeout=5)
         out["model"] = r.json() if r.status_code == 200 else {"http_status": r.status_code}
     except (httpx.HTTPError, ValueError) as err:
         out["model"] = {"error": f"{type(err).__name__}: {err}"}
@@ -369,7 +370,7 @@ def _run(cfg: Config, user_config: dict[str, Any], direct: bool, url: str) -> De
 
     name = app_name(cfg)
     try:
-        serve.run(_application(cfg, user_config, direct), name=name, route_prefix=_prefix(cfg))
+        serve.run(_application(cfg, user_config, direct), name=name, route_prefix=route_prefix(cfg))
     except RuntimeError as err:  # DEPLOY_FAILED: the replica's constructor or reconfigure raised
         raise ServingError(
             f"serving app '{name}' failed to deploy: {err}; see the replica logs under "
@@ -387,11 +388,6 @@ def _run(cfg: Config, user_config: dict[str, Any], direct: bool, url: str) -> De
         direct_urls=_direct_urls(cfg, name) if direct else [],
         revision=user_config["revision"],
     )
-
-
-def _prefix(cfg: Config) -> str:
-    p = "/" + cfg.serving.route_prefix.strip("/")
-    return p
 
 
 def _start_serve(cfg: Config, direct: bool) -> str:
@@ -417,9 +413,7 @@ def _proxy_url(cfg: Config) -> str:
     if (host, port) != (cfg.serving.host, cfg.serving.port):
         logger.warning("Serve was already running on %s:%s, not serving.host/port %s:%s (set when Serve starts)",
                        host, port, cfg.serving.host, cfg.serving.port)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    prefix = _prefix(cfg).rstrip("/")
-    return f"http://{shown}:{port}{prefix}"
+    return base_url(cfg, host, port)
 
 
 def _direct_urls(cfg: Config, name: str) -> list[str]:
@@ -432,9 +426,8 @@ def _direct_urls(cfg: Config, name: str) -> list[str]:
     except Exception:
         return []
     local = cfg.serving.host in ("127.0.0.1", "localhost", "::1")  # then every replica is on this machine
-    prefix = _prefix(cfg).rstrip("/")
     return sorted(
-        f"http://{'127.0.0.1' if local else t.ip}:{t.port}{prefix}"
+        base_url(cfg, "127.0.0.1" if local else t.ip, t.port)
         for g in groups
         if str(getattr(g.protocol, "value", g.protocol)) == "HTTP"
         for t in g.targets

@@ -25,7 +25,7 @@ from torch import nn
 from raymlops import storage
 from raymlops.config import Config, TrainConfig
 from raymlops.errors import ConfigError, DataError, RaymlopsError
-from raymlops.train.model import build_model, loss_fn, set_seed
+from raymlops.model.nets import build_model, loss_fn, set_seed
 
 _GRAD_CLIP_NORM = 5.0  # keeps one outlier batch from blowing up the weights (extreme standardized inputs)
 _DATA_CPUS = 0.25  # Ray Data read/transform tasks must not starve the training workers on small machines

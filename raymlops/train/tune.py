@@ -20,6 +20,7 @@ import torch
 
 from raymlops.config import Config, SearchDim, TrainConfig
 from raymlops.errors import ConfigError, RaymlopsError
+from raymlops.model.nets import build_model
 from raymlops.train.loop import (
     TrainResult,
     checkpoint_uri,
@@ -32,7 +33,6 @@ from raymlops.train.loop import (
     storage_args,
     training_error,
 )
-from raymlops.train.model import build_model
 
 _REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "epoch_time_s")
 

@@ -18,11 +18,11 @@ from raymlops.core.sketches import profile_table
 from raymlops.core.transform import fit_transform
 from raymlops.data.synthetic import generate, make_day
 from raymlops.errors import DataError, PackageError, RegistryError
+from raymlops.model.nets import build_model
+from raymlops.model.package import load_package, save_package
 from raymlops.registry.models import ModelRegistry
-from raymlops.registry.package import load_package, save_package
 from raymlops.serve.batch import PredictPackage, predict_batch
 from raymlops.train.loop import make_model_spec
-from raymlops.train.model import build_model
 
 IDS, TS = ["customer_id"], "event_ts"
 

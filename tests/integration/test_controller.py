@@ -20,9 +20,9 @@ import pytest
 import ray
 
 from raymlops.control.actor import call, get_controller, start_controller, stop_controller
-from raymlops.control.ports import state_uri
+from raymlops.control.statefile import state_uri
+from raymlops.model.package import load_package
 from raymlops.registry.models import ModelRegistry
-from raymlops.registry.package import load_package
 from raymlops.serve.deploy import undeploy
 from tests.controller_helpers import extra_feature_file, fake_pipeline, seed_file
 from tests.serving_helpers import instances, serving_config, wait_for

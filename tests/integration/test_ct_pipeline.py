@@ -8,9 +8,9 @@ import pytest
 from mlflow import MlflowClient
 
 from raymlops.config import load_config
+from raymlops.ct import run_ct_pipeline
 from raymlops.data.synthetic import generate
 from raymlops.errors import ModelValidationError
-from raymlops.pipeline.ct import run_ct_pipeline
 from raymlops.registry.models import ModelRegistry
 from raymlops.registry.tracking import MetadataStore
 

@@ -51,9 +51,9 @@ def run(cfg, *, run_id=None, resume_run_id=None, progress=print):
     from raymlops.core.sketches import profile_table
     from raymlops.core.transform import fit_transform
     from raymlops.registry.models import ModelRegistry
-    from raymlops.registry.package import save_package
+    from raymlops.model.package import save_package
     from raymlops.train.loop import make_model_spec
-    from raymlops.train.model import build_model
+    from raymlops.model.nets import build_model
 
     run_id = resume_run_id or run_id or uuid.uuid4().hex[:8]
     table = pads.dataset(cfg.data.source, format="parquet").to_table()

@@ -223,8 +223,8 @@ def test_infra_check_times_out(fake_packages):
 def real_package(tmp_path_factory):
     torch = pytest.importorskip("torch")
     from raymlops.core.transform import CategoricalColumn, NumericColumn, Transform
-    from raymlops.registry.package import save_package
-    from raymlops.train.model import build_model
+    from raymlops.model.nets import build_model
+    from raymlops.model.package import save_package
 
     spec = {"model": "mlp", "n_numeric": 2, "cardinalities": [4], "embedding_dim": 3, "hidden_sizes": [8],
             "dropout": 0.0, "task": "binary", "n_classes": 2}

@@ -57,12 +57,12 @@ def test_ct_training_source_is_the_point_in_time_join_written_once(ray_session, 
                              "features.partitions=2"])
     lines: list[str] = []
     out = build_training_source(cfg, progress=lines.append)
-    assert out.data.source.startswith(str(tmp_path / "features" / "training" / "churn")) and out.data.format == "parquet"
-    table = pq.read_table(Path(out.data.source) / "part-0.parquet")
+    assert out.startswith(str(tmp_path / "features" / "training" / "churn"))
+    table = pq.read_table(Path(out) / "part-0.parquet")
     expected = get_historical_features(load_feature_repo(repo_path), "churn_model", labels)
-    assert table.equals(expected) and (Path(out.data.source) / "_SUCCESS").exists()
+    assert table.equals(expected) and (Path(out) / "_SUCCESS").exists()
     assert list((tmp_path / "features" / "definitions").glob("*.yaml"))
     again = build_training_source(cfg, progress=lines.append)  # same inputs: the same directory, not rebuilt
-    assert again.data.source == out.data.source and sum("joining" in line for line in lines) == 1
+    assert again == out and sum("joining" in line for line in lines) == 1
     with pytest.raises(ConfigError, match="data.id_columns must list the entity keys"):
         build_training_source(cfg.model_copy(update={"data": cfg.data.model_copy(update={"id_columns": []})}))

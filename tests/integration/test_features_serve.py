@@ -15,7 +15,7 @@ from raymlops.features.definitions import load_feature_repo
 from raymlops.features.example import generate_example
 from raymlops.features.materialize import materialize
 from raymlops.features.offline import get_historical_features
-from raymlops.registry.package import load_package
+from raymlops.model.package import load_package
 from raymlops.serve.batch import prediction_columns
 from raymlops.serve.deploy import deploy, undeploy
 from tests.serving_helpers import register_versions, serving_config

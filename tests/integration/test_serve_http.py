@@ -19,8 +19,8 @@ import pytest
 from starlette.requests import Request
 
 from raymlops.errors import PackageError, ServingError
+from raymlops.model.package import load_package
 from raymlops.registry.models import ModelRegistry
-from raymlops.registry.package import load_package
 from raymlops.serve.app import ModelServer
 from raymlops.serve.batch import prediction_columns
 from raymlops.serve.deploy import deploy, plan, set_weights, status, undeploy

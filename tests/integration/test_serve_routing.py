@@ -20,8 +20,8 @@ import pytest
 
 from raymlops.core.routing import RoutingTable, pick_version
 from raymlops.errors import ServingError
+from raymlops.model.package import load_package
 from raymlops.registry.models import ModelRegistry
-from raymlops.registry.package import load_package
 from raymlops.serve.deploy import deploy, set_weights, undeploy
 from raymlops.serve.predlog import read_log
 from tests.serving_helpers import (

@@ -17,8 +17,8 @@ from raymlops.core.sketches import profile_table
 from raymlops.core.transform import fit_transform
 from raymlops.data.prepare import PreparedData
 from raymlops.data.synthetic import make_day
+from raymlops.model.nets import TabularMLP, build_model, predict_outputs
 from raymlops.train.loop import load_split, train_model
-from raymlops.train.model import TabularMLP, build_model, predict_outputs
 from raymlops.train.tune import tune_model
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ import torch
 
 from raymlops.config import load_config
 from raymlops.errors import ConfigError
+from raymlops.model.nets import TabularMLP, build_model, loss_fn, predict_outputs, set_seed
 from raymlops.train.loop import read_checkpoint, resolve_train_config, train_local
-from raymlops.train.model import TabularMLP, build_model, loss_fn, predict_outputs, set_seed
 
 SPEC = {"model": "mlp", "n_numeric": 3, "cardinalities": [4, 3], "embedding_dim": 4, "hidden_sizes": [16],
         "dropout": 0.0, "task": "binary", "n_classes": 2}

@@ -1,6 +1,10 @@
-"""The built-in continuous-training pipeline, assembled from components:
+"""The built-in continuous-training pipeline, assembled from the generic framework's components:
 
-    validate → prepare → train (+ tune) → evaluate → bless → register
+    [join_features →] validate → prepare → train (+ tune) → evaluate → check_package → bless → register
+
+``join_features`` runs when the config trains on feature-store data (``features.label_source``): the label rows
+joined point-in-time with the feature service become the run's dataset, with a step record, a cache entry and
+lineage of their own. ``materialize_step`` loads a feature service into the online store as a pipeline step.
 
 Each step reads only what its inputs point at, so a failed run resumes from the last completed step and an unchanged
 step is a cache hit. Steps that start distributed work themselves (Ray Data, Train, Tune) run on the driver; the
@@ -15,6 +19,7 @@ from typing import Any
 
 from raymlops import storage
 from raymlops.config import Config
+from raymlops.core.outputs import prediction_fields
 from raymlops.errors import DataError, DataValidationError, ModelValidationError
 from raymlops.pipeline.component import Artifact, Pipeline, Step, component
 from raymlops.pipeline.runner import PipelineResult, run_pipeline
@@ -22,22 +27,56 @@ from raymlops.pipeline.runner import PipelineResult, run_pipeline
 CHALLENGER_SAMPLE_ROWS = 16
 
 
-def _ingest(cfg: Config, expected_digest: str):
+def _on_source(cfg: Config, uri: str) -> Config:
+    """``cfg`` reading its data from ``uri`` (the joined feature-store training set is parquet)."""
+    if uri == cfg.data.source:
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": uri, "format": "parquet"})})
+
+
+def _ingest(cfg: Config, snapshot_artifact: Artifact):
     from raymlops.data.ingest import ingest_data, snapshot
 
+    cfg = _on_source(cfg, snapshot_artifact.uri)
     # Steps re-read the source rather than ship data between them; refuse if it changed since validation.
-    if snapshot(cfg.data.source, cfg.data.format)[1] != expected_digest:
+    if snapshot(cfg.data.source, cfg.data.format)[1] != snapshot_artifact.digest:
         raise DataError(f"{cfg.data.source} changed since the validate step of this run; start a new run "
                         "(without --resume) so the new data is validated first")
     return ingest_data(cfg.data, local=True)
 
 
+@component(outputs=("source",), executor="driver", config_keys=("name", "data", "features"))
+def join_features(ctx):
+    """Join the label rows point-in-time with the feature service: the dataset the rest of the run trains on."""
+    from raymlops.data.ingest import snapshot
+    from raymlops.features.training import build_training_source
+
+    cfg: Config = ctx.config
+    uri = build_training_source(cfg, progress=ctx.progress)
+    return {"source": Artifact(uri=uri, kind="dataset", digest=snapshot(uri, "parquet")[1],
+                               metadata={"service": cfg.features.service})}
+
+
+@component(outputs=("materialized",), executor="driver", config_keys=("features",))
+def materialize_step(ctx, full: bool = False):
+    """Materialise the config's feature service into the online store; logs rows and entities per view."""
+    from raymlops.features.training import materialize_for_config
+
+    results = materialize_for_config(ctx.config, full=full)
+    for r in results:
+        ctx.progress(r.summary())
+    ctx.log_metrics({f"{r.view}_entities": r.entities for r in results})
+    return {"materialized": [r.to_dict() for r in results]}
+
+
 @component(outputs=("snapshot", "schema", "report"), executor="driver", config_keys=("name", "data", "validation"))
-def validate(ctx, data_digest: str):
-    """Ingest and validate the data; schema skew stops the pipeline (exit 3)."""
+def validate(ctx, data_digest: str = "", source: Artifact | None = None):
+    """Ingest and validate the data (``source`` when a step made it); schema skew stops the pipeline (exit 3)."""
     from raymlops.data.validate import validate_data
 
     cfg: Config = ctx.config
+    if source is not None:
+        cfg, data_digest = _on_source(cfg, source.uri), source.digest
     outcome = validate_data(cfg, report_dir=ctx.path("report"), progress=ctx.progress)
     ctx.log_metrics({"rows": outcome.report.rows, "anomalies": len(outcome.report.anomalies),
                      "drifted_features": sum(d.drifted for d in outcome.report.drift)})
@@ -65,7 +104,7 @@ def prepare(ctx, snapshot: Artifact, schema: Artifact):
 
     cfg: Config = ctx.config
     sch = Schema.from_yaml(storage.read_text(schema.uri))
-    prepared = prepare_data(cfg, _ingest(cfg, snapshot.digest).dataset, sch, ctx.path("prepared"))
+    prepared = prepare_data(cfg, _ingest(cfg, snapshot).dataset, sch, ctx.path("prepared"))
     ctx.progress("rows per split: " + ", ".join(f"{k} {v:,}" for k, v in prepared.rows.items()))
     ctx.log_metrics({f"rows_{k}": v for k, v in prepared.rows.items()})
     return {"prepared": ctx.artifact("prepared", kind="dataset", metadata={"rows": prepared.rows}, digest="stat")}
@@ -116,8 +155,8 @@ def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
     from raymlops.data.prepare import load_prepared
     from raymlops.evaluation.evaluate import evaluate as run_eval
     from raymlops.evaluation.evaluate import evaluate_champion_on
+    from raymlops.model.package import load_package, save_package
     from raymlops.registry.models import ModelRegistry
-    from raymlops.registry.package import load_package, save_package
 
     cfg: Config = ctx.config
     data = load_prepared(prepared.uri)
@@ -204,10 +243,16 @@ def register(ctx, package: Artifact, blessing: Artifact, snapshot: Artifact, eva
     return {"version": info.version}
 
 
+def _uses_feature_store(cfg: Config) -> bool:
+    return getattr(cfg, "features", None) is not None and bool(cfg.features.label_source)
+
+
 def build_ct_pipeline(cfg: Config) -> Pipeline:
     """The CT pipeline for one config (steps and wiring; parameters come from the config)."""
+    head = ([Step(join_features), Step(validate, inputs={"source": "join_features.source"})]
+            if _uses_feature_store(cfg) else [Step(validate)])
     return Pipeline(cfg.name, [
-        Step(validate),
+        *head,
         Step(prepare, inputs={"snapshot": "validate.snapshot", "schema": "validate.schema"}),
         Step(train, inputs={"prepared": "prepare.prepared"}),
         Step(evaluate, inputs={"model": "train.model", "prepared": "prepare.prepared", "schema": "validate.schema"}),
@@ -247,16 +292,12 @@ def run_ct_pipeline(cfg: Config, *, resume_run_id: str | None = None, run_id: st
     """
     from raymlops.data.ingest import snapshot
 
-    if getattr(cfg, "features", None) is not None and cfg.features.label_source:
-        from raymlops.features.training import build_training_source
-
-        # The training data is the label rows joined point-in-time with the feature service, written once.
-        cfg = build_training_source(cfg, progress=progress)
-    _, digest = snapshot(cfg.data.source, cfg.data.format)
+    # With the feature store, the join step makes the dataset (and its digest) inside the run.
+    params = {} if _uses_feature_store(cfg) else {"validate.data_digest": snapshot(cfg.data.source, cfg.data.format)[1]}
     storage.makedirs(cfg.storage_uri)  # the default SQLite tracking database lives there
     result = run_pipeline(
         build_ct_pipeline(cfg), storage_uri=cfg.storage_uri, tracking_uri=cfg.tracking_uri, config=cfg,
-        params={"validate.data_digest": digest}, resume_run_id=resume_run_id, run_id=run_id, progress=progress,
+        params=params, resume_run_id=resume_run_id, run_id=run_id, progress=progress,
         tags=_run_tags(),
     )
     version = result.outputs.get("register.version")
@@ -273,8 +314,7 @@ def _digest_text(text: str) -> str:
 def _signature(cfg: Config, data) -> dict[str, Any]:
     t = data.transform
     return {"inputs": {"numeric": [c.name for c in t.numeric], "categorical": [c.name for c in t.categorical]},
-            "outputs": {"binary": ["probability", "label"], "multiclass": ["probabilities", "label"],
-                        "regression": ["value"]}[cfg.data.task],
+            "outputs": list(prediction_fields(cfg.data.task)),
             "task": cfg.data.task, "label": cfg.data.label, "classes": list(t.classes or [])}
 
 
@@ -325,7 +365,7 @@ def run(config: Config | str | None = None, *, overrides: list[str] | tuple[str,
     import ray
 
     if not ray.is_initialized():
-        from raymlops.cli import init_ray
+        from raymlops._ray import init_ray
 
         init_ray()
     return run_ct_pipeline(cfg, resume_run_id=resume_run_id, progress=progress)

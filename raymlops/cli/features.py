@@ -1,6 +1,6 @@
 """``raymlops features ...``: list, search and describe definitions; materialise; write example data.
 
-Registered on the main app by ``raymlops.cli``. Heavy imports happen inside the commands, so ``--help`` is fast.
+Registered on the main app here, like every command group. Heavy imports happen inside the commands, so ``--help`` is fast.
 Errors are ``RaymlopsError``s, which the main entry point turns into a message and an exit code (2 for a bad
 definition file).
 """
@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from raymlops.cli._common import app
 from raymlops.errors import ConfigError
 
 features_app = typer.Typer(
@@ -21,6 +22,7 @@ features_app = typer.Typer(
     "point-in-time training data, and an online store that serving reads by entity key.",
     no_args_is_help=True,
 )
+app.add_typer(features_app, name="features")
 
 RepoOpt = Annotated[Path, typer.Option("--repo", help="Feature repo YAML (entities, feature views, services).")]
 _DEFAULT_REPO = Path("configs/features.yaml")

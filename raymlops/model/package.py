@@ -3,7 +3,7 @@
 Layout::
 
     weights.safetensors   model state_dict (safetensors: no code is executed when it is read)
-    model_spec.json       keyword arguments of ``raymlops.train.model.build_model``
+    model_spec.json       keyword arguments of ``raymlops.model.nets.build_model``
     transform.json        fitted ``Transform`` (``Transform.to_json()``)
     schema.yaml           the frozen input schema
     signature.json        inputs and outputs, for clients and the HTTP API
@@ -41,7 +41,7 @@ from safetensors.torch import save as save_torch
 from raymlops import storage
 from raymlops.core.transform import Transform, apply_transform
 from raymlops.errors import DataError, PackageError
-from raymlops.train.model import build_model, predict_outputs
+from raymlops.model.nets import build_model, predict_outputs
 
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"

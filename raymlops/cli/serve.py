@@ -1,0 +1,152 @@
+"""`raymlops deploy|undeploy|predict` and `raymlops serve ...`: the HTTP serving app and batch prediction."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from raymlops._ray import cluster_address, connect, init_ray
+from raymlops.cli._common import AddressOpt, ConfigArg, EnvOpt, SetOpt, app, load, say
+
+serve_app = typer.Typer(help="Inspect and steer the running serving app.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+WeightsOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--weights", help="Traffic split in percent per version (number or alias), summing to 100: "
+                 "--weights 3=90,4=10. Default: champion, plus challenger at serving.challenger_weight_pct."),
+]
+ShadowOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--shadow", help="Version (number or alias) that receives mirrored traffic, never answered."),
+]
+ShadowPctOpt = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option("--shadow-pct", min=0, max=100, help="Percent of requests mirrored to --shadow "
+                 "(default: serving.shadow_pct)."),
+]
+
+
+def _parse_weights(text: str | None) -> dict[str, float] | None:
+    if text is None:
+        return None
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        version, sep, pct = part.partition("=")
+        try:
+            if not sep or not version.strip():
+                raise ValueError
+            weights[version.strip()] = float(pct)
+        except ValueError:
+            raise typer.BadParameter(f"{part!r} is not VERSION=PERCENT; write e.g. --weights 3=90,4=10",
+                                     param_hint="--weights") from None
+    if not weights:
+        raise typer.BadParameter("no VERSION=PERCENT pairs; write e.g. --weights 3=90,4=10", param_hint="--weights")
+    return weights
+
+
+def _echo_deploy(info) -> None:
+    split = ", ".join(f"v{v} {w:g}%" for v, w in info.weights.items())
+    shadow = f"; shadow v{info.shadow} mirrors {info.shadow_pct:g}%" if info.shadow else ""
+    typer.echo(f"serving app '{info.app_name}' at {info.url} ({split}{shadow})")
+    for url in info.direct_urls:
+        typer.echo(f"  direct (replica port): {url}")
+@app.command("deploy")
+def deploy_cmd(
+    config: ConfigArg,
+    weights: WeightsOpt = None,
+    shadow: ShadowOpt = None,
+    shadow_pct: ShadowPctOpt = None,
+    direct_ingress: Annotated[
+        bool, typer.Option("--direct-ingress/--no-direct-ingress",
+                           help="Also serve on each replica's own port (30000+), skipping Serve's proxy.")
+    ] = True,
+    set_: SetOpt = None, env: EnvOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """(Re)deploy the serving app from the registry's aliases; a running app is reconfigured in place.
+
+    Without --address or $RAY_ADDRESS, Ray runs in this process: the command keeps serving until Ctrl-C.
+    """
+    cfg = load(config, set_, env)
+    address = cluster_address(cfg, address)
+    init_ray(address)
+    from raymlops.serve.deploy import deploy, undeploy
+
+    info = deploy(cfg, weights=_parse_weights(weights), shadow=shadow, shadow_pct=shadow_pct,
+                  direct_ingress=direct_ingress)
+    _echo_deploy(info)
+    if address is None:
+        import time
+
+        say("serving from this process's Ray; press Ctrl-C to stop (use --address to deploy to a cluster)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            undeploy(cfg)  # replicas drain their prediction logs on shutdown
+            say("stopped")
+
+
+@app.command("undeploy")
+def undeploy_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None) -> None:
+    """Delete the serving app (its replicas drain their prediction logs first)."""
+    cfg = load(config, set_, env)
+    connect(cfg, address)
+    from raymlops.serve.deploy import app_name, undeploy
+
+    name = app_name(cfg)
+    typer.echo(f"deleted serving app '{name}'" if undeploy(cfg) else f"serving app '{name}' was not deployed")
+
+
+@serve_app.command("status")
+def serve_status_cmd(config: ConfigArg, set_: SetOpt = None, address: AddressOpt = None) -> None:
+    """Serve's view of the app plus the app's own model info (versions, weights, roles, counters) as JSON."""
+    cfg = load(config, set_)
+    connect(cfg, address)
+    from raymlops.serve.deploy import status
+
+    typer.echo(json.dumps(status(cfg), indent=2, default=str))
+
+
+@serve_app.command("weights")
+def serve_weights_cmd(
+    config: ConfigArg,
+    weights: Annotated[str, typer.Argument(help="Split in percent per version: 3=90,4=10 (sums to 100).")],
+    shadow: ShadowOpt = None,
+    shadow_pct: ShadowPctOpt = None,
+    set_: SetOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Change the live split (and shadow) of the RUNNING app in place: no replica restarts, no dropped request."""
+    cfg = load(config, set_)
+    connect(cfg, address)
+    from raymlops.serve.deploy import set_weights
+
+    _echo_deploy(set_weights(cfg, _parse_weights(weights) or {}, shadow=shadow, shadow_pct=shadow_pct))
+
+
+
+@app.command("predict")
+def predict_cmd(
+    config: ConfigArg,
+    input_uri: Annotated[str, typer.Option("--input", help="Rows to score: file, glob, directory or URI (parquet, csv).")],
+    output_uri: Annotated[str, typer.Option("--output", help="Output directory or URI: parquet files + _SUCCESS.")],
+    version: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--version", help="Model version number (3, v3) or alias. Default: champion."),
+    ] = None,
+    set_: SetOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Score a dataset with a registered model version on Ray Data (same package and transform as serving)."""
+    cfg = load(config, set_)
+    init_ray(address)
+    from raymlops.serve.batch import predict_batch
+
+    result = predict_batch(cfg, input_uri, output_uri, version=version, progress=say)
+    typer.echo(f"wrote {result.rows:,} predictions of {cfg.name} v{result.version} to {result.output_uri}")
+
+
