@@ -1,10 +1,18 @@
 """raymlops: MLOps level 2 on Ray alone.
 
 The public API is imported lazily (PEP 562) so that `import raymlops` stays cheap and starts nothing.
+
+```python
+import raymlops
+result = raymlops.run_ct("configs/churn.yaml", overrides=["train.epochs=3"])   # one CT run -> CTResult
+raymlops.runs("configs/churn.yaml")                  # the pipeline's runs, newest first
+raymlops.lineage("configs/churn.yaml", "champion")   # model version -> run -> steps -> data
+```
 """
 
 from __future__ import annotations
 
+import warnings
 from importlib import import_module
 from typing import Any
 
@@ -22,8 +30,12 @@ _EXPORTS = {
     "generate": "raymlops.data.synthetic",
     "ingest": "raymlops.data.ingest",
     "prepare": "raymlops.data.prepare",
-    "run_pipeline": "raymlops.ct:run",
+    "run_ct": "raymlops.ct",
     "CTResult": "raymlops.ct",
+    "runs": "raymlops.registry.client",
+    "lineage": "raymlops.registry.client",
+    "RunSummary": "raymlops.registry.tracking",
+    "Lineage": "raymlops.registry.tracking",
     "component": "raymlops.pipeline",
     "Pipeline": "raymlops.pipeline",
     "Step": "raymlops.pipeline",
@@ -31,11 +43,19 @@ _EXPORTS = {
     "ModelRegistry": "raymlops.registry.models",
     "load_package": "raymlops.model.package",
 }
+# Old names kept for one release: name -> (new name, when it goes).
+_DEPRECATED = {"run_pipeline": ("run_ct", "0.3")}
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        new, until = _DEPRECATED[name]
+        # `raymlops.pipeline.run_pipeline` is the generic runner; this name ran the CT pipeline, hence the rename.
+        warnings.warn(f"raymlops.{name} is deprecated and goes in {until}; use raymlops.{new}", DeprecationWarning,
+                      stacklevel=2)
+        name = new
     target = _EXPORTS.get(name)
     if target is None:
         raise AttributeError(f"module 'raymlops' has no attribute {name!r}")

@@ -352,8 +352,8 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
     return "test: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, int | float))
 
 
-def run(config: Config | str | None = None, *, overrides: list[str] | tuple[str, ...] = (),
-        resume_run_id: str | None = None, progress=print) -> CTResult:
+def run_ct(config: Config | str | None = None, *, overrides: list[str] | tuple[str, ...] = (),
+           resume_run_id: str | None = None, progress=print) -> CTResult:
     """Python API: run the CT pipeline for a config (object, YAML path, or None for the embedded defaults).
 
     Starts a local Ray when none is running (or connects to ``$RAY_ADDRESS``). Returns the result; call

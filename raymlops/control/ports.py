@@ -127,7 +127,7 @@ class RegistryPort:
         self.name, self.registry = cfg.name, ModelRegistry(cfg.tracking_uri)
 
     def aliases(self) -> dict[str, str]:
-        found = self.registry._aliases_or_none(self.name)
+        found = self.registry.find_aliases(self.name)
         return {k: str(v) for k, v in (found or {}).items()}
 
     def promote(self, version: str) -> None:

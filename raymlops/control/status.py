@@ -19,7 +19,7 @@ def _registry(cfg: Config) -> dict[str, Any]:
 
     reg = ModelRegistry(cfg.tracking_uri)
     try:
-        if reg._aliases_or_none(cfg.name) is None:
+        if reg.find_aliases(cfg.name) is None:
             return {"versions": [], "aliases": {}}
         metric = f"test_{cfg.evaluation.primary_metric}"
         versions = [{"version": v.version, "aliases": list(v.aliases), metric: v.tags.get(metric),

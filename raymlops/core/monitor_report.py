@@ -14,7 +14,7 @@ from html import escape
 from typing import Protocol
 
 from raymlops.core.live import VersionHealth
-from raymlops.core.report_html import _CSS, _fmt
+from raymlops.core.report_html import CSS, fmt
 
 __all__ = ["MonitorPass", "render_monitor_report"]
 
@@ -149,9 +149,9 @@ def _versions_table(current: MonitorPass) -> str:
         cls = ' class="drifted"' if h.drifted_features else ""
         rows.append(
             f"<tr{cls}><td>v{escape(v)}</td><td>{escape(h.role)}</td><td>{h.requests:,}</td><td>{h.errors:,}</td>"
-            f"<td>{escape(_fmt(h.error_rate_pct))}</td><td>{escape(_fmt(h.p50_ms))}</td>"
-            f"<td>{escape(_fmt(h.p99_ms))}</td><td>{h.rows:,}</td><td>{h.labels:,}</td>"
-            f"<td>{escape(h.quality_metric)} {escape(_fmt(h.quality))}</td><td>{escape(_fmt(h.offline_quality))}"
+            f"<td>{escape(fmt(h.error_rate_pct))}</td><td>{escape(fmt(h.p50_ms))}</td>"
+            f"<td>{escape(fmt(h.p99_ms))}</td><td>{h.rows:,}</td><td>{h.labels:,}</td>"
+            f"<td>{escape(h.quality_metric)} {escape(fmt(h.quality))}</td><td>{escape(fmt(h.offline_quality))}"
             f"</td><td>{escape(drifted)}</td></tr>")
     return head + "".join(rows) + "</table>" if rows else "<p>No version is serving or logged yet.</p>"
 
@@ -163,7 +163,7 @@ def _drift_table(current: MonitorPass) -> str:
             cls = ' class="drifted"' if d.get("drifted") else ""
             rows.append(
                 f"<tr{cls}><td>v{escape(v)}</td><td>{escape(str(d['feature']))}</td><td>{escape(str(d['metric']))}"
-                f"</td><td>{escape(_fmt(d.get('value')))}</td><td>{escape(_fmt(d.get('threshold')))}</td>"
+                f"</td><td>{escape(fmt(d.get('value')))}</td><td>{escape(fmt(d.get('threshold')))}</td>"
                 f"<td>{'yes' if d.get('drifted') else 'no'}</td><td>{escape(str(d.get('note', '')))}</td></tr>")
     if not rows:
         return ""
@@ -189,7 +189,7 @@ def render_monitor_report(
               for v in versions}
     out = [
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
     ]
     if current is None:

@@ -18,12 +18,12 @@ from raymlops.core.sketches import (
 )
 from raymlops.core.validation import ValidationReport
 
-__all__ = ["render_report"]
+__all__ = ["CSS", "fmt", "render_report"]
 
 _MAX_CATEGORIES = 20
 _COLORS = {"OK": "#1b7f3b", "DRIFT": "#b26a00", "STOP": "#b3261e"}
 _REF, _CUR = "#5b8def", "#f08c3a"
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222;max-width:1200px}
 h1{font-size:1.4rem} h2{font-size:1.15rem;margin-top:2rem} h3{font-size:1rem;margin:.2rem 0}
 .banner{color:#fff;padding:1rem 1.2rem;border-radius:6px;margin:1rem 0}
@@ -39,7 +39,8 @@ code{font-size:.85rem;word-break:break-word}
 """
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A value as report text: a dash for None, 4 significant digits for floats, JSON for dicts and lists."""
     if value is None:
         return "—"
     if isinstance(value, float):
@@ -160,7 +161,7 @@ def render_report(
     color = _COLORS.get(report.decision, "#444")
     out = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
         f'<div class="banner" style="background:{color}"><b>{escape(report.decision)}</b>'
         f"<p>{escape(report.summary())}</p></div>",
@@ -170,8 +171,8 @@ def render_report(
         out.append("<table><tr><th>feature</th><th>kind</th><th>observed</th><th>expected</th><th>what to do</th></tr>")
         for a in report.anomalies:
             out.append(
-                f"<tr><td>{escape(a.feature)}</td><td>{escape(a.kind)}</td><td><code>{escape(_fmt(a.observed))}"
-                f"</code></td><td><code>{escape(_fmt(a.expected))}</code></td><td>{escape(a.message)}</td></tr>"
+                f"<tr><td>{escape(a.feature)}</td><td>{escape(a.kind)}</td><td><code>{escape(fmt(a.observed))}"
+                f"</code></td><td><code>{escape(fmt(a.expected))}</code></td><td>{escape(a.message)}</td></tr>"
             )
         out.append("</table>")
     else:
@@ -191,7 +192,7 @@ def render_report(
             row_class = ' class="drifted"' if d.drifted else ""
             out.append(
                 f"<tr{row_class}><td>{escape(d.feature)}</td><td>{escape(d.metric)}"
-                f"</td><td>{escape(_fmt(d.value))}</td><td>{escape(_fmt(d.threshold))}</td>"
+                f"</td><td>{escape(fmt(d.value))}</td><td>{escape(fmt(d.threshold))}</td>"
                 f"<td>{'yes' if d.drifted else 'no'}</td><td>{escape(d.note)}</td></tr>"
             )
         out.append("</table>")

@@ -6,7 +6,7 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from raymlops import storage
 from raymlops.core import dag
@@ -169,6 +169,28 @@ class Component:
         return names, required, any(p.kind == p.VAR_KEYWORD for p in params)
 
 
+# Two call shapes, typed for editors: `@component` hands back a Component, `@component(...)` a decorator.
+@overload
+def component(fn: Callable[..., Any], /) -> Component: ...
+
+
+@overload
+def component(
+    fn: None = None,
+    *,
+    name: str | None = None,
+    version: str = "1",
+    num_cpus: float = 0.25,
+    num_gpus: float = 0,
+    memory: int | None = None,
+    runtime_env: Mapping[str, Any] | None = None,
+    outputs: Sequence[str] = ("out",),
+    executor: Executor = "task",
+    cache: bool = True,
+    config_keys: Sequence[str] | None = None,
+) -> Callable[[Callable[..., Any]], Component]: ...
+
+
 def component(
     fn: Callable[..., Any] | None = None,
     *,
@@ -182,7 +204,7 @@ def component(
     executor: Executor = "task",
     cache: bool = True,
     config_keys: Sequence[str] | None = None,
-) -> Any:
+) -> Component | Callable[[Callable[..., Any]], Component]:
     """Make a pipeline component from ``fn(ctx, **inputs_and_params)``; usable as ``@component`` or ``@component(...)``.
 
     ``executor='task'`` runs the function as a Ray task with ``num_cpus``/``num_gpus``/``memory`` (bytes) and

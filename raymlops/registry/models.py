@@ -102,7 +102,7 @@ class ModelRegistry:
 
     def get_by_alias(self, name: str, alias: str) -> ModelVersionInfo | None:
         """The version ``alias`` points at, or None when the model or the alias does not exist (yet)."""
-        aliases = self._aliases_or_none(name)
+        aliases = self.find_aliases(name)
         if aliases is None or alias not in aliases:
             return None
         return self.get(name, aliases[alias])
@@ -182,7 +182,7 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------------------------------ helpers
     def _find_by_digest(self, name: str, digest: str) -> ModelVersionInfo | None:
-        aliases = self._aliases_or_none(name)
+        aliases = self.find_aliases(name)
         if aliases is None:
             return None
         query = f"name = {_literal(name)} and tags.`{DIGEST_TAG}` = {_literal(digest)}"
@@ -204,7 +204,8 @@ class ModelRegistry:
                 self._client.delete_model_version(name, str(created))
         return winner
 
-    def _aliases_or_none(self, name: str) -> dict[str, int] | None:
+    def find_aliases(self, name: str) -> dict[str, int] | None:
+        """The aliases of model ``name`` (alias -> version), or None when no such model is registered."""
         try:
             model = self._client.get_registered_model(name)
         except MlflowException as err:
@@ -216,7 +217,7 @@ class ModelRegistry:
         return {alias: int(v) for alias, v in (model.aliases or {}).items()}
 
     def _require_model(self, name: str) -> dict[str, int]:
-        aliases = self._aliases_or_none(name)
+        aliases = self.find_aliases(name)
         if aliases is None:
             raise self._no_model(name)
         return aliases
@@ -249,7 +250,7 @@ class ModelRegistry:
             raise
         except MlflowException as err:
             if err.error_code == "RESOURCE_DOES_NOT_EXIST" and name is not None:
-                if self._aliases_or_none(name) is None:
+                if self.find_aliases(name) is None:
                     raise self._no_model(name) from None
                 if version is not None:
                     raise RegistryError(

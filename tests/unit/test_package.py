@@ -14,8 +14,8 @@ from safetensors import safe_open
 
 from raymlops.core.transform import CategoricalColumn, NumericColumn, Transform, apply_transform
 from raymlops.errors import PackageError
-from raymlops.model.nets import build_model, predict_outputs
 from raymlops.model import package as pkg
+from raymlops.model.nets import build_model, predict_outputs
 
 SPEC = {
     "model": "mlp",

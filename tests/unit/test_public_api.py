@@ -22,3 +22,31 @@ def test_unknown_name_is_an_attribute_error():
         assert "no_such_thing" in str(err)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_run_pipeline_is_a_deprecated_alias_of_run_ct():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = raymlops.run_pipeline
+    assert old is raymlops.run_ct
+    assert any(issubclass(w.category, DeprecationWarning) and "run_ct" in str(w.message) for w in caught)
+
+
+def test_the_read_side_is_public_and_typed():
+    import inspect
+
+    assert {"runs", "lineage", "run_ct"} <= set(raymlops.__all__)
+    assert "run_pipeline" not in raymlops.__all__
+    assert inspect.signature(raymlops.runs).return_annotation in ("list[RunSummary]",)
+    assert inspect.signature(raymlops.lineage).return_annotation in ("Lineage",)
+
+
+def test_component_overloads_tell_editors_what_comes_back():
+    from typing import get_overloads
+
+    from raymlops.pipeline.component import component
+
+    shapes = [str(o.__annotations__.get("return")) for o in get_overloads(component)]
+    assert shapes == ["Component", "Callable[[Callable[..., Any]], Component]"]
