@@ -5,7 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench lint clean
+# Servers the tests run for real, never skipped: installed with apt-get when missing (as root, as CI runs).
+DEB_PACKAGES := redis-server
+
+.PHONY: demo test test-fast bench lint clean system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +20,18 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/raymlops demo
 
-test: $(STAMP)
+system-deps:
+	@for p in $(DEB_PACKAGES); do command -v $$p >/dev/null 2>&1 && continue; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing $$p (apt-get)"; \
+	    apt-get install -y -q $$p >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $$p >/dev/null; }; \
+	  else echo "missing $$p: install it (sudo apt-get install $$p); the tests that use it fail without it" >&2; fi; \
+	done
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests -q $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -1,13 +1,12 @@
-"""Shared by the serving tests: real registered packages without Ray Train, configs, valid request rows, load.
+"""Shared by the serving tests: registered packages without Ray Train, configs, load, waiting.
 
-``register_versions`` fits a transform on a profile of synthetic rows and saves randomly initialised models with
-different seeds, so each version gives different predictions; it registers them in MLflow and promotes the first.
+``register_versions`` saves packages of ``tests.data_helpers.build_package`` with different seeds, so each version
+gives different predictions; it registers them in MLflow and promotes the first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import socket
 import time
 from collections.abc import Callable
@@ -16,21 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import pyarrow as pa
-import torch
 
 from raymlops.config import Config, load_config
-from raymlops.core.schema import infer_schema
-from raymlops.core.sketches import profile_table
-from raymlops.core.transform import fit_transform
-from raymlops.data.synthetic import make_day
-from raymlops.model.nets import build_model
-from raymlops.model.package import PackageInfo, save_package
 from raymlops.registry.models import ModelRegistry, ModelVersionInfo
-from raymlops.train.loop import make_model_spec
+from tests.data_helpers import IDS, LABEL, TS, build_package, instances
 
-IDS, TS, LABEL = ["customer_id"], "event_ts", "churned"
+__all__ = ["IDS", "LABEL", "TS", "build_package", "free_port", "hammer", "instances", "register_versions",
+           "serving_config", "wait_for"]
 
 
 def free_port() -> int:
@@ -48,28 +39,6 @@ def serving_config(root: Path, tracking_uri: str, *overrides: str) -> Config:
     ])
 
 
-def build_package(cfg: Config, path: Path, *, seed: int, extra_feature: str | None = None,
-                  metrics: dict[str, Any] | None = None) -> PackageInfo:
-    """A real binary-churn package: transform fitted on synthetic rows, model randomly initialised with ``seed``.
-
-    ``extra_feature`` adds a numeric feature the other packages do not have (a version whose schema differs).
-    """
-    table = make_day("2026-01-01", 2000, seed=11)
-    if extra_feature:
-        table = table.append_column(extra_feature, pa.array(np.linspace(0.0, 1.0, table.num_rows)))
-    profile = profile_table(table, categorical={LABEL}, skip={*IDS, TS})
-    schema = infer_schema(profile, name=cfg.name, task="binary", label=LABEL, timestamp=TS, id_columns=IDS)
-    transform = fit_transform(profile, schema)
-    spec = make_model_spec(cfg.train, transform)
-    torch.manual_seed(seed)
-    model = build_model(spec)
-    return save_package(
-        str(path), state_dict={k: v.numpy() for k, v in model.state_dict().items()}, model_spec=spec,
-        transform_json=transform.to_json(), schema_yaml=schema.to_yaml(),
-        signature={"task": "binary", "label": LABEL}, metrics=metrics or {}, tags={"test": "serving"},
-    )
-
-
 def register_versions(cfg: Config, root: Path, n: int = 2) -> list[ModelVersionInfo]:
     """Register ``n`` versions (seeds 1..n); version 1 is promoted to champion, version 2 is the challenger."""
     reg = ModelRegistry(cfg.tracking_uri)
@@ -81,14 +50,6 @@ def register_versions(cfg: Config, root: Path, n: int = 2) -> list[ModelVersionI
     if n >= 2:
         reg.set_alias(cfg.name, "challenger", out[1].version)
     return [reg.get(cfg.name, v.version) for v in out]
-
-
-def instances(n: int, *, seed: int = 5, with_id: bool = False) -> list[dict[str, Any]]:
-    """``n`` valid request instances (features as a JSON client sends them)."""
-    rows = make_day("2026-02-01", n, seed=seed).to_pylist()
-    drop = {LABEL, TS} | (set() if with_id else set(IDS))
-    return [{k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in r.items() if k not in drop}
-            for r in rows]
 
 
 @dataclass

@@ -10,38 +10,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from raymlops.config import load_config
-from raymlops.core.schema import infer_schema
-from raymlops.core.sketches import profile_table
-from raymlops.core.transform import fit_transform
 from raymlops.data.synthetic import generate, make_day
 from raymlops.errors import DataError, PackageError, RegistryError
-from raymlops.model.nets import build_model
-from raymlops.model.package import load_package, save_package
+from raymlops.model.package import load_package
 from raymlops.registry.models import ModelRegistry
 from raymlops.serve.batch import PredictPackage, predict_batch
-from raymlops.train.loop import make_model_spec
+from tests.data_helpers import build_package
 
 IDS, TS = ["customer_id"], "event_ts"
-
-
-def build_package(cfg, path: Path, *, task: str = "binary", label: str = "churned", seed: int = 0):
-    """A real package without Ray Train: transform fitted on a profile of synthetic rows, randomly initialised model."""
-    table = make_day("2026-01-01", 2000, seed=11)
-    categorical = {label} if task != "regression" else set()
-    profile = profile_table(table, categorical=categorical, skip={*IDS, TS})
-    schema = infer_schema(profile, name=cfg.name, task=task, label=label, timestamp=TS, id_columns=IDS)
-    transform = fit_transform(profile, schema)
-    spec = make_model_spec(cfg.train, transform)
-    torch.manual_seed(seed)
-    model = build_model(spec)
-    return save_package(
-        str(path), state_dict={k: v.numpy() for k, v in model.state_dict().items()}, model_spec=spec,
-        transform_json=transform.to_json(), schema_yaml=schema.to_yaml(),
-        signature={"task": task, "label": label}, metrics={}, tags={"test": "batch"},
-    )
 
 
 @pytest.fixture

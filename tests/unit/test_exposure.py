@@ -25,17 +25,10 @@ from raymlops.core.exposure import (
 )
 from raymlops.core.request_validation import RequestError, RequestValidator
 from raymlops.core.schema import ColumnSpec, Schema
+from tests.data_helpers import CHURN_SCHEMA
 
-SCHEMA = Schema("churn", 1, "binary", [
-    ColumnSpec("churned", "label", "numeric", "int64", min=0, max=1),
-    ColumnSpec("event_ts", "timestamp", "timestamp", "timestamp[us, tz=UTC]"),
-    ColumnSpec("customer_id", "id", "string", "string"),
-    ColumnSpec("tenure", "feature", "numeric", "int64", min=0, max=80),
-    ColumnSpec("usage", "feature", "numeric", "double", nullable=True, min=0.0, max=200.0),
-    ColumnSpec("plan", "feature", "categorical", "string", domain=["basic", "premium"]),
-    ColumnSpec("tier", "feature", "categorical", "int64", domain=["1", "2", "3"]),
-    ColumnSpec("senior", "feature", "categorical", "bool", nullable=True, domain=["false", "true"]),
-])
+# The shared churn request schema without the columns these rows do not carry.
+SCHEMA = Schema("churn", 1, "binary", [c for c in CHURN_SCHEMA.columns if c.name not in {"notes", "region", "zone", "rate"}])
 CATEGORICAL_ONLY = Schema("m", 1, "multiclass", [
     ColumnSpec("plan", "feature", "categorical", "string", nullable=True, domain=["a", "b"]),
 ])

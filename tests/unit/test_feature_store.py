@@ -80,23 +80,7 @@ def test_unreadable_repo_says_what_to_pass(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- stores
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request, tmp_path):
-    s = MemoryOnlineStore() if request.param == "memory" else SQLiteOnlineStore(tmp_path / "s" / "online.sqlite")
-    yield s
-    s.close()
-
-
-def test_store_keeps_newer_events_and_commits_the_watermark(store):
-    assert store.watermark("v") is None and store.read("v", ["a"]) == [None]
-    store.write("v", ["a", "b"], [10, 10], ['{"x":1}', '{"x":2}'], watermark_us=100, replace=False)
-    store.write("v", ["a", "b"], [5, 11], ['{"x":9}', '{"x":3}'], watermark_us=200, replace=False)
-    assert store.read("v", ["a", "b", "c"]) == [(10, '{"x":1}'), (11, '{"x":3}'), None]
-    assert store.watermark("v") == 200
-    store.write("v", ["c"], [1], ['{"x":4}'], watermark_us=300, replace=True)
-    assert store.read("v", ["a", "c"]) == [None, (1, '{"x":4}')]
-
-
+# The stores' shared contract (memory, SQLite, Redis) is one parametrised test: tests/integration/test_online_stores.py
 def test_key_encoding_rejects_wrong_types():
     assert encode_keys({"id": "string"}, {"id": ["a", 1, None]}) == ["a", None, None]
     assert encode_keys({"id": "int64"}, {"id": [3, "3", True]}) == ["3", None, None]

@@ -16,24 +16,12 @@ from raymlops.core.request_validation import (
     RequestValidator,
     validate_request,
 )
-from raymlops.core.schema import ColumnSpec, Schema, infer_schema
+from raymlops.core.schema import infer_schema
 from raymlops.core.sketches import profile_table
 from raymlops.core.transform import apply_transform, fit_transform
+from tests.data_helpers import CHURN_SCHEMA
 
-SCHEMA = Schema("churn", 1, "binary", [
-    ColumnSpec("churned", "label", "numeric", "int64", min=0, max=1),
-    ColumnSpec("event_ts", "timestamp", "timestamp", "timestamp[us, tz=UTC]"),
-    ColumnSpec("customer_id", "id", "string", "string"),
-    ColumnSpec("notes", "ignored", "string", "string", nullable=True),
-    ColumnSpec("tenure", "feature", "numeric", "int64", min=0, max=80),
-    ColumnSpec("usage", "feature", "numeric", "double", nullable=True, min=0.0, max=200.0),
-    ColumnSpec("plan", "feature", "categorical", "string", domain=["basic", "premium", "standard"]),
-    ColumnSpec("region", "feature", "categorical", "string", domain=["east", "north", "south", "west"]),
-    ColumnSpec("tier", "feature", "categorical", "int64", domain=["1", "2", "3"]),
-    ColumnSpec("senior", "feature", "categorical", "bool", nullable=True, domain=["false", "true"]),
-    ColumnSpec("zone", "feature", "categorical", "string", domain=["3", "a"]),
-    ColumnSpec("rate", "feature", "categorical", "double", domain=["0.5", "1"]),
-])
+SCHEMA = CHURN_SCHEMA
 GOOD = {"tenure": 12, "usage": 3.5, "plan": "basic", "region": "east", "tier": 2, "senior": True, "zone": "a",
         "rate": 0.5}
 LIMIT = 4096
