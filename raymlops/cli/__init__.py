@@ -6,7 +6,6 @@ Exit codes: 0 ok · 1 unexpected failure · 2 bad usage or config · 3 blocked b
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 
 import typer
@@ -48,7 +47,3 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         say(f"unexpected error: {type(err).__name__}: {err}\n(set RAYMLOPS_DEBUG=1 for the traceback)")
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
