@@ -163,13 +163,31 @@ class TrainConfig(_Section):
     num_workers: PositiveInt = Field(2, description="Ray Train workers (DDP ranks).")
     use_gpu: bool = Field(False, description="One GPU per worker; DDP uses nccl instead of gloo.")
     cpus_per_worker: Annotated[float, Field(gt=0)] = Field(0.5, description="CPUs reserved per worker.")
-    epochs: PositiveInt = 10
+    epochs: PositiveInt = Field(
+        50, description="Epoch budget: the learning-rate schedule spans it; early stopping usually ends sooner."
+    )
     batch_size: PositiveInt = 256
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
-    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    learning_rate: Annotated[float, Field(gt=0)] = Field(
+        0.01, description="Peak learning rate (reached after the warm-up; see lr_schedule)."
+    )
+    lr_schedule: Literal["cosine", "onecycle", "constant"] = Field(
+        "cosine", description="`cosine`: linear warm-up over warmup_pct of the steps, then cosine decay over the "
+        "epoch budget; `onecycle`: rise over 30% of the steps from lr/25, then anneal (Smith's one-cycle); "
+        "`constant`: learning_rate throughout."
+    )
+    warmup_pct: Annotated[float, Field(ge=0, lt=100)] = Field(
+        5.0, description="Share of the training steps spent warming up (cosine schedule), in percent."
+    )
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     early_stopping_patience: Annotated[int, Field(ge=0)] = Field(
-        3, description="Epochs without validation improvement before stopping; 0 disables."
+        8, description="Epochs without validation-loss improvement before stopping (the best epoch's weights are "
+        "kept); 0 disables."
+    )
+    class_weight: Literal["balanced", "none"] = Field(
+        "none", description="Classification: `balanced` weighs each class by n / (classes x its rows) in the loss "
+        "(pos_weight for binary); `none` keeps the data's prior (calibrated probabilities). The decision threshold "
+        "is tuned on validation either way (evaluation.threshold)."
     )
     max_failures: Annotated[int, Field(ge=0)] = Field(2, description="Worker failures tolerated (resume).")
     seed: int = 42
@@ -238,6 +256,37 @@ class EvaluationConfig(_Section):
     max_load_memory_mb: Annotated[float, Field(gt=0)] = Field(
         2048.0, description="Memory limit when the package is loaded in a fresh process."
     )
+    min_delta_vs_baseline: Annotated[float, Field(ge=0)] | None = Field(
+        0.0, description="The model's primary metric on the test split must beat the naive baseline's (training "
+        "class prior / majority class, or training mean) by more than this: 0 refuses a model that only ties "
+        "ignoring the features. In the metric's own units (a fixed non-zero default would mean nothing for rmse). "
+        "Null disables the gate."
+    )
+    threshold: Literal["auto"] | float = Field(
+        "auto", description="Binary tasks: decision threshold on the positive-class probability. `auto`: chosen "
+        "on the validation split to maximise threshold_objective; a number in (0, 1): fixed. Stored in the "
+        "package's signature, so serving, batch prediction and evaluation decide alike."
+    )
+    threshold_objective: Literal["f1", "youden", "accuracy"] = Field(
+        "f1", description="What `threshold: auto` maximises on validation: f1 (positive class), youden "
+        "(TPR - FPR, i.e. balanced accuracy) or accuracy."
+    )
+    reference_max_rows: Annotated[int, Field(ge=0)] = Field(
+        200_000, description="Fit scikit-learn's HistGradientBoosting on the training split when it has at most "
+        "this many rows, and report it on the test split as a strong tabular reference (informational, not a "
+        "gate). 0 disables."
+    )
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1
+        if not ok:
+            raise ValueError("must be 'auto' or a number strictly between 0 and 1, e.g. "
+                             "evaluation.threshold: 0.3, or auto to choose it on the validation split")
+        return float(value)
 
 
 # ------------------------------------------------------------------------------------------------ serving

@@ -4,6 +4,9 @@ A challenger is blessed only when no gate fails:
 
 * ``primary_metric``: the primary metric on the test split clears an absolute bar (direction-aware: a minimum for
   scores, a maximum for losses and errors);
+* ``vs_baseline``: it beats the naive baseline (training prior / majority class, or training mean) on the test
+  split by more than ``min_delta_vs_baseline``: a model no better than ignoring every feature is refused, ties
+  included;
 * ``vs_champion``: it beats the champion, evaluated on the *same* test set, by at least ``min_delta_vs_champion``;
 * ``slice <column>=<value>``: no slice is worse than the champion's same slice by more than ``max_slice_drop``
   (slices under ``min_slice_rows`` test rows are reported and skipped);
@@ -20,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from raymlops.core.metrics import EvalResult, metric_direction, metrics_for_task
+from raymlops.core.metrics import EvalResult, metric_direction, metrics_for_task, naive_name
 from raymlops.errors import ConfigError
 
 __all__ = ["BlessingDecision", "Gate", "GatePolicy", "bless"]
@@ -41,6 +44,7 @@ class GatePolicy:
     min_slice_rows: int = 50
     max_package_mb: float = 200.0
     max_load_memory_mb: float = 2048.0
+    min_delta_vs_baseline: float | None = 0.0
 
     def __post_init__(self) -> None:
         try:
@@ -138,6 +142,26 @@ def _primary_gate(ch: EvalResult, p: GatePolicy) -> Gate:
 def _gain(m: str, challenger: float, champion: float) -> float:
     """How much better the challenger is (positive = better), whatever the metric's direction."""
     return challenger - champion if metric_direction(m) == "max" else champion - challenger
+
+
+def _baseline_gate(ch: EvalResult, p: GatePolicy) -> Gate:
+    m, name, delta = p.primary_metric, "vs_baseline", p.min_delta_vs_baseline
+    if delta is None:
+        return Gate(name, None, None, "skip", "disabled (evaluation.min_delta_vs_baseline is null)")
+    if not ch.baseline:
+        return Gate(name, None, delta, "skip", "no naive baseline was recorded (no training split evaluated)")
+    a, b = ch.metric(m), ch.baseline.get(m, math.nan)
+    if math.isnan(a) or math.isnan(b):
+        who = "the model's" if math.isnan(a) else "the naive baseline's"
+        return Gate(name, None, delta, "skip", f"{who} {m} is undefined on {ch.slice_split}")
+    gain = _gain(m, a, b)
+    facts = (f"{m} {_f(a)} vs naive baseline ({naive_name(ch.task)}) {_f(b)} on {ch.slice_split}: "
+             f"improvement {gain:+.4f}")
+    # Strictly more than the delta: a model that only ties ignoring the features has learned nothing.
+    if gain > delta + _TOL:
+        return Gate(name, gain, delta, "pass", f"{facts}, more than the required {_f(delta)}")
+    return Gate(name, gain, delta, "fail",
+                f"{facts} is not more than the required {_f(delta)}: the model does not beat the naive baseline")
 
 
 def _champion_gate(ch: EvalResult, champ: EvalResult | None, p: GatePolicy) -> Gate:
@@ -255,6 +279,7 @@ def bless(
         )
     gates = [
         _primary_gate(ch, policy),
+        _baseline_gate(ch, policy),
         _champion_gate(ch, champ, policy),
         *_slice_gates(ch, champ, policy),
         *_infra_gates(infra, policy),

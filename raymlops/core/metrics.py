@@ -11,6 +11,10 @@ Model outputs are dicts as a loaded model package returns them:
 classes, in the order of the probability columns) they are mapped to indices, without it they must already be
 indices ``0..C-1`` (binary: 0/1 or bool). A metric that is undefined on the given rows (one class only, no
 rows, a constant target, non-finite predictions) is ``nan``; ``explain_metrics`` also says why.
+
+Every metric follows scikit-learn's definition (the unit tests compare them), except where a docstring says how
+an undefined case differs. ``choose_threshold`` picks a binary decision threshold on validation rows, and
+``naive_outputs`` is the naive baseline (training prior or mean) that blessing requires a model to beat.
 """
 
 from __future__ import annotations
@@ -29,18 +33,29 @@ import pyarrow.compute as pc
 from raymlops.errors import DataError
 
 __all__ = [
+    "THRESHOLD_OBJECTIVES",
     "EvalResult",
+    "ThresholdChoice",
     "accuracy",
+    "average_precision",
+    "brier",
+    "choose_threshold",
     "compute_metrics",
     "explain_metrics",
     "f1",
     "log_loss",
     "mae",
+    "macro_average_precision",
     "macro_f1",
+    "macro_precision_recall",
     "macro_roc_auc",
     "metric_direction",
     "metrics_for_task",
+    "multiclass_brier",
     "multiclass_log_loss",
+    "naive_name",
+    "naive_outputs",
+    "precision_recall",
     "r2",
     "rmse",
     "roc_auc",
@@ -50,12 +65,13 @@ __all__ = [
 
 Task = Literal["binary", "multiclass", "regression"]
 
+_CLASSIFICATION = ("roc_auc", "pr_auc", "accuracy", "f1", "precision", "recall", "log_loss", "brier")
 _METRICS: dict[str, tuple[str, ...]] = {
-    "binary": ("roc_auc", "accuracy", "f1", "log_loss"),
-    "multiclass": ("roc_auc", "accuracy", "f1", "log_loss"),
+    "binary": _CLASSIFICATION,
+    "multiclass": _CLASSIFICATION,  # pr_auc, f1, precision, recall: one-vs-rest, macro-averaged
     "regression": ("rmse", "mae", "r2"),
 }
-_LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
+_LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae"})
 _KNOWN = frozenset(m for names in _METRICS.values() for m in names)
 # Same clipping constant as scikit-learn's historical log_loss default: bounds the loss of a confident mistake.
 _EPS = 1e-15
@@ -71,7 +87,7 @@ def metrics_for_task(task: str) -> tuple[str, ...]:
 
 
 def metric_direction(name: str) -> Literal["max", "min"]:
-    """``'min'`` for losses and errors (log_loss, rmse, mae), ``'max'`` for every other known metric."""
+    """``'min'`` for losses and errors (log_loss, brier, rmse, mae), ``'max'`` for every other known metric."""
     if name not in _KNOWN:
         raise ValueError(f"unknown metric {name!r}; known metrics: {sorted(_KNOWN)}")
     return "min" if name in _LOWER_IS_BETTER else "max"
@@ -131,6 +147,96 @@ def log_loss(y_true: np.ndarray, probability: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
+def precision_recall(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
+    """Precision and recall of the positive class (1); 0 where nothing is predicted / present (as scikit-learn)."""
+    y, p = np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool)
+    if not len(y):
+        return math.nan, math.nan
+    tp, n_pred, n_pos = int(np.sum(y & p)), int(p.sum()), int(y.sum())
+    return (tp / n_pred if n_pred else 0.0), (tp / n_pos if n_pos else 0.0)
+
+
+def _curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct scores (descending) and the true / false positives when predicting ``score >= s`` for each."""
+    order = np.argsort(-score, kind="mergesort")
+    s, yy = score[order], y[order]
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # the last row of each run of tied scores
+    tps = np.cumsum(yy)[last]
+    return s[last], tps.astype(np.float64), (last + 1 - tps).astype(np.float64)
+
+
+def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the precision-recall curve as scikit-learn's ``average_precision_score``: sum over thresholds of
+    (recall gain) x precision. ``nan`` without positives (scikit-learn warns and returns 0 there)."""
+    y = np.asarray(y_true).astype(bool)
+    if not y.any():
+        return math.nan
+    _, tps, fps = _curve(y, np.asarray(score, dtype=np.float64))
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def brier(y_true: np.ndarray, probability: np.ndarray) -> float:
+    """Mean squared difference between the positive-class probability and the 0/1 label; ``nan`` without rows."""
+    y = np.asarray(y_true, dtype=np.float64)
+    if not len(y):
+        return math.nan
+    d = np.asarray(probability, dtype=np.float64) - y
+    return float(np.mean(d * d))
+
+
+# ------------------------------------------------------------------------------------ decision threshold
+THRESHOLD_OBJECTIVES = ("f1", "youden", "accuracy")
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """A binary decision threshold (predict the positive class when ``probability >= threshold``) and why."""
+
+    threshold: float
+    objective: str
+    value: float  # the objective at this threshold on the rows it was chosen on; nan when it fell back
+    rows: int
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "objective": self.objective, "value": _json_float(self.value),
+                "rows": self.rows, "note": self.note}
+
+
+def choose_threshold(y_true: Any, probability: Any, objective: str = "f1") -> ThresholdChoice:
+    """The threshold that maximises ``objective`` on these rows (normally the validation split).
+
+    ``f1``: F1 of the positive class; ``youden``: TPR - FPR (balanced accuracy); ``accuracy``. Candidates are the
+    distinct probabilities; the threshold returned is the midpoint between the lowest probability predicted
+    positive and the next lower one, so rows near the cut are not decided by the validation set's exact values.
+    Ties go to the highest threshold. With one class only (or no rows) nothing can be chosen: 0.5, with a note.
+    """
+    if objective not in THRESHOLD_OBJECTIVES:
+        raise ValueError(f"unknown threshold objective {objective!r}; use one of {list(THRESHOLD_OBJECTIVES)}")
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(probability, dtype=np.float64).reshape(-1)
+    n, n_pos = len(y), int(y.sum())
+    if n == 0 or n_pos in (0, n) or not np.isfinite(p).all():
+        why = ("no rows" if n == 0 else "non-finite probabilities" if not np.isfinite(p).all()
+               else f"only one class in {n} rows")
+        return ThresholdChoice(0.5, objective, math.nan, n, f"{why}: kept the default 0.5")
+    scores, tps, fps = _curve(y, p)
+    n_neg = n - n_pos
+    if objective == "f1":
+        value = 2 * tps / (tps + fps + n_pos)
+    elif objective == "youden":
+        value = tps / n_pos - fps / n_neg
+    else:
+        value = (tps + (n_neg - fps)) / n
+    k = int(np.argmax(value))  # the first maximum: the highest threshold among ties
+    lower = scores[k + 1] if k + 1 < len(scores) else 0.0
+    # Probabilities live in [0, 1]; a threshold must stay inside (0, 1) to be a valid config value.
+    t = float(np.clip((scores[k] + lower) / 2.0, 1e-9, 1 - 1e-9))
+    return ThresholdChoice(t, objective, float(value[k]), n)
+
+
 # --------------------------------------------------------------------------------------- multiclass metrics
 def macro_roc_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float:
     """One-vs-rest ROC AUC averaged over the classes that have both positives and negatives in ``y_true``.
@@ -157,6 +263,41 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     fp = np.sum(~hit_true & hit_pred, axis=1)
     fn = np.sum(hit_true & ~hit_pred, axis=1)
     return float(np.mean(_f1_counts(tp, fp, fn)))
+
+
+def macro_precision_recall(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
+    """Unweighted means of per-class precision and recall over the classes in ``y_true`` or ``y_pred``."""
+    y, p = np.asarray(y_true), np.asarray(y_pred)
+    if not len(y):
+        return math.nan, math.nan
+    labels = np.union1d(y, p)
+    hit_true = y[None, :] == labels[:, None]
+    hit_pred = p[None, :] == labels[:, None]
+    tp = np.sum(hit_true & hit_pred, axis=1).astype(np.float64)
+    n_pred, n_true = hit_pred.sum(axis=1), hit_true.sum(axis=1)
+    prec = np.divide(tp, n_pred, out=np.zeros_like(tp), where=n_pred > 0)
+    rec = np.divide(tp, n_true, out=np.zeros_like(tp), where=n_true > 0)
+    return float(prec.mean()), float(rec.mean())
+
+
+def macro_average_precision(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """One-vs-rest average precision averaged over the classes present in ``y_true`` (as ``macro_roc_auc``)."""
+    y = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probabilities, dtype=np.float64)
+    aps = [average_precision(y == c, probs[:, c]) for c in range(probs.shape[1])]
+    defined = [a for a in aps if not math.isnan(a)]
+    return float(np.mean(defined)) if defined else math.nan
+
+
+def multiclass_brier(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean over rows of the squared distance between the probabilities and the one-hot label (0 to 2)."""
+    y = np.asarray(y_true, dtype=np.int64)
+    if not len(y):
+        return math.nan
+    probs = np.asarray(probabilities, dtype=np.float64)
+    d = probs.copy()
+    d[np.arange(len(y)), y] -= 1.0
+    return float(np.mean(np.sum(d * d, axis=1)))
 
 
 def multiclass_log_loss(y_true: np.ndarray, probabilities: np.ndarray) -> float:
@@ -252,7 +393,8 @@ def _output(outputs: Mapping[str, Any], key: str, task: str, n: int) -> np.ndarr
     return arr
 
 
-def _score(task: str, y_true: Any, outputs: Mapping[str, Any], classes: Sequence[Any] | None) -> _Scored:
+def _score(task: str, y_true: Any, outputs: Mapping[str, Any], classes: Sequence[Any] | None,
+           threshold: float = 0.5) -> _Scored:
     metrics_for_task(task)
     y_raw = np.asarray(y_true)
     n = len(y_raw)
@@ -272,7 +414,7 @@ def _score(task: str, y_true: Any, outputs: Mapping[str, Any], classes: Sequence
     if "label" in outputs:
         pred = _encode(_output(outputs, "label", task, n), None, n_classes, "model output 'label'")
     elif task == "binary":
-        pred = (score >= 0.5).astype(np.int64)
+        pred = (score >= threshold).astype(np.int64)
     else:
         pred = np.argmax(score, axis=1) if n else np.zeros(0, np.int64)
     return _Scored(task, y, score, pred)
@@ -293,36 +435,84 @@ def _metrics(s: _Scored) -> tuple[dict[str, float], dict[str, str]]:
             notes["r2"] = f"the target is constant ({s.y[0]:g}) in all {n} rows"
         return out, notes
     if s.task == "binary":
+        prec, rec = precision_recall(s.y, s.pred)
         out = {
             "roc_auc": roc_auc(s.y, s.score),
+            "pr_auc": average_precision(s.y, s.score),
             "accuracy": accuracy(s.y, s.pred),
             "f1": f1(s.y, s.pred),
+            "precision": prec,
+            "recall": rec,
             "log_loss": log_loss(s.y, s.score),
+            "brier": brier(s.y, s.score),
         }
     else:
+        prec, rec = macro_precision_recall(s.y, s.pred)
         out = {
             "roc_auc": macro_roc_auc(s.y, s.score),
+            "pr_auc": macro_average_precision(s.y, s.score),
             "accuracy": accuracy(s.y, s.pred),
             "f1": macro_f1(s.y, s.pred),
+            "precision": prec,
+            "recall": rec,
             "log_loss": multiclass_log_loss(s.y, s.score),
+            "brier": multiclass_brier(s.y, s.score),
         }
     if math.isnan(out["roc_auc"]):
         notes["roc_auc"] = f"only one class (index {int(s.y[0])}) is present in all {n} rows; AUC needs two"
+    if math.isnan(out["pr_auc"]):
+        notes["pr_auc"] = f"no positive row among {n}; the precision-recall curve needs one"
     return out, notes
 
 
 def explain_metrics(
-    task: str, y_true: Any, outputs: Mapping[str, Any], classes: Sequence[Any] | None = None
+    task: str, y_true: Any, outputs: Mapping[str, Any], classes: Sequence[Any] | None = None,
+    threshold: float = 0.5,
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """Metrics of the task, and for each metric that is ``nan``, the reason why."""
-    return _metrics(_score(task, y_true, outputs, classes))
+    """Metrics of the task, and for each metric that is ``nan``, the reason why.
+
+    ``threshold`` decides binary labels only when ``outputs`` has no ``label`` (a package's own label wins).
+    """
+    return _metrics(_score(task, y_true, outputs, classes, threshold))
 
 
 def compute_metrics(
-    task: str, y_true: Any, outputs: Mapping[str, Any], classes: Sequence[Any] | None = None
+    task: str, y_true: Any, outputs: Mapping[str, Any], classes: Sequence[Any] | None = None,
+    threshold: float = 0.5,
 ) -> dict[str, float]:
     """Metrics of the task (``metrics_for_task``) on all rows: ``{name: value}``, ``nan`` where undefined."""
-    return explain_metrics(task, y_true, outputs, classes)[0]
+    return explain_metrics(task, y_true, outputs, classes, threshold)[0]
+
+
+# ------------------------------------------------------------------------------------------ naive baseline
+def naive_name(task: str) -> str:
+    """What the naive baseline predicts, in words (for gate reasons and progress lines)."""
+    metrics_for_task(task)
+    return "the training mean" if task == "regression" else "the training class prior (majority class)"
+
+
+def naive_outputs(
+    task: str, y_train: Any, n_rows: int, classes: Sequence[Any] | None = None, n_classes: int | None = None
+) -> dict[str, np.ndarray]:
+    """Outputs of the naive baseline for ``n_rows`` rows: what a model that ignores every feature predicts.
+
+    Classification: the class frequencies of ``y_train`` as probabilities, the majority class as label (the
+    first class on a tie); regression: the mean of ``y_train``. ``classes``/``n_classes`` as in
+    ``compute_metrics`` (``n_classes`` defaults to ``len(classes)``, or 2 for binary).
+    """
+    metrics_for_task(task)
+    y_raw = np.asarray(y_train)
+    if not len(y_raw):
+        raise DataError("the naive baseline needs training labels, and the training split has no rows")
+    if task == "regression":
+        return {"value": np.full(n_rows, float(np.mean(y_raw.astype(np.float64))))}
+    k = n_classes or (len(classes) if classes is not None else 2)
+    counts = np.bincount(_encode(y_raw, classes, k, "the training labels"), minlength=k).astype(np.float64)
+    prior = counts / counts.sum()
+    label = np.full(n_rows, int(np.argmax(counts)), dtype=np.int64)
+    if task == "binary":
+        return {"probability": np.full(n_rows, prior[1]), "label": label}
+    return {"probabilities": np.tile(prior, (n_rows, 1)), "label": label}
 
 
 def _slice_keys(values: Any) -> np.ndarray:
@@ -339,12 +529,13 @@ def sliced_metrics(
     outputs: Mapping[str, Any],
     slice_values: Mapping[str, Any],
     classes: Sequence[Any] | None = None,
+    threshold: float = 0.5,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Metrics per value of each slice column: ``{column: {str(value): {"rows": n, metric: value, ...}}}``.
 
     ``slice_values`` maps a column name to its values, aligned with ``y_true``; nulls form the slice ``"null"``.
     """
-    scored = _score(task, y_true, outputs, classes)
+    scored = _score(task, y_true, outputs, classes, threshold)
     result: dict[str, dict[str, dict[str, float]]] = {}
     for column, values in slice_values.items():
         keys = _slice_keys(values)
@@ -390,7 +581,9 @@ class EvalResult:
 
     ``metrics[split][name]``, ``rows[split]``, ``slices[column][value] = {"rows": n, name: value}``,
     ``notes["split.metric"]`` says why a metric is nan, and ``test_fingerprint`` identifies the slice split's rows
-    so that two results can be checked to be on the same test set.
+    so that two results can be checked to be on the same test set. ``baseline`` holds the metrics of the naive
+    baseline (``naive_outputs`` fitted on the training split) on the slice split; empty when there was no
+    training split to fit it on.
     """
 
     task: str
@@ -401,6 +594,7 @@ class EvalResult:
     slice_split: str = "test"
     notes: dict[str, str] = field(default_factory=dict)
     test_fingerprint: str | None = None
+    baseline: dict[str, float] = field(default_factory=dict)
 
     def metric(self, name: str, split: str | None = None) -> float:
         """One metric on one split (default: the slice split, i.e. test); ``nan`` if absent."""
@@ -421,6 +615,7 @@ class EvalResult:
             "slice_split": self.slice_split,
             "notes": dict(self.notes),
             "test_fingerprint": self.test_fingerprint,
+            "baseline": clean(self.baseline),
         }
 
     @classmethod
@@ -439,4 +634,5 @@ class EvalResult:
             slice_split=d.get("slice_split", "test"),
             notes=dict(d.get("notes", {})),
             test_fingerprint=d.get("test_fingerprint"),
+            baseline=restore(d.get("baseline") or {}),
         )

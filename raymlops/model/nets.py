@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +21,9 @@ TASKS = ("binary", "multiclass", "regression")
 # Standardized inputs beyond this many standard deviations are corrupt or absurd outliers; the transform only clips
 # to the float32 range, which would overflow the first layer to inf/NaN.
 INPUT_CLAMP = 1e3
-_MLP_KEYS = {"n_numeric", "cardinalities", "embedding_dim", "hidden_sizes", "dropout", "task", "n_classes"}
+_MLP_KEYS = {"n_numeric", "cardinalities", "embedding_dim", "hidden_sizes", "dropout", "task", "n_classes",
+             "target_mean", "target_std"}
+DEFAULT_THRESHOLD = 0.5
 
 
 def set_seed(seed: int) -> None:
@@ -35,6 +38,8 @@ class TabularMLP(nn.Module):
 
     ``forward(x_num float32 [n, k], x_cat int64 [n, m])`` returns ``[n]`` for binary/regression and ``[n, C]``
     for multiclass. Category indices outside ``0..cardinality-1`` are treated as out-of-vocabulary.
+    Regression learns the standardized target: the head's output is scaled back by ``target_std`` and shifted
+    by ``target_mean`` (the training split's), so a target of mean 150 does not take thousands of steps to reach.
     """
 
     def __init__(
@@ -46,6 +51,8 @@ class TabularMLP(nn.Module):
         dropout: float = 0.1,
         task: str = "binary",
         n_classes: int = 2,
+        target_mean: float = 0.0,
+        target_std: float = 1.0,
     ):
         super().__init__()
         if task not in TASKS:
@@ -56,8 +63,12 @@ class TabularMLP(nn.Module):
             raise ConfigError(f"cardinalities must be >= 1 (vocab size + 1 for OOV), got {list(cardinalities)}")
         if n_numeric + len(cardinalities) == 0:
             raise ConfigError("the model has no input features; check data.features")
+        if not (math.isfinite(target_mean) and math.isfinite(target_std) and target_std > 0):
+            raise ConfigError(f"model spec: target_mean {target_mean} / target_std {target_std} must be finite, "
+                              "the std positive; re-train (they come from the training split's label)")
         self.task = task
         self.n_numeric = n_numeric
+        self.target_mean, self.target_std = float(target_mean), float(target_std)
         self.embeddings = nn.ModuleList(nn.Embedding(c, embedding_dim) for c in cardinalities)
         for emb in self.embeddings:
             # OOV starts neutral: an unseen category contributes nothing until training learns a vector for it.
@@ -79,7 +90,25 @@ class TabularMLP(nn.Module):
             x_cat = torch.where((x_cat < 0) | (x_cat >= self._cards), torch.zeros_like(x_cat), x_cat)
             parts += [emb(x_cat[:, i]) for i, emb in enumerate(self.embeddings)]
         out = self.head(self.body(torch.cat(parts, dim=1)))
-        return out if self.task == "multiclass" else out.squeeze(-1)
+        if self.task == "multiclass":
+            return out
+        out = out.squeeze(-1)
+        if self.task == "regression" and (self.target_mean != 0.0 or self.target_std != 1.0):
+            out = out * self.target_std + self.target_mean
+        return out
+
+    @torch.no_grad()
+    def init_output_bias(self, prior: Sequence[float]) -> None:
+        """Start from the class prior instead of 50/50 (binary: its log-odds; multiclass: log-priors).
+
+        The first steps then learn features rather than the base rate, and an imbalanced task does not begin
+        with a loss dominated by the majority class. Classes with no rows keep a zero bias.
+        """
+        p = np.clip(np.asarray(prior, dtype=np.float64), 1e-6, 1 - 1e-6)
+        if self.task == "binary" and len(p) == 2:
+            self.head.bias.fill_(float(np.log(p[1] / p[0])))
+        elif self.task == "multiclass" and len(p) == self.head.bias.numel():
+            self.head.bias.copy_(torch.from_numpy(np.log(p / p.sum())).to(self.head.bias))
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
@@ -129,21 +158,51 @@ def _load_factory(path: str):
     return factory
 
 
-def loss_fn(task: str) -> nn.Module:
-    """Training loss for a task: BCE-with-logits, cross-entropy or MSE."""
+class ScaledMSELoss(nn.Module):
+    """MSE in units of the target's standard deviation (``MSE / std**2``: 1.0 is predicting the mean).
+
+    Keeps the loss, its gradients and the gradient clipping on the same scale whatever the target's units.
+    """
+
+    def __init__(self, target_std: float = 1.0):
+        super().__init__()
+        self.scale = 1.0 / float(target_std) ** 2
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(z, y) * self.scale
+
+
+def balanced_class_weights(counts: Sequence[float]) -> list[float]:
+    """``n / (classes x rows of the class)`` per class (scikit-learn's "balanced"); 1.0 for a class with no rows."""
+    c = np.asarray(counts, dtype=np.float64)
+    n, k = c.sum(), len(c)
+    return [float(n / (k * x)) if x > 0 else 1.0 for x in c]
+
+
+def loss_fn(task: str, class_weights: Sequence[float] | None = None, target_std: float = 1.0) -> nn.Module:
+    """Training loss for a task: BCE-with-logits, cross-entropy or MSE (scaled by ``target_std``).
+
+    ``class_weights`` (one per class) weigh classification rows: binary uses their ratio as ``pos_weight``.
+    """
     if task == "binary":
-        return nn.BCEWithLogitsLoss()
+        if class_weights is None:
+            return nn.BCEWithLogitsLoss()
+        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor([class_weights[1] / class_weights[0]]))
     if task == "multiclass":
-        return nn.CrossEntropyLoss()
+        weight = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
+        return nn.CrossEntropyLoss(weight=weight)
     if task == "regression":
-        return nn.MSELoss()
+        return ScaledMSELoss(target_std) if target_std != 1.0 else nn.MSELoss()
     raise ConfigError(f"task {task!r} is unknown; use one of {list(TASKS)} (data.task)")
 
 
-def predict_outputs(task: str, logits: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+def predict_outputs(
+    task: str, logits: torch.Tensor | np.ndarray, threshold: float = DEFAULT_THRESHOLD
+) -> dict[str, np.ndarray]:
     """Map model logits to predictions.
 
-    binary: ``probability`` float [n] (of class index 1) and ``label`` int64 [n];
+    binary: ``probability`` float [n] (of class index 1) and ``label`` int64 [n], 1 where the probability is at
+    least ``threshold`` (the package's, chosen on validation; 0.5 for packages that have none);
     multiclass: ``probabilities`` float [n, C] and ``label`` int64 [n] (index into the label classes);
     regression: ``value`` float [n].
     """
@@ -154,7 +213,7 @@ def predict_outputs(task: str, logits: torch.Tensor | np.ndarray) -> dict[str, n
         # Two branches keep exp() from overflowing for large |z|.
         e = np.exp(-np.abs(z))
         p = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        return {"probability": p, "label": (p >= 0.5).astype(np.int64)}
+        return {"probability": p, "label": (p >= threshold).astype(np.int64)}
     if task == "multiclass":
         z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)

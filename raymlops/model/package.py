@@ -95,7 +95,8 @@ class LoadedModel:
         x_cat = torch.from_numpy(np.ascontiguousarray(arrays["x_cat"], dtype=np.int64))
         with torch.no_grad():
             logits = self.model(x_num, x_cat)
-        return predict_outputs(self.transform.task, logits)
+        # The binary decision threshold chosen at evaluation (signature.json); 0.5 for packages written before it.
+        return predict_outputs(self.transform.task, logits, threshold=float(self.signature.get("threshold") or 0.5))
 
 
 # ------------------------------------------------------------------------------------------------- save

@@ -1,5 +1,10 @@
 """Training loop: one epoch function shared by Ray Train workers (TorchTrainer, DDP) and a single-process variant.
 
+Before the first epoch a census pass over the training batches counts rows, batches and classes (or the target's
+mean and spread), all-reduced over the ranks. It sizes the learning-rate schedule (``train.lr_schedule`` over the
+whole epoch budget, set per optimiser step), the class weights (``train.class_weight``), the built-in MLP's
+starting output bias (the class prior) and its regression target scaling, identically in every runner.
+
 Checkpoints are a directory per epoch holding safetensors files and ``state.json`` (nothing is pickled):
 ``weights.safetensors`` (best weights so far, what goes forward), ``last.safetensors`` and
 ``optimizer.safetensors`` (to resume), ``state.json`` (epoch, history, early-stopping state, model spec, params).
@@ -25,7 +30,7 @@ from torch import nn
 from raymlops import storage
 from raymlops.config import Config, TrainConfig
 from raymlops.errors import ConfigError, DataError, RaymlopsError
-from raymlops.model.nets import build_model, loss_fn, set_seed
+from raymlops.model.nets import TabularMLP, balanced_class_weights, build_model, loss_fn, set_seed
 
 _GRAD_CLIP_NORM = 5.0  # keeps one outlier batch from blowing up the weights (extreme standardized inputs)
 _DATA_CPUS = 0.25  # Ray Data read/transform tasks must not starve the training workers on small machines
@@ -77,6 +82,37 @@ def make_model_spec(train: TrainConfig, transform: Any) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------------ learning-rate schedule
+_ONECYCLE_PEAK = 0.3  # share of the steps spent rising (torch's OneCycleLR default pct_start)
+_ONECYCLE_START = 1 / 25  # OneCycleLR's div_factor
+_ONECYCLE_END = _ONECYCLE_START / 1e4  # OneCycleLR's final_div_factor
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, warmup_pct: float = 5.0) -> float:
+    """Multiplier of ``train.learning_rate`` at optimiser step ``step`` (0-based) of ``total_steps``.
+
+    ``cosine``: linear warm-up over ``warmup_pct`` % of the steps, then cosine decay towards 0;
+    ``onecycle``: cosine rise from lr/25 to lr over 30 % of the steps, then cosine anneal to lr/250000;
+    ``constant``: 1. Steps past ``total_steps`` (an uneven last shard) stay at the final value.
+    """
+    if schedule == "constant" or total_steps <= 0:
+        return 1.0
+    step = min(max(step, 0), total_steps - 1)
+    if schedule == "onecycle":
+        rise = max(1, round(_ONECYCLE_PEAK * total_steps))
+        if step < rise:
+            return _ONECYCLE_START + (1 - _ONECYCLE_START) * (1 - math.cos(math.pi * step / rise)) / 2
+        q = (step - rise) / max(1, total_steps - 1 - rise)
+        return _ONECYCLE_END + (1 - _ONECYCLE_END) * (1 + math.cos(math.pi * q)) / 2
+    if schedule != "cosine":
+        raise ConfigError(f"train.lr_schedule {schedule!r} is unknown; use cosine, onecycle or constant")
+    warm = round(warmup_pct / 100 * total_steps)
+    if step < warm:
+        return (step + 1) / warm
+    q = (step - warm) / max(1, total_steps - warm)
+    return (1 + math.cos(math.pi * q)) / 2
+
+
 # ----------------------------------------------------------------------------------------- the shared loop
 @dataclass
 class _State:
@@ -87,12 +123,46 @@ class _State:
     stopped: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     best_weights: dict[str, torch.Tensor] | None = None
+    spec: dict[str, Any] = field(default_factory=dict)  # the model spec as trained (with target scaling)
+
+
+@dataclass(frozen=True)
+class Census:
+    """What one pass over the training batches found, summed over the ranks."""
+
+    rows: int
+    steps_per_epoch: int  # optimiser steps of one rank in one epoch
+    class_counts: list[float]  # classification: rows per class index; regression: empty
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+
+def take_census(batches: Iterable[dict], task: str, n_classes: int, io: Any) -> Census:
+    """Count rows, batches and classes (or the target's mean and std) of the training split on every rank."""
+    rows, steps, total, total_sq = 0, 0, 0.0, 0.0
+    counts = np.zeros(n_classes if task != "regression" else 0)
+    for b in batches:
+        y = b["y"].detach().cpu().numpy()
+        rows, steps = rows + len(y), steps + 1
+        if task == "regression":
+            y = y.astype(np.float64)
+            total, total_sq = total + float(y.sum()), total_sq + float(np.square(y).sum())
+        else:
+            counts += np.bincount(y.astype(np.int64).reshape(-1), minlength=n_classes)[:n_classes]
+    world = getattr(io, "world", 1)
+    reduced = io.all_reduce([rows, steps, total, total_sq, *counts.tolist()])
+    rows, steps, total, total_sq = int(reduced[0]), reduced[1], reduced[2], reduced[3]
+    mean = total / rows if rows else 0.0
+    std = math.sqrt(max(total_sq / rows - mean * mean, 0.0)) if rows else 1.0
+    return Census(rows, max(1, math.ceil(steps / world)), [float(c) for c in reduced[4:]],
+                  mean, std if std > 1e-12 else 1.0)
 
 
 class _LocalIO:
     """Single process: no DDP; optional checkpoints in a local directory (resumes from the latest one)."""
 
     device = torch.device("cpu")
+    world = 1
 
     def __init__(self, progress: Callable[[dict], None] | None, checkpoint_dir: str | None):
         self.progress, self.dir, self.latest = progress, checkpoint_dir, None
@@ -148,12 +218,15 @@ def _target(y: torch.Tensor, task: str) -> torch.Tensor:
     return y.long() if task == "multiclass" else y.float()
 
 
-def run_epoch(model, batches, criterion, optimizer, task, device) -> tuple[float, int]:
-    """One training pass; returns (sum of per-row loss, rows)."""
+def run_epoch(model, batches, criterion, optimizer, task, device,
+              set_lr: Callable[[int], None] | None = None) -> tuple[float, int]:
+    """One training pass; returns (sum of per-row loss, rows). ``set_lr(i)`` runs before the i-th step."""
     model.train()
     total, n = 0.0, 0
-    for b in batches:
+    for i, b in enumerate(batches):
         x_num, x_cat, y = (b[k].to(device) for k in ("x_num", "x_cat", "y"))
+        if set_lr is not None:
+            set_lr(i)
         optimizer.zero_grad(set_to_none=True)
         loss = criterion(model(x_num, x_cat), _target(y, task))
         loss.backward()
@@ -188,25 +261,44 @@ def fit_loop(train: TrainConfig, spec: dict, batches: Callable[[str, int], Itera
     ``prepare(model)``, ``all_reduce(values)``, ``report(metrics, save)``; see ``_LocalIO``).
     """
     task = spec["task"]
+    census = take_census(batches("train", 0), task, int(spec.get("n_classes", 2)) if task != "regression" else 0,
+                         io)
+    builtin = spec.get("model", "mlp") == "mlp"
+    if builtin and task == "regression":
+        # The built-in MLP learns the standardized target (a user's factory gets the spec it always got).
+        spec = {**spec, "target_mean": census.target_mean, "target_std": census.target_std}
+    balanced = train.class_weight == "balanced" and task != "regression"
+    weights = balanced_class_weights(census.class_counts) if balanced else None
     set_seed(train.seed)
     model = build_model(spec)
+    if isinstance(model, TabularMLP) and task != "regression" and census.rows:
+        # Balanced weights make the classes equally likely to the loss: the neutral bias is then the right start.
+        model.init_output_bias([1.0] * len(census.class_counts) if weights else census.class_counts)
     restored = io.restore()
-    state = _State()
+    state = _State(spec=spec)
     if restored is not None:
         meta, tensors = restored
         model.load_state_dict(tensors["last"])
         state = _State(**{k: meta[k] for k in ("epoch", "best_epoch", "best_val_loss", "bad_epochs", "stopped")},
-                       history=meta["history"], best_weights=tensors["weights"])
+                       history=meta["history"], best_weights=tensors["weights"], spec=spec)
     model = io.prepare(model)
     optimizer = _optimizer(train, model)
     if restored is not None:
         optimizer.load_state_dict(_unflatten_optimizer(restored[1]["optimizer"], restored[0]["optimizer"]))
-    criterion = loss_fn(task)
+    criterion = loss_fn(task, weights, spec.get("target_std", 1.0) if builtin else 1.0).to(io.device)
+    total_steps = train.epochs * census.steps_per_epoch
     while state.epoch < train.epochs and not state.stopped:
         epoch = state.epoch + 1
         set_seed(train.seed + epoch)  # dropout masks do not depend on whether the run was resumed
         t0 = time.perf_counter()
-        tr_sum, tr_n = run_epoch(model, batches("train", epoch), criterion, optimizer, task, io.device)
+        first = (epoch - 1) * census.steps_per_epoch
+
+        def set_lr(i: int, first: int = first) -> None:
+            lr = train.learning_rate * lr_factor(train.lr_schedule, first + i, total_steps, train.warmup_pct)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+        tr_sum, tr_n = run_epoch(model, batches("train", epoch), criterion, optimizer, task, io.device, set_lr)
         # The bare module: evaluation needs no DDP collectives, so ranks cannot wait on each other here.
         va_sum, va_n, va_ok = evaluate(_unwrap(model), batches("validation", epoch), criterion, task, io.device)
         tr_sum, tr_n, va_sum, va_n, va_ok = io.all_reduce([tr_sum, tr_n, va_sum, va_n, va_ok])
@@ -219,6 +311,7 @@ def fit_loop(train: TrainConfig, spec: dict, batches: Callable[[str, int], Itera
         if not math.isfinite(metrics["val_loss"]):
             raise RaymlopsError(f"training diverged at epoch {epoch} (val_loss={metrics['val_loss']}); "
                                 "lower train.learning_rate or check the inputs")
+        metrics["lr"] = optimizer.param_groups[0]["lr"]  # at the epoch's last step
         metrics["epoch_time_s"] = time.perf_counter() - t0
         state.epoch = epoch
         if metrics["val_loss"] < state.best_val_loss:
@@ -228,7 +321,7 @@ def fit_loop(train: TrainConfig, spec: dict, batches: Callable[[str, int], Itera
             state.bad_epochs += 1
         state.stopped = 0 < train.early_stopping_patience <= state.bad_epochs
         state.history.append(metrics)
-        io.report(metrics, lambda d: _save_checkpoint(d, state, model, optimizer, spec, train))
+        io.report(metrics, lambda d: _save_checkpoint(d, state, model, optimizer, state.spec, train))
     return state
 
 
@@ -340,7 +433,7 @@ def train_local(
     t0 = time.perf_counter()
     state = fit_loop(tc, spec, batches, io)
     return TrainResult(
-        model_spec=spec,
+        model_spec=state.spec,
         state_dict={k: v.numpy() for k, v in (state.best_weights or {}).items()},
         history=state.history,
         best_epoch=state.best_epoch,

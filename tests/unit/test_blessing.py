@@ -144,12 +144,14 @@ def test_policy_validates_metric_names_and_task():
 
 def test_policy_from_config_like_object():
     cfg = SimpleNamespace(primary_metric="rmse", min_primary=None, min_delta_vs_champion=0.1, max_slice_drop=1.0,
-                          min_slice_rows=10, max_package_mb=50.0, max_load_memory_mb=512.0)
-    assert GatePolicy.from_config(cfg) == GatePolicy("rmse", None, 0.1, 1.0, 10, 50.0, 512.0)
+                          min_slice_rows=10, max_package_mb=50.0, max_load_memory_mb=512.0,
+                          min_delta_vs_baseline=0.5)
+    assert GatePolicy.from_config(cfg) == GatePolicy("rmse", None, 0.1, 1.0, 10, 50.0, 512.0, 0.5)
     from raymlops.config import load_config
 
     defaults = GatePolicy.from_config(load_config().evaluation)
     assert defaults.primary_metric == "roc_auc" and defaults.min_slice_rows == 50
+    assert defaults.min_delta_vs_baseline == 0.0
 
 
 def test_decision_round_trips_through_json_and_accepts_dicts():
@@ -158,3 +160,45 @@ def test_decision_round_trips_through_json_and_accepts_dicts():
     back = BlessingDecision.from_dict(doc)
     assert back.blessed is False and back.summary() == d.summary()
     assert [g.name for g in back.gates] == [g.name for g in d.gates]
+
+
+# ------------------------------------------------------------------------------------------ naive baseline
+def with_baseline(r: EvalResult, **baseline: float) -> EvalResult:
+    r.baseline = dict(baseline)
+    return r
+
+
+def test_model_that_only_ties_the_naive_baseline_is_refused_naming_it():
+    # A model that says "no churn" with the prior for everyone: AUC 0.5, exactly the baseline's.
+    d = bless(with_baseline(result(0.5), roc_auc=0.5), None, GOOD_INFRA, GatePolicy(min_primary=None))
+    g = gate(d, "vs_baseline")
+    assert not d.blessed and g.verdict == "fail" and g.observed == 0.0
+    assert "naive baseline (the training class prior (majority class)) 0.5000" in g.reason
+    assert "does not beat the naive baseline" in d.summary()
+
+
+def test_model_better_than_the_baseline_by_more_than_the_delta_passes():
+    d = bless(with_baseline(result(0.8), roc_auc=0.5), None, GOOD_INFRA, POLICY)
+    assert d.blessed and gate(d, "vs_baseline").verdict == "pass"
+    assert gate(d, "vs_baseline").observed == pytest.approx(0.3)
+    strict = GatePolicy(min_delta_vs_baseline=0.3)
+    assert not bless(with_baseline(result(0.8), roc_auc=0.5), None, None, strict).blessed  # 0.3 is not more
+    assert bless(with_baseline(result(0.81), roc_auc=0.5), None, None, strict).blessed
+
+
+def test_baseline_gate_is_direction_aware_for_errors():
+    policy = GatePolicy(primary_metric="log_loss", min_primary=None)
+    worse = with_baseline(result(0.8), log_loss=0.35)  # the model's log_loss is 0.4: worse than the prior's
+    g = gate(bless(worse, None, None, policy), "vs_baseline")
+    assert g.verdict == "fail" and g.observed == pytest.approx(-0.05)
+    better = with_baseline(result(0.8), log_loss=0.55)
+    assert gate(bless(better, None, None, policy), "vs_baseline").verdict == "pass"
+
+
+def test_baseline_gate_skips_when_absent_undefined_or_disabled():
+    assert gate(bless(result(0.8), None, None, POLICY), "vs_baseline").verdict == "skip"  # nothing recorded
+    undefined = with_baseline(result(0.8), roc_auc=math.nan)
+    assert "undefined" in gate(bless(undefined, None, None, POLICY), "vs_baseline").reason
+    off = GatePolicy(min_delta_vs_baseline=None)
+    g = gate(bless(with_baseline(result(0.5), roc_auc=0.5), None, None, off), "vs_baseline")
+    assert g.verdict == "skip" and "disabled" in g.reason

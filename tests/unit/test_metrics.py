@@ -1,4 +1,4 @@
-"""Metrics against hand computations and scipy (scikit-learn is not installed: its definitions are re-derived)."""
+"""Metrics against hand computations, scipy and scikit-learn (every metric is checked against scikit-learn)."""
 
 from __future__ import annotations
 
@@ -228,3 +228,159 @@ def test_eval_result_round_trips_through_json():
     back = M.EvalResult.from_dict(doc)
     assert math.isnan(back.metric("roc_auc")) and back.metric("accuracy") == 0.5
     assert back.slices == result.slices and back.test_fingerprint == "abc" and back.notes == result.notes
+
+
+# ---------------------------------------------------------------------------------- against scikit-learn
+def _binary_case(seed: int, n: int, ties: bool):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]  # both classes present
+    p = np.clip(0.35 * y + 0.65 * rng.random(n), 0, 1)
+    if ties:
+        p = np.round(p * 5) / 5  # few distinct values: ties everywhere on the curves
+    return y, p
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 120), st.booleans(), st.floats(0.05, 0.95))
+def test_binary_metrics_match_sklearn(seed, n, ties, threshold):
+    sk = pytest.importorskip("sklearn.metrics")
+    y, p = _binary_case(seed, n, ties)
+    pred = (p >= threshold).astype(int)
+    values = M.compute_metrics("binary", y, {"probability": p}, threshold=threshold)
+    expected = {
+        "roc_auc": sk.roc_auc_score(y, p),
+        "pr_auc": sk.average_precision_score(y, p),
+        "accuracy": sk.accuracy_score(y, pred),
+        "f1": sk.f1_score(y, pred, zero_division=0),
+        "precision": sk.precision_score(y, pred, zero_division=0),
+        "recall": sk.recall_score(y, pred, zero_division=0),
+        "log_loss": sk.log_loss(y, np.clip(p, 1e-15, 1 - 1e-15)),
+        "brier": sk.brier_score_loss(y, p),
+    }
+    assert set(values) == set(expected) == set(M.metrics_for_task("binary"))
+    for name, value in expected.items():
+        assert values[name] == pytest.approx(value, abs=1e-12), name
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.integers(6, 120), st.integers(3, 5), st.booleans())
+def test_multiclass_metrics_match_sklearn(seed, n, k, ties):
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    y[:k] = np.arange(k)  # every class present (scikit-learn's macro AUC and AP require it)
+    logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]
+    if ties:
+        logits = np.round(logits)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    pred = probs.argmax(axis=1)
+    values = M.compute_metrics("multiclass", y, {"probabilities": probs})
+    expected = {
+        "roc_auc": sk.roc_auc_score(y, probs, multi_class="ovr", average="macro"),
+        "pr_auc": sk.average_precision_score(y, probs, average="macro"),
+        "accuracy": sk.accuracy_score(y, pred),
+        "f1": sk.f1_score(y, pred, average="macro", zero_division=0),
+        "precision": sk.precision_score(y, pred, average="macro", zero_division=0),
+        "recall": sk.recall_score(y, pred, average="macro", zero_division=0),
+        "log_loss": sk.log_loss(y, probs, labels=list(range(k))),
+        "brier": sk.brier_score_loss(y, probs, labels=list(range(k))),
+    }
+    assert set(values) == set(expected) == set(M.metrics_for_task("multiclass"))
+    for name, value in expected.items():
+        assert values[name] == pytest.approx(value, abs=1e-9), name
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 80))
+def test_regression_metrics_match_sklearn(seed, n):
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(seed)
+    y = rng.normal(50, 20, n)
+    pred = y + rng.normal(0, 5, n)
+    values = M.compute_metrics("regression", y, {"value": pred})
+    assert values["rmse"] == pytest.approx(sk.root_mean_squared_error(y, pred))
+    assert values["mae"] == pytest.approx(sk.mean_absolute_error(y, pred))
+    assert values["r2"] == pytest.approx(sk.r2_score(y, pred))
+
+
+def test_pr_auc_without_positives_is_nan_with_a_reason():
+    values, notes = M.explain_metrics("binary", np.zeros(5, dtype=int), {"probability": np.linspace(0, 1, 5)})
+    assert math.isnan(values["pr_auc"]) and "no positive" in notes["pr_auc"]
+    assert values["precision"] == 0.0 and values["recall"] == 0.0  # scikit-learn's zero_division=0
+
+
+def test_brier_and_log_loss_are_lower_is_better():
+    assert M.metric_direction("brier") == "min"
+    assert {M.metric_direction(m) for m in ("pr_auc", "precision", "recall")} == {"max"}
+
+
+def test_threshold_decides_labels_only_when_the_outputs_have_none():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.3, 0.35, 0.9])
+    assert M.compute_metrics("binary", y, {"probability": p})["recall"] == 0.5
+    assert M.compute_metrics("binary", y, {"probability": p}, threshold=0.32)["recall"] == 1.0
+    with_label = {"probability": p, "label": np.array([0, 0, 0, 1])}
+    assert M.compute_metrics("binary", y, with_label, threshold=0.32)["recall"] == 0.5
+
+
+# ------------------------------------------------------------------------------------- threshold choice
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 150), st.booleans(), st.sampled_from(M.THRESHOLD_OBJECTIVES))
+def test_chosen_threshold_is_optimal_among_all_cuts(seed, n, ties, objective):
+    sk = pytest.importorskip("sklearn.metrics")
+    y, p = _binary_case(seed, n, ties)
+
+    def score(t: float) -> float:
+        pred = (p >= t).astype(int)
+        if objective == "f1":
+            return sk.f1_score(y, pred, zero_division=0)
+        if objective == "youden":
+            return sk.balanced_accuracy_score(y, pred) * 2 - 1
+        return sk.accuracy_score(y, pred)
+
+    choice = M.choose_threshold(y, p, objective)
+    assert 0 < choice.threshold < 1 and choice.rows == n and choice.objective == objective
+    best = max(score(t) for t in np.unique(p))  # every distinct cut "p >= t" (t at a score)
+    assert score(choice.threshold) == pytest.approx(best, abs=1e-12)
+    assert choice.value == pytest.approx(best, abs=1e-12)
+
+
+def test_threshold_is_a_midpoint_and_finds_the_minority_class():
+    y = np.array([0] * 8 + [1] * 2)
+    p = np.array([0.05, 0.1, 0.1, 0.12, 0.15, 0.18, 0.2, 0.22, 0.3, 0.4])  # positives score highest, all < 0.5
+    choice = M.choose_threshold(y, p)
+    assert choice.threshold == pytest.approx((0.3 + 0.22) / 2) and choice.value == 1.0
+    assert M.f1(y, p >= 0.5) == 0.0  # the default threshold would never predict the positive class
+
+
+def test_threshold_falls_back_to_half_without_two_classes():
+    for y, p in ((np.ones(4), np.linspace(0.1, 0.9, 4)), (np.array([]), np.array([]))):
+        choice = M.choose_threshold(y, p)
+        assert choice.threshold == 0.5 and math.isnan(choice.value) and "0.5" in choice.note
+    with pytest.raises(ValueError, match="youden"):
+        M.choose_threshold(np.array([0, 1]), np.array([0.2, 0.8]), "auc")
+
+
+# ---------------------------------------------------------------------------------------- naive baseline
+def test_naive_outputs_predict_the_training_prior_and_mean():
+    out = M.naive_outputs("binary", np.array([0, 0, 0, 1]), 3)
+    assert out["probability"].tolist() == [0.25] * 3 and out["label"].tolist() == [0, 0, 0]
+    multi = M.naive_outputs("multiclass", np.array(["b", "c", "c", "a", "c"]), 2, classes=["a", "b", "c"])
+    assert np.allclose(multi["probabilities"], [[0.2, 0.2, 0.6]] * 2) and multi["label"].tolist() == [2, 2]
+    assert M.naive_outputs("regression", np.array([1.0, 2.0, 6.0]), 2)["value"].tolist() == [3.0, 3.0]
+    values = M.compute_metrics("binary", np.array([0, 1, 0, 1]), M.naive_outputs("binary", np.array([0, 0, 1]), 4))
+    assert values["roc_auc"] == 0.5 and values["f1"] == 0.0 and values["accuracy"] == 0.5
+    with pytest.raises(DataError, match="training split has no rows"):
+        M.naive_outputs("binary", np.array([]), 3)
+    assert "mean" in M.naive_name("regression") and "majority" in M.naive_name("binary")
+
+
+def test_eval_result_round_trips_its_baseline_and_reads_old_documents():
+    result = M.EvalResult("binary", "y", {"test": {"roc_auc": 0.8}}, {"test": 4},
+                          baseline={"roc_auc": 0.5, "log_loss": math.nan})
+    back = M.EvalResult.from_dict(json.loads(json.dumps(result.to_dict(), allow_nan=False)))
+    assert back.baseline["roc_auc"] == 0.5 and math.isnan(back.baseline["log_loss"])
+    old = result.to_dict()
+    del old["baseline"]
+    assert M.EvalResult.from_dict(old).baseline == {}

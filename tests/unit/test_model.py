@@ -209,7 +209,13 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, optimizer
     c = cfg(f"train.optimizer={optimizer}", "train.dropout=0.2", "train.early_stopping_patience=0")
     full = train_local(c, SPEC, train, val, params={"epochs": 4})
     ckpt = str(tmp_path / "ckpt")
-    train_local(c, SPEC, train, val, params={"epochs": 2}, checkpoint_dir=ckpt)  # "crashes" after epoch 2
+
+    def crash_after_epoch_2(metrics: dict) -> None:
+        if metrics["epoch"] == 2:
+            raise KeyboardInterrupt("crash")
+
+    with pytest.raises(KeyboardInterrupt):  # the same 4-epoch run (same schedule), killed after epoch 2
+        train_local(c, SPEC, train, val, params={"epochs": 4}, checkpoint_dir=ckpt, progress=crash_after_epoch_2)
     resumed = train_local(c, SPEC, train, val, params={"epochs": 4}, checkpoint_dir=ckpt)
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [f"epoch_000{i}" for i in range(1, 5)]
