@@ -10,6 +10,9 @@ keeps so that a kill at any point loses nothing:
   made stale by a later transition cannot undo it, and a restart re-asserts the split;
 * promotions and rollbacks stay in progress until the port call returned (``Applied``), so a restart redoes them,
   and the registry's promote converges when repeated;
+* data that validation stopped stays parked (``raymlops.control.blocking``): while it is, each trigger poll asks the
+  ``schemas`` port which schema version is in force and lists the landing files, and the state machine decides
+  whether to retry it;
 * pre-exposure tests run on a worker thread, outside the lock (they take seconds: a preview app and a load test),
   so status and commands answer meanwhile; their result is collected by a later ``tick``, and a restart in the
   ``testing`` phase runs them again.
@@ -23,15 +26,17 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from raymlops.control.blocking import DataBlock
 from raymlops.control.canary import CanaryPolicy, WindowStats, analysis_due, analyze
 from raymlops.control.state import (
     Action,
     Applied,
     CanaryAnalysis,
     ControllerState,
+    DataChecked,
     Event,
     ExposureTested,
     LogEntry,
@@ -53,11 +58,13 @@ from raymlops.control.statefile import Saved
 from raymlops.control.triggers import QualitySignal, TriggerContext, TriggerPolicy, evaluate_triggers
 from raymlops.core.drift import DriftResult
 
-__all__ = ["DECISION_KINDS", "Controller", "MonitorSignal", "Ports", "RunOutcome"]
+__all__ = ["DATA_VALIDATION", "DECISION_KINDS", "Controller", "MonitorSignal", "Ports", "RunOutcome", "Schemas"]
 
 # Events that decide a version's fate: recorded with that version in the registry (its lineage).
 DECISION_KINDS = ("canary_started", "canary_advanced", "canary_check_failed", "awaiting_approval", "promoting",
                   "promoted", "rolling_back", "rolled_back")
+# ``RunOutcome.blocked_by`` of a run that data validation stopped (the gate whose STOP parks the data).
+DATA_VALIDATION = "data_validation"
 _TIMELINE_POINTS = 500
 _MONITOR_HISTORY = 50
 
@@ -65,13 +72,19 @@ _MONITOR_HISTORY = 50
 # ------------------------------------------------------------------------------------------------- ports
 @dataclass(frozen=True)
 class RunOutcome:
-    """How a pipeline run ended (``status``: completed | blocked | failed)."""
+    """How a pipeline run ended (``status``: completed | blocked | failed).
+
+    ``blocked_by`` names the gate of a blocked run when it is data validation (``DATA_VALIDATION``), with the
+    validation report in ``report_uri``; a model that was not blessed is blocked with both None.
+    """
 
     run_id: str
     status: str
     version: str | None = None
     error: str | None = None
     impl: str | None = None  # digest of the pipeline implementation that ran (None: the installed code)
+    blocked_by: str | None = None
+    report_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,11 @@ class Exposure(Protocol):
     def test(self, version: str, champion: str | None) -> ExposureTested: ...
 
 
+class Schemas(Protocol):
+    def version(self) -> int | None: ...  # the schema version validation uses now (None: none frozen yet)
+    def blocked(self, report_uri: str | None) -> DataBlock: ...  # a STOP report's anomalies and the fix commands
+
+
 class Delivery(Protocol):
     def run_finished(self, outcome: RunOutcome) -> list[tuple[str, str]]: ...  # (kind, message) to log
 
@@ -140,6 +158,7 @@ class Ports:
     monitor: Monitor | None = None
     exposure: Exposure | None = None
     pipelines: Delivery | None = None
+    schemas: Schemas | None = None
 
 
 # ------------------------------------------------------------------------------------------------- shell
@@ -192,7 +211,9 @@ class Controller:
             self._collect_monitor()
             if on_demand or now - self._last_trigger_at >= self.trigger_interval_s:
                 self._last_trigger_at = now
-                self._evaluate_triggers(now, on_demand)
+                files = self.ports.observer.files()
+                self._check_blocked(files)  # first: a retry it starts serves the triggers that fire with it
+                self._evaluate_triggers(now, on_demand, files)
             self._analyse(now)
             self._maybe_monitor(now)
 
@@ -219,6 +240,7 @@ class Controller:
                 "champion": s.champion, "previous": s.previous, "paused": s.paused,
                 "run": s.run.to_dict() if s.run else None, "queue": [t.to_dict() for t in s.queue],
                 "rollout": s.rollout.to_dict(), "pending_canary": s.pending_canary, "weights": s.weights(),
+                "blocked": s.blocked.to_dict() if s.blocked else None,
                 "monitor": self.monitor_history[-1] if self.monitor_history else None,
                 "last_event": vars(s.events[-1]) if s.events else None,
             }
@@ -299,10 +321,38 @@ class Controller:
         outcome = self.ports.runner.poll(run.run_id)
         if outcome is None:
             return
-        self._handle(RunFinished(outcome.run_id, outcome.status, outcome.version, outcome.error))
+        block = self._data_block(outcome) if outcome.status == "blocked" and outcome.blocked_by == DATA_VALIDATION \
+            else None
+        self._handle(RunFinished(outcome.run_id, outcome.status, outcome.version, outcome.error, block))
         if self.ports.pipelines is not None:
             for kind, message in self.ports.pipelines.run_finished(outcome):
                 self._handle(Observed(kind, message, {"impl": outcome.impl}))
+
+    def _data_block(self, outcome: RunOutcome) -> DataBlock:
+        # The block must be recorded even when its report cannot be read: the message then says why.
+        block = DataBlock(outcome.report_uri, note=None if outcome.report_uri else "the run left no report")
+        if self.ports.schemas is not None:
+            try:
+                block = self.ports.schemas.blocked(outcome.report_uri)
+            except Exception as err:  # noqa: BLE001 - reported in the blocked event
+                block = replace(block, note=f"report {outcome.report_uri} unreadable: {type(err).__name__}: {err}")
+                self.say(f"warning: {block.note}")
+        if block.schema_version is None:
+            block = replace(block, schema_version=self._schema_version())
+        return replace(block, files=self.ports.observer.files())
+
+    def _schema_version(self) -> int | None:
+        if self.ports.schemas is None:
+            return None
+        try:
+            return self.ports.schemas.version()
+        except Exception as err:  # noqa: BLE001 - unknown this poll; the next poll asks again
+            self.say(f"warning: the schema version in force could not be read: {type(err).__name__}: {err}")
+            return None
+
+    def _check_blocked(self, files: frozenset[str] | None) -> None:
+        if self.state.blocked is not None:
+            self._handle(DataChecked(self._schema_version(), files))
 
     def _collect_exposure(self) -> None:
         if self._exposure is None or not self._exposure[1].done():
@@ -316,11 +366,11 @@ class Controller:
                                                      f"{err}",))
         self._handle(result)  # ignored by the state machine if that version is no longer being tested
 
-    def _evaluate_triggers(self, now: float, on_demand: Sequence[str]) -> None:
+    def _evaluate_triggers(self, now: float, on_demand: Sequence[str], files: frozenset[str] | None) -> None:
         sig = self._signal
         current = sig is not None and sig.champion == self.state.champion and sig.champion is not None
         ctx = TriggerContext(
-            self.triggers, on_demand=tuple(on_demand), files=self.ports.observer.files(),
+            self.triggers, on_demand=tuple(on_demand), files=files,
             drift=sig.drift if current else None, drift_reference=sig.drift_reference if current else "",
             quality=sig.quality if current else None,
         )

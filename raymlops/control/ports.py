@@ -1,5 +1,5 @@
 """The real ports of the controller shell: state file, pipeline runs as Ray tasks, Ray Serve, the MLflow registry,
-the prediction and feedback logs, the monitor task and a webhook. Each is small; the logic lives in
+the prediction and feedback logs, the monitor task, a webhook and the schema versions. Each is small; the logic lives in
 ``raymlops.control.controller`` and the pure modules beside it.
 """
 
@@ -16,11 +16,12 @@ from typing import Any
 
 from raymlops import storage
 from raymlops.config import Config
+from raymlops.control.blocking import DataBlock
 from raymlops.control.canary import WindowStats, window_stats
-from raymlops.control.controller import MonitorSignal, Ports, RunOutcome
+from raymlops.control.controller import DATA_VALIDATION, MonitorSignal, Ports, RunOutcome
 from raymlops.control.state import ExposureTested, LogEntry
 from raymlops.control.statefile import FileStateStore, controller_dir, state_uri
-from raymlops.errors import DataError
+from raymlops.errors import DataError, DataValidationError
 
 __all__ = ["build_ports"]
 
@@ -48,8 +49,20 @@ def run_pipeline_task(cfg_doc: dict[str, Any], run_id: str, resume: bool) -> dic
 
     result = fn(cfg, run_id=None if resume else run_id, resume_run_id=run_id if resume else None, progress=progress)
     version = getattr(result, "version", None)
+    gate = _gate_error(result)
     return {"run_id": str(result.run_id), "status": str(result.status),
-            "version": None if version is None else str(version), "error": getattr(result, "error", None)}
+            "version": None if version is None else str(version), "error": getattr(result, "error", None),
+            "blocked_by": DATA_VALIDATION if isinstance(gate, DataValidationError) else None,
+            "report_uri": getattr(gate, "report_uri", None)}
+
+
+def _gate_error(result: Any) -> BaseException | None:
+    # A CTResult keeps the pipeline's result in .pipeline, a PipelineResult is one: the exception that stopped the
+    # run is read here, in the task, because its report URI does not survive the trip as text.
+    exc = getattr(result, "exception", None)
+    if exc is None:
+        exc = getattr(getattr(result, "pipeline", None), "exception", None)
+    return exc if isinstance(exc, BaseException) else None
 
 
 class RayRunner:
@@ -255,6 +268,33 @@ class WebhookNotifier:
                     time.sleep(0.5 * (attempt + 1))
 
 
+# ------------------------------------------------------------------------------------------ schema versions
+class SchemaPort:
+    """The schema version in force, and what a STOP report says, for the controller's parked data."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def version(self) -> int | None:
+        from raymlops.data.schemas import latest_schema_version
+
+        return latest_schema_version(self.cfg)
+
+    def blocked(self, report_uri: str | None) -> DataBlock:
+        from raymlops.data.schemas import accept_hint
+
+        if report_uri is None:
+            return DataBlock(None, self.version(), note="the run left no validation report")
+        doc = json.loads(storage.read_text(report_uri))
+        anomalies = [a for a in doc.get("anomalies", []) if isinstance(a, dict)]
+        version = doc.get("schema_version")
+        accept = accept_hint(report_uri)
+        # Review first: `schema diff` takes the same arguments as the accept command that owns their syntax.
+        diff = accept.replace("raymlops schema accept ", "raymlops schema diff ", 1)
+        return DataBlock(report_uri, int(version) if version is not None else self.version(),
+                         tuple(anomalies), (diff, accept))
+
+
 # ------------------------------------------------------------------------------ delivery and pre-exposure
 class PreExposurePort:
     def __init__(self, cfg: Config, say: Callable[[str], None]):
@@ -284,4 +324,5 @@ def build_ports(cfg: Config, say: Callable[[str], None]) -> Ports:
     """The real ports for ``cfg`` (call inside Ray: the runner and the monitor start Ray tasks)."""
     return Ports(store=FileStateStore(state_uri(cfg)), runner=RayRunner(cfg), serving=ServeWeights(cfg),
                  registry=RegistryPort(cfg), observer=LogObserver(cfg), notifier=WebhookNotifier(cfg, say),
-                 monitor=RayMonitor(cfg, say), exposure=PreExposurePort(cfg, say), pipelines=DeliveryPort(cfg))
+                 monitor=RayMonitor(cfg, say), exposure=PreExposurePort(cfg, say), pipelines=DeliveryPort(cfg),
+                 schemas=SchemaPort(cfg))

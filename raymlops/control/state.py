@@ -9,6 +9,12 @@ reason: ``promoting`` / ``rolling_back`` last until the shell reports ``Applied`
 
 Replaying an event with an idempotency key already processed is a no-op, and structural guards back the keys
 up: a version gets at most one rollout, a run's result is taken once, a stale canary decision is ignored.
+
+A run that data validation stopped (``RunFinished`` with a ``block``) parks its data: the ``blocked`` record names
+the anomalies and the commands that fix them, automatic triggers start no run meanwhile (no retrain storm), and the
+shell's ``DataChecked`` each poll retries the data once when the schema version in force changes or blocked files
+leave the landing area (the rule is ``raymlops.control.blocking.retry_reasons``). An operator's on-demand run is
+always honoured, and counts as the retry.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from raymlops.control.blocking import BlockRecord, DataBlock, block_message, retry_reasons
 from raymlops.control.canary import ACTIVE_PHASES, Decision, RolloutState, apply_decision
-from raymlops.control.triggers import TriggerEvent, TriggerState
+from raymlops.control.triggers import REQUESTED_KINDS, TriggerEvent, TriggerState
 
 __all__ = [
     "MANUAL_COMMANDS",
@@ -28,6 +35,7 @@ __all__ = [
     "Applied",
     "CanaryAnalysis",
     "ControllerState",
+    "DataChecked",
     "Event",
     "LogEntry",
     "Manual",
@@ -105,12 +113,16 @@ class RunStarted:
 
 @dataclass(frozen=True)
 class RunFinished:
-    """A run ended: ``status`` completed | failed | blocked; ``version`` is the registered challenger, if any."""
+    """A run ended: ``status`` completed | failed | blocked; ``version`` is the registered challenger, if any.
+
+    ``block`` is set when data validation stopped the run (a blocked model gate leaves it None).
+    """
 
     run_id: str
     status: str
     version: str | None = None
     error: str | None = None
+    block: DataBlock | None = None
 
     @property
     def key(self) -> str:
@@ -184,6 +196,19 @@ class Observed:
 
 
 @dataclass(frozen=True)
+class DataChecked:
+    """While data is blocked, what the shell saw this poll: the schema version validation would use now and the
+    landing files (``None``: not observed)."""
+
+    schema_version: int | None
+    files: frozenset[str] | None = None
+
+    @property
+    def key(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
 class Restarted:
     """The actor (re)started on a persisted state: re-issue what is still owed."""
 
@@ -193,7 +218,7 @@ class Restarted:
 
 
 Event = (TriggerFired | RunStarted | RunFinished | CanaryAnalysis | Manual | Applied | ExposureTested | Observed
-         | Restarted)
+         | DataChecked | Restarted)
 
 
 # ---------------------------------------------------------------------------------------------- actions
@@ -261,6 +286,8 @@ class ControllerState:
     pre_exposure: bool = False  # test each challenger before its canary (the shell sets it from the config)
     triggers: TriggerState = field(default_factory=TriggerState)
     handled_versions: list[str] = field(default_factory=list)  # got a rollout or a promotion: never again
+    blocked: BlockRecord | None = None  # data parked by a validation STOP (raymlops.control.blocking)
+    retrying: int = 0  # runs of the data now requested that stopped before (0: not a retry of blocked data)
     events: list[LogEntry] = field(default_factory=list)
     next_seq: int = 1
     processed_keys: list[str] = field(default_factory=list)
@@ -287,6 +314,7 @@ class ControllerState:
             "rollout": RolloutState.from_dict(d["rollout"]),
             "triggers": TriggerState.from_dict(d["triggers"]),
             "handled_versions": list(d["handled_versions"]),
+            "blocked": BlockRecord.from_dict(d["blocked"]) if d.get("blocked") else None,
             "events": [LogEntry(**e) for e in d["events"]],
             "processed_keys": list(d["processed_keys"]),
         })
@@ -297,7 +325,7 @@ class ControllerState:
         doc = {f.name: getattr(self, f.name) for f in fields(self)}
         doc.update(run=self.run.to_dict() if self.run else None, queue=[t.to_dict() for t in self.queue],
                    rollout=self.rollout.to_dict(), triggers=self.triggers.to_dict(),
-                   events=[vars(e) for e in self.events])
+                   blocked=self.blocked.to_dict() if self.blocked else None, events=[vars(e) for e in self.events])
         return json.dumps(doc, allow_nan=False, sort_keys=True)
 
     @classmethod
@@ -311,6 +339,7 @@ class _Tx:
 
     def __init__(self, state: ControllerState, now: float):
         self.s, self.now, self.actions = state, now, []
+        self.unchanged = False  # a handler that changed nothing says so: the shell then has nothing to persist
 
     def log(self, kind: str, message: str, notify: bool = False, **data: Any) -> None:
         entry = LogEntry(self.s.next_seq, self.now, kind, message, data)
@@ -324,10 +353,33 @@ class _Tx:
 
     def start_run(self, triggers: list[TriggerEvent]) -> None:
         s = self.s
+        if s.blocked is not None:  # only a request (on demand, retry) gets here while blocked: it is the retry
+            self.unblock("run requested by " + ", ".join(t.kind for t in triggers))
         s.run, s.queue = RunRecord(None, list(triggers), self.now), []  # one run serves every queued trigger
         self.actions.append(StartRun(tuple(triggers)))
         self.log("run_requested", "run requested by " + ", ".join(t.kind for t in triggers),
                  triggers=[t.key for t in triggers])
+
+    def block(self, run_id: str, block: DataBlock) -> None:
+        s = self.s
+        # Automatic triggers queued behind this run would read the same data: held, not run. Requests stay.
+        held = [q.kind for q in s.queue if q.kind not in REQUESTED_KINDS]
+        s.queue = [q for q in s.queue if q.kind in REQUESTED_KINDS]
+        s.blocked = BlockRecord.of(run_id, self.now, block, attempts=s.retrying + 1)
+        s.blocked.held = held
+        b = s.blocked
+        self.log("blocked", block_message(run_id, b), notify=True, run_id=run_id, report_uri=b.report_uri,
+                 schema_version=b.schema_version, anomalies=b.anomalies, anomaly_count=b.anomaly_count,
+                 commands=b.commands, attempts=b.attempts, held=held)
+
+    def unblock(self, reason: str) -> None:
+        s, b = self.s, self.s.blocked
+        if b is None:
+            return
+        s.blocked, s.retrying = None, b.attempts
+        held = f" (held meanwhile: {', '.join(b.held)})" if b.held else ""
+        self.log("unblocked", f"the data blocked in run {b.run_id} is tried again: {reason}{held}", notify=True,
+                 run_id=b.run_id, reason=reason, held=list(b.held))
 
     def start_canary(self, version: str) -> None:
         s = self.s
@@ -404,6 +456,16 @@ def _trigger_fired(tx: _Tx, e: TriggerFired) -> None:
         tx.log("trigger", f"{t.kind}: {t.reason}", notify=True, trigger=t.to_dict())
     if not e.triggers:
         return
+    b = s.blocked
+    if b is not None:
+        if not any(t.kind in REQUESTED_KINDS for t in e.triggers):
+            new = [t.kind for t in e.triggers if t.kind not in b.held]
+            b.held += new
+            tx.log("held", f"{', '.join(t.kind for t in e.triggers)}: no run while the data of run {b.run_id} is "
+                   "blocked by validation (accept a schema version, fix the data, or `raymlops trigger`)",
+                   kinds=[t.kind for t in e.triggers], run_id=b.run_id)
+            return
+        tx.unblock("an operator requested a run")  # the automatic triggers that fired with it ride along
     if s.run is None and not s.paused:
         tx.start_run(list(e.triggers))
         return
@@ -432,7 +494,9 @@ def _run_finished(tx: _Tx, e: RunFinished) -> None:
         return
     s.run = None
     version = None if e.version is None else str(e.version)
-    if e.status == "completed" and version is not None:
+    if e.status == "blocked" and e.block is not None:
+        tx.block(e.run_id, e.block)
+    elif e.status == "completed" and version is not None:
         tx.log("run_finished", f"run {e.run_id} registered version {version}", notify=True, run_id=e.run_id,
                version=version)
         tx.offer(version)
@@ -441,6 +505,7 @@ def _run_finished(tx: _Tx, e: RunFinished) -> None:
     else:
         tx.log("run_failed", f"run {e.run_id} {e.status}: {e.error}", notify=True, run_id=e.run_id,
                status=e.status)
+    s.retrying = 0
     tx.next_work()
 
 
@@ -566,6 +631,21 @@ def _observed(tx: _Tx, e: Observed) -> None:
     tx.log(e.kind, e.message, notify=True, **e.data)
 
 
+def _data_checked(tx: _Tx, e: DataChecked) -> None:
+    s, b = tx.s, tx.s.blocked
+    reasons = [] if b is None else retry_reasons(b, e.schema_version, e.files)
+    if not reasons:
+        tx.unchanged = True  # the usual poll while data is blocked: nothing to record
+        return
+    tx.unblock("; ".join(reasons))
+    retry = TriggerEvent("retry", f"data of run {b.run_id}: " + "; ".join(reasons), tx.now)
+    if s.run is None and not s.paused:
+        tx.start_run([retry])
+    elif all(q.kind != "retry" for q in s.queue):
+        s.queue.append(retry)
+        tx.log("queued", f"queued (retry): {'the controller is paused' if s.paused else 'a run is in flight'}")
+
+
 def _restarted(tx: _Tx, e: Restarted) -> None:
     s, r = tx.s, tx.s.rollout
     if s.run is not None:
@@ -582,13 +662,14 @@ def _restarted(tx: _Tx, e: Restarted) -> None:
 
 _HANDLERS = {TriggerFired: _trigger_fired, RunStarted: _run_started, RunFinished: _run_finished,
              CanaryAnalysis: _canary_analysis, Manual: _manual, Applied: _applied, ExposureTested: _exposure_tested,
-             Observed: _observed, Restarted: _restarted}
+             Observed: _observed, DataChecked: _data_checked, Restarted: _restarted}
 
 
 def step(state: ControllerState, event: Event, now: float) -> tuple[ControllerState, list[Action]]:
     """Apply ``event`` at ``now``: the new state and the actions the shell must carry out, in order.
 
-    ``state`` is not modified. An event whose idempotency key was already processed returns ``(state, [])``.
+    ``state`` is not modified. An event whose idempotency key was already processed, or one that changes nothing
+    (a ``DataChecked`` that does not retry), returns ``(state, [])``: the same object, so the shell saves nothing.
     """
     handler = _HANDLERS.get(type(event))
     if handler is None:
@@ -598,6 +679,8 @@ def step(state: ControllerState, event: Event, now: float) -> tuple[ControllerSt
         return state, []
     tx = _Tx(copy.deepcopy(state), now)
     handler(tx, event)
+    if tx.unchanged:
+        return state, []
     s = tx.s
     if key is not None:
         s.processed_keys = (s.processed_keys + [key])[-s.max_keys:]

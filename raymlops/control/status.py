@@ -11,7 +11,7 @@ from raymlops.config import Config
 from raymlops.control.statefile import read_saved, state_uri
 from raymlops.errors import RaymlopsError
 
-__all__ = ["gather_status", "render_status"]
+__all__ = ["blocked_lines", "gather_status", "render_status"]
 
 
 def _registry(cfg: Config) -> dict[str, Any]:
@@ -51,7 +51,8 @@ def gather_status(cfg: Config) -> dict[str, Any]:
         s = saved.state
         doc["controller"] = {"state_uri": uri, "champion": s["champion"], "previous": s["previous"],
                              "paused": s["paused"], "run": s["run"], "queue": s["queue"], "rollout": s["rollout"],
-                             "pending_canary": s["pending_canary"], "recent_events": saved.events[-8:]}
+                             "pending_canary": s["pending_canary"], "blocked": s.get("blocked"),
+                             "recent_events": saved.events[-8:]}
         doc["monitor"] = saved.monitor[-1] if saved.monitor else None
         doc["weights_timeline"] = saved.timeline[-20:]
     else:
@@ -66,6 +67,26 @@ def gather_status(cfg: Config) -> dict[str, Any]:
 
 def _when(t: float | None) -> str:
     return "-" if t is None else dt.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+
+
+def blocked_lines(b: dict[str, Any]) -> list[str]:
+    """The controller's parked data (``raymlops.control.blocking.BlockRecord`` as a dict) for the status text."""
+    from raymlops.control.blocking import anomaly_text
+
+    version = "?" if b["schema_version"] is None else f"v{b['schema_version']}"
+    out = [f"  BLOCKED: data of run {b['run_id']} stopped by validation against schema {version} at {_when(b['at'])}"
+           + (f" (attempt {b['attempts']})" if b["attempts"] > 1 else "") + "; no automatic run until it can pass"]
+    out += [f"    {anomaly_text(a)}" for a in b["anomalies"][:5]]
+    if b["anomaly_count"] > min(5, len(b["anomalies"])):
+        out.append(f"    ... {b['anomaly_count'] - min(5, len(b['anomalies']))} more in {b['report_uri']}")
+    if b.get("note"):
+        out.append(f"    {b['note']}")
+    out += [f"    {step}: {cmd}" for step, cmd in zip(("review", "accept"), b["commands"], strict=False)]
+    out.append("    or fix the data at the source (removing the bad files retries it; after a fix in place: "
+               "raymlops trigger CONFIG)")
+    if b["held"]:
+        out.append(f"    held meanwhile: {', '.join(b['held'])}")
+    return out
 
 
 def render_status(doc: dict[str, Any]) -> str:
@@ -101,6 +122,8 @@ def render_status(doc: dict[str, Any]) -> str:
                    else "  run: none in flight")
         if ctl["queue"]:
             out.append("  queued: " + ", ".join(t["kind"] for t in ctl["queue"]))
+        if ctl.get("blocked"):
+            out.extend(blocked_lines(ctl["blocked"]))
         for e in ctl["recent_events"]:
             out.append(f"  {e['seq']:>5} {_when(e['at'])} {e['kind']:<20} {e['message']}")
     if doc.get("monitor"):

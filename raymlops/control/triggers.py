@@ -3,7 +3,8 @@
 Kinds: ``on_demand`` (request ids, each honoured once), ``schedule`` (a cron expression in UTC, or every
 ``interval_s``), ``new_data`` (files or partitions not seen at the last run), ``drift`` (the monitor's drift
 results on live inputs) and ``degradation`` (online quality worse than ``min_quality``, or worse than the
-champion's offline figure by more than ``max_drop_vs_offline``).
+champion's offline figure by more than ``max_drop_vs_offline``). A sixth kind, ``retry``, is not evaluated here:
+the controller's state machine makes it when data that validation blocked may now pass.
 
 Cool-down: after a trigger fires, automatic triggers wait ``cooldown_s``. Their conditions are not consumed while
 they wait (new files stay unseen, a due schedule stays due), so each fires once when the cool-down ends; an
@@ -28,6 +29,7 @@ from raymlops.errors import ConfigError
 
 __all__ = [
     "KINDS",
+    "REQUESTED_KINDS",
     "QualitySignal",
     "TriggerContext",
     "TriggerEvent",
@@ -37,7 +39,10 @@ __all__ = [
     "next_cron",
 ]
 
-KINDS = ("on_demand", "schedule", "new_data", "drift", "degradation")
+KINDS = ("on_demand", "schedule", "new_data", "drift", "degradation", "retry")
+# Requests rather than conditions: an operator's, or the controller's retry of data that validation blocked
+# (``raymlops.control.blocking``). Only these start a run while data is blocked; the others are held.
+REQUESTED_KINDS = ("on_demand", "retry")
 # Handled on-demand request ids kept for de-duplication: far more than can be pending between two polls.
 _MAX_REQUESTS = 200
 

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raymlops.control.blocking import DataBlock
 from raymlops.control.canary import CanaryPolicy, WindowStats
-from raymlops.control.controller import Controller, MonitorSignal, Ports, RunOutcome
+from raymlops.control.controller import DATA_VALIDATION, Controller, MonitorSignal, Ports, RunOutcome
 from raymlops.control.triggers import QualitySignal, TriggerPolicy
 from raymlops.core.drift import DriftResult
 
@@ -42,6 +43,10 @@ class World:
         self.finish = True  # False: launched runs stay in flight
         self.crash_at: int | None = None
         self.saved_run_ids: list[str] = []
+        self.saves = 0
+        self.stop = False  # True: runs are stopped by data validation (a STOP report per run)
+        self.schema_version = 1  # the schema version in force (``raymlops schema accept`` raises it)
+        self.reports_read: list[str] = []
 
     def _call(self) -> None:
         self.calls += 1
@@ -54,6 +59,7 @@ class World:
 
     def save(self, doc):
         self._call()
+        self.saves += 1
         self.doc = json.loads(json.dumps(doc))
         run = doc["state"]["run"]
         if run and run["run_id"]:
@@ -73,6 +79,9 @@ class World:
             return None
         self.active_ids.discard(run_id)
         run = self.runs[run_id]
+        if self.stop:
+            return RunOutcome(run_id, "blocked", None, "DataValidationError: data validation stopped the pipeline",
+                              blocked_by=DATA_VALIDATION, report_uri=f"/reports/{run_id}/report.json")
         if "version" not in run:  # registration is idempotent per run (by package digest in the real one)
             self.registered += 1
             run["version"] = str(self.registered)
@@ -108,6 +117,18 @@ class World:
     def send(self, entry):
         self.sent.append(entry.kind)
 
+    # schemas
+    def version(self):
+        return self.schema_version
+
+    def blocked(self, report_uri):
+        self.reports_read.append(report_uri)
+        anomaly = {"feature": "tenure_months", "kind": "out_of_range", "observed": {"pct": 9.0, "min": 0, "max": 140},
+                   "expected": {"max_pct": 1.0, "min": 1, "max": 79, "enforced": True}}
+        return DataBlock(report_uri, self.schema_version, (anomaly,),
+                         (f"raymlops schema diff CONFIG --from-report {report_uri}",
+                          f"raymlops schema accept CONFIG --from-report {report_uri}"))
+
     def files_fn(self):
         return self.files
 
@@ -121,7 +142,8 @@ class World:
             def window(self, *a):
                 return world.window(*a)
 
-        return Ports(store=self, runner=self, serving=self, registry=_Reg(self), observer=Obs(), notifier=self)
+        return Ports(store=self, runner=self, serving=self, registry=_Reg(self), observer=Obs(), notifier=self,
+                     schemas=self)
 
 
 class _Reg:
@@ -487,3 +509,91 @@ def test_pre_exposure_tests_that_cannot_run_block_the_version_with_the_reason():
     blocked = [e for e in ctl.state.events if e.kind == "exposure_blocked"]
     assert ctl.state.rollout.phase == "idle" and world.weights == {"1": 100.0}
     assert blocked and "preview app did not start" in blocked[-1].message
+
+
+# ------------------------------------------------------------------------------------------ data blocked
+def stopped_by_validation(world: World, clock: Clock) -> Controller:
+    """New data landed, and its run was stopped by data validation against schema v1."""
+    world.aliases, world.registered, world.stop = {"champion": "1"}, 1, True
+    ctl = make(world, clock)
+    ctl.tick()  # the first listing is the baseline
+    world.files = world.files | {"day2.parquet"}
+    clock.t += 1
+    ctl.tick()  # new data: run-1 launched
+    clock.t += 1
+    ctl.tick()  # run-1 stopped
+    assert len(world.launched) == 1 and ctl.state.blocked is not None
+    return ctl
+
+
+def test_a_stopped_run_is_reported_with_its_anomalies_and_no_run_follows_until_a_schema_is_accepted():
+    world, clock = World(), Clock()
+    ctl = stopped_by_validation(world, clock)
+    run_id = world.launched[0][0]
+    assert world.reports_read == [f"/reports/{run_id}/report.json"] and "blocked" in world.sent
+    b = ctl.status()["blocked"]
+    assert b["run_id"] == run_id and b["schema_version"] == 1 and b["files"] == ["day1.parquet", "day2.parquet"]
+    assert b["commands"][1] == f"raymlops schema accept CONFIG --from-report /reports/{run_id}/report.json"
+    message = ctl.state.events[-1].message
+    assert "'tenure_months' out_of_range: 9.0% of values outside [1, 79]" in message and "schema diff" in message
+    saves = world.saves
+    for day in range(3, 8):  # no retrain storm: more data lands, polls go by, nothing runs
+        world.files = world.files | {f"day{day}.parquet"}
+        clock.t += 60
+        ctl.tick()
+        clock.t += 60
+        ctl.tick()  # a quiet poll while blocked persists nothing
+    assert len(world.launched) == 1 and ctl.state.run is None
+    assert world.saves == saves + 5  # one per batch of new files (its trigger bookkeeping and the held note)
+    world.schema_version = 2  # `raymlops schema accept` made v2
+    clock.t += 1
+    ctl.tick()
+    assert len(world.launched) == 2 and ctl.state.run.triggers[0].kind == "retry"
+    assert [e.kind for e in ctl.state.events[-3:]] == ["unblocked", "run_requested", "run_started"]
+    world.stop = False
+    clock.t += 1
+    ctl.tick()
+    assert ctl.state.blocked is None and ctl.state.rollout.canary_version == "2" and len(world.launched) == 2
+
+
+def test_a_retry_that_stops_again_is_blocked_again_and_not_retried_in_a_loop():
+    world, clock = World(), Clock()
+    ctl = stopped_by_validation(world, clock)
+    world.schema_version = 2
+    for _ in range(10):
+        clock.t += 1
+        ctl.tick()
+    assert len(world.launched) == 2  # the retry, once, and it stopped again
+    assert ctl.state.blocked.attempts == 2 and ctl.state.blocked.schema_version == 2
+    assert [e.kind for e in ctl.state.events].count("blocked") == 2
+
+
+def test_an_unreadable_report_still_parks_the_data_and_says_why():
+    world, clock = World(), Clock()
+
+    def broken(report_uri):
+        raise OSError("permission denied")
+
+    world.blocked = broken  # type: ignore[method-assign]
+    ctl = stopped_by_validation(world, clock)
+    b = ctl.state.blocked
+    assert b.schema_version == 1 and b.anomalies == [] and "permission denied" in b.note
+    assert "anomalies unknown (report /reports/" in ctl.state.events[-1].message
+    world.schema_version = 2
+    clock.t += 1
+    ctl.tick()
+    assert len(world.launched) == 2
+
+
+def test_a_restarted_controller_keeps_the_data_parked():
+    world, clock = World(), Clock()
+    stopped_by_validation(world, clock)
+    ctl = make(world, clock)
+    for _ in range(3):
+        clock.t += 60
+        ctl.tick()
+    assert len(world.launched) == 1 and ctl.state.blocked is not None
+    world.files = world.files - {"day2.parquet"}  # the bad file was removed at the source
+    clock.t += 1
+    ctl.tick()
+    assert len(world.launched) == 2 and ctl.state.run.triggers[0].kind == "retry"

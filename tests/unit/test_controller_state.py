@@ -10,11 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raymlops.control.blocking import DataBlock
 from raymlops.control.canary import CanaryPolicy, Decision, WindowStats, analyze
 from raymlops.control.state import (
     Applied,
     CanaryAnalysis,
     ControllerState,
+    DataChecked,
     Manual,
     Notify,
     PromoteAlias,
@@ -343,8 +345,8 @@ def test_unknown_event_type():
 # -------------------------------------------------------------------------------------------- property
 def _event(data, s: ControllerState, now: float):
     """One plausible event for state `s`, drawn by hypothesis."""
-    choice = data.draw(st.sampled_from(["trigger", "started", "finished", "analysis", "manual", "applied",
-                                        "restart", "replay"]))
+    choice = data.draw(st.sampled_from(["trigger", "started", "finished", "stopped", "checked", "analysis",
+                                        "manual", "applied", "restart", "replay"]))
     run_id = s.run.run_id if s.run and s.run.run_id else f"r{data.draw(st.integers(0, 3))}"
     version = str(data.draw(st.integers(1, 5)))
     if choice == "trigger":
@@ -353,6 +355,12 @@ def _event(data, s: ControllerState, now: float):
         return RunStarted(run_id)
     if choice == "finished":
         return RunFinished(run_id, data.draw(st.sampled_from(["completed", "failed"])), version)
+    if choice == "stopped":  # data validation: the data is parked
+        return RunFinished(run_id, "blocked", block=DataBlock("r.json", data.draw(st.integers(1, 3)),
+                                                              files=frozenset({"a", "b"})))
+    if choice == "checked":
+        return DataChecked(data.draw(st.sampled_from([None, 1, 2, 3])),
+                           data.draw(st.sampled_from([None, frozenset({"a", "b"}), frozenset({"a"})])))
     if choice == "analysis" and s.rollout.phase in ("canary", "awaiting_approval"):
         policy = CanaryPolicy(steps=tuple(s.rollout.steps), interval_s=60, failure_limit=2,
                               require_approval=data.draw(st.booleans()))
@@ -377,7 +385,7 @@ def test_random_histories_round_trip_and_keep_invariants(data, champion):
             _event(data, s, now)
         history.append(event)
         before = s.to_json()
-        in_flight = s.run is not None
+        in_flight, blocked = s.run is not None, s.blocked is not None
         s2, actions = step(s, event, now)
         assert s.to_json() == before  # step never changes its input
         assert ControllerState.from_json(s2.to_json()) == s2
@@ -389,6 +397,10 @@ def test_random_histories_round_trip_and_keep_invariants(data, champion):
                 assert a.version != s.champion and s.rollout.phase not in ("promoting", "rolling_back")
             if isinstance(a, StartRun) and not isinstance(event, Restarted):
                 assert not in_flight or isinstance(event, RunFinished)  # one run at a time
+                # parked data runs again only on a request or the retry rule, never on an automatic trigger
+                assert not blocked or isinstance(event, DataChecked | Manual) or (
+                    isinstance(event, TriggerFired) and any(t.kind == "on_demand" for t in event.triggers))
+                assert s2.blocked is None
         canaries += [e.data["version"] for e in s2.events[len(s.events):] if e.kind == "canary_started"] \
             if len(s2.events) > len(s.events) else []
         seqs = [e.seq for e in s2.events]
@@ -407,7 +419,7 @@ def test_control_modules_import_without_ray_mlflow_or_config():
         "        if any(name == b or name.startswith(b + '.') for b in blocked):\n"
         "            raise ImportError(f'raymlops.control must stay pure: it imported {name}')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "for m in ('canary', 'triggers', 'state'):\n"
+        "for m in ('canary', 'triggers', 'blocking', 'state'):\n"
         "    importlib.import_module('raymlops.control.' + m)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
