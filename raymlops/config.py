@@ -117,18 +117,26 @@ class DriftConfig(_Section):
 class ValidationConfig(_Section):
     schema_uri: str | None = Field(
         None,
-        description="Frozen schema (YAML) to validate against. Null: the latest under "
-        "`{storage_uri}/schemas/{name}/`, inferred and frozen from the first accepted data if none exists.",
+        description="Frozen schema (YAML) to validate against. Null: the latest version under "
+        "`{storage_uri}/schemas/{name}/` (`raymlops schema accept` adds one), inferred and frozen from the first "
+        "accepted data if none exists.",
     )
     reference_uri: str | None = Field(
-        None, description="Reference statistics (JSON) for drift. Null: those frozen with the schema."
+        None, description="Reference statistics (JSON) for drift. Null: the champion's training data (recorded "
+        "with each model version), else those frozen with the schema."
     )
     max_null_pct: Pct = Field(5.0, description="A feature frozen as non-null may have at most this % nulls.")
     max_unseen_category_pct: Pct = Field(
         1.0, description="Share of rows with a category outside the frozen domain tolerated before STOP."
     )
     max_out_of_range_pct: Pct = Field(
-        1.0, description="Share of rows outside the frozen numeric range tolerated before STOP."
+        1.0, description="Share of values outside a column's numeric range tolerated: above it, an enforced range "
+        "STOPs and a recorded (unenforced) one is a value anomaly reported with the drift (DRIFT)."
+    )
+    enforce_ranges: bool | list[str] = Field(
+        False, description="Numeric ranges that are hard constraints (STOP when exceeded): true for every range in "
+        "the schema, or a list of feature names. Other ranges are only recorded, like a schema entry without "
+        "`enforce_range: true`, so a covariate shift reaches retraining."
     )
     range_margin_pct: Annotated[float, Field(ge=0)] = Field(
         10.0, description="When inferring a schema, widen numeric ranges by this % of their span."

@@ -16,7 +16,7 @@ from raymlops.core.sketches import (
     NumericSketch,
     numeric_edges,
 )
-from raymlops.core.validation import ValidationReport
+from raymlops.core.validation import Anomaly, ValidationReport
 
 __all__ = ["CSS", "fmt", "render_report"]
 
@@ -151,6 +151,17 @@ def _feature_card(name: str, reference: DatasetProfile | None, current: DatasetP
     )
 
 
+def _anomaly_table(anomalies: list[Anomaly]) -> list[str]:
+    out = ["<table><tr><th>feature</th><th>kind</th><th>observed</th><th>expected</th><th>what to do</th></tr>"]
+    for a in anomalies:
+        out.append(
+            f"<tr><td>{escape(a.feature)}</td><td>{escape(a.kind)}</td><td><code>{escape(fmt(a.observed))}"
+            f"</code></td><td><code>{escape(fmt(a.expected))}</code></td><td>{escape(a.message)}</td></tr>"
+        )
+    out.append("</table>")
+    return out
+
+
 def render_report(
     report: ValidationReport,
     reference: DatasetProfile | None,
@@ -165,18 +176,18 @@ def render_report(
         f"<h1>{escape(title)}</h1>",
         f'<div class="banner" style="background:{color}"><b>{escape(report.decision)}</b>'
         f"<p>{escape(report.summary())}</p></div>",
+        f"<p>Schema: {escape(report.schema_name)} v{report.schema_version} · drift reference: "
+        f"{escape(report.reference.describe() if report.reference else 'none')}</p>",
         f"<h2>Schema anomalies ({len(report.anomalies)})</h2>",
     ]
     if report.anomalies:
-        out.append("<table><tr><th>feature</th><th>kind</th><th>observed</th><th>expected</th><th>what to do</th></tr>")
-        for a in report.anomalies:
-            out.append(
-                f"<tr><td>{escape(a.feature)}</td><td>{escape(a.kind)}</td><td><code>{escape(fmt(a.observed))}"
-                f"</code></td><td><code>{escape(fmt(a.expected))}</code></td><td>{escape(a.message)}</td></tr>"
-            )
-        out.append("</table>")
+        out.extend(_anomaly_table(report.anomalies))
     else:
         out.append("<p>None: the data matches the schema.</p>")
+    if report.value_anomalies:
+        out.append(f"<h2>Value anomalies ({len(report.value_anomalies)})</h2><p class=\"muted\">Values outside a "
+                   "range recorded from accepted data (not enforced): reported with the drift, not a stop.</p>")
+        out.extend(_anomaly_table(report.value_anomalies))
 
     out.append("<h2>Drift</h2>")
     if report.reference_rows is None:
@@ -184,7 +195,8 @@ def render_report(
     else:
         out.append(
             f"<p class=\"muted\">{len(report.drifted)} of {len(report.drift)} features drifted, against "
-            f"{report.reference_rows:,} reference rows.</p>"
+            f"{report.reference_rows:,} reference rows"
+            f"{' of ' + escape(report.reference.describe()) if report.reference else ''}.</p>"
             "<table><tr><th>feature</th><th>metric</th><th>value</th><th>threshold</th><th>drifted</th>"
             "<th>note</th></tr>"
         )

@@ -4,6 +4,11 @@ Roles: ``feature`` (model input), ``label``, ``timestamp``, ``id`` (kept, never 
 (present in the data when the schema was inferred but not chosen as a feature: kept, never a feature, and not
 reported as unexpected). Kinds: ``numeric`` (with a min/max range), ``categorical`` (with a domain of category
 strings, as ``sketches.as_category_strings`` prints them), ``timestamp`` and ``string``.
+
+Like TFDV's, an inferred schema constrains presence, type, nullability and categorical domains. A numeric range
+is *recorded* (what the accepted data covered): values outside it are a value anomaly reported with drift, not a
+reason to stop, unless the column says ``enforce_range: true`` (or the config lists it in
+``validation.enforce_ranges``), which makes [min, max] a hard constraint.
 """
 
 from __future__ import annotations
@@ -17,18 +22,21 @@ import yaml
 from raymlops.core.sketches import CategoricalSketch, DatasetProfile, NumericSketch, dtype_family
 from raymlops.errors import DataError, SchemaError
 
-__all__ = ["KINDS", "ROLES", "ColumnSpec", "Schema", "infer_schema"]
+__all__ = ["KINDS", "ROLES", "ColumnSpec", "Schema", "infer_schema", "widen_range"]
 
 ROLES = ("feature", "label", "timestamp", "id", "ignored")
 KINDS = ("numeric", "categorical", "timestamp", "string")
 TASKS = ("binary", "multiclass", "regression")
-_COLUMN_KEYS = ("name", "role", "kind", "dtype", "nullable", "domain", "min", "max")
+_COLUMN_KEYS = ("name", "role", "kind", "dtype", "nullable", "domain", "min", "max", "enforce_range")
 _SCHEMA_KEYS = ("name", "version", "task", "columns")
 
 
 @dataclass
 class ColumnSpec:
-    """One column: its role, kind, arrow type string, nullability and allowed values."""
+    """One column: its role, kind, arrow type string, nullability, allowed values and recorded range.
+
+    ``min``/``max`` record the range of the accepted data; ``enforce_range`` makes it a hard constraint.
+    """
 
     name: str
     role: str
@@ -38,6 +46,7 @@ class ColumnSpec:
     domain: list[str] | None = None
     min: float | None = None
     max: float | None = None
+    enforce_range: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -49,6 +58,8 @@ class ColumnSpec:
             d["min"] = self.min
         if self.max is not None:
             d["max"] = self.max
+        if self.enforce_range:  # written only when set: inferred schemas stay as they were
+            d["enforce_range"] = True
         return d
 
 
@@ -172,7 +183,13 @@ def _parse_column(doc: Any, where: str) -> ColumnSpec:
     lo, hi = _number(doc.get("min"), f"{where}.min"), _number(doc.get("max"), f"{where}.max")
     if lo is not None and hi is not None and lo > hi:
         raise _fail(f"{where}.min", f"min {lo} is above max {hi}", "swap them or widen the range")
-    return ColumnSpec(doc["name"], doc["role"], doc["kind"], doc["dtype"], nullable, domain, lo, hi)
+    enforce = doc.get("enforce_range", False)
+    if not isinstance(enforce, bool):
+        raise _fail(f"{where}.enforce_range", f"{enforce!r} is not a boolean", "write true or false")
+    if enforce and (doc["kind"] != "numeric" or (lo is None and hi is None)):
+        raise _fail(f"{where}.enforce_range", "only a numeric column with min and/or max has a range to enforce",
+                    "add min:/max: or remove enforce_range")
+    return ColumnSpec(doc["name"], doc["role"], doc["kind"], doc["dtype"], nullable, domain, lo, hi, enforce)
 
 
 def _parse_schema(doc: Any, source: str) -> Schema:
@@ -205,16 +222,31 @@ def _parse_schema(doc: Any, source: str) -> Schema:
 
 
 # ---------------------------------------------------------------------------------------------- inference
+def widen_range(lo: float, hi: float, margin_pct: float, integer: bool) -> tuple[float, float]:
+    """[lo, hi] widened by ``margin_pct`` of its span (of |hi| for a constant), rounded outwards: to whole numbers
+    for an integer column, else to a hundredth of the margin's order of magnitude, so the YAML stays readable.
+
+    With no margin the bounds are kept exactly.
+    """
+    span = hi - lo
+    # A constant column has no span: widen by a share of its value instead, so the same value stays inside.
+    margin = (span if span > 0 else abs(hi)) * margin_pct / 100.0
+    lo, hi = lo - margin, hi + margin
+    if integer:
+        return float(math.floor(lo)), float(math.ceil(hi))
+    if margin > 0:
+        digits = 2 - math.floor(math.log10(margin))
+        step = 10.0 ** -digits
+        lo, hi = math.floor(lo / step) * step, math.ceil(hi / step) * step
+        if digits >= 0:  # drop the float noise of step multiples (0.1 * 3); the bounds only move by < 1 ulp
+            lo, hi = round(lo, digits), round(hi, digits)
+    return float(lo), float(hi)
+
+
 def _widen(sketch: NumericSketch, pct: float, integer: bool) -> tuple[float | None, float | None]:
     if not sketch.count:
         return None, None
-    span = sketch.max - sketch.min
-    # A constant column has no span: widen by a share of its value instead, so the same value stays inside.
-    margin = (span if span > 0 else abs(sketch.max)) * pct / 100.0
-    lo, hi = sketch.min - margin, sketch.max + margin
-    if integer:
-        lo, hi = float(math.floor(lo)), float(math.ceil(hi))
-    return lo, hi
+    return widen_range(sketch.min, sketch.max, pct, integer)
 
 
 def _spec_from_profile(profile: DatasetProfile, name: str, role: str, margin_pct: float, categorical: set[str]) -> ColumnSpec:
@@ -262,7 +294,7 @@ def infer_schema(
 
     Types come from the profile; ``nullable`` is whether the data had nulls; a categorical domain is the sorted
     observed categories; a numeric range is [min, max] widened by ``range_margin_pct`` of its span (rounded
-    outwards for integer columns). ``features=None`` makes every other profiled column a feature; columns left
+    outwards for integer columns), recorded and not enforced. ``features=None`` makes every other profiled column a feature; columns left
     out get role ``ignored``. Raises ``DataError`` for an empty profile or a named column the data lacks.
     """
     if task not in TASKS:

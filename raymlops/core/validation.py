@@ -1,6 +1,10 @@
 """Data validation: schema skew (anomalies, which STOP the pipeline) and value skew (drift, reported per feature).
 
 ``validate`` compares the profile of new data with the frozen schema and, when given, the reference profile.
+Schema skew is what the schema constrains: presence, type, nullability, categorical domains (beyond the unseen
+tolerance), non-finite values, and numeric ranges *only where enforced* (``enforce_range: true`` in the schema or
+``ValidationPolicy.enforce_ranges``). Values outside a recorded, unenforced range are a *value anomaly*: reported
+with the drift, decision DRIFT, never STOP on their own (a covariate shift must be able to reach retraining).
 Out-of-range shares are exact when the data was profiled with ``ranges`` equal to the schema's [min, max] or when
 the observed min/max lie inside it; otherwise they are estimated from the quantile sketch (at least one value is
 counted on each side the observed min/max crosses).
@@ -8,18 +12,19 @@ counted on each side the observed min/max crosses).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from raymlops.core.drift import DriftResult, feature_drift
 from raymlops.core.schema import ColumnSpec, Schema
 from raymlops.core.sketches import CategoricalSketch, DatasetProfile, NumericSketch, dtype_family
-from raymlops.errors import DataError, DataValidationError
+from raymlops.errors import ConfigError, DataError, DataValidationError
 
 __all__ = [
     "ANOMALY_KINDS",
     "Anomaly",
     "DriftResult",
+    "ReferenceSource",
     "ValidationPolicy",
     "ValidationReport",
     "dtype_compatible",
@@ -58,9 +63,38 @@ class Anomaly:
         return cls(str(d["feature"]), str(d["kind"]), d.get("observed"), d.get("expected"), str(d["message"]))
 
 
+@dataclass(frozen=True)
+class ReferenceSource:
+    """Where the drift reference came from: the champion's training data, the frozen schema's, or the config's."""
+
+    kind: str  # champion | frozen | configured
+    uri: str
+    version: int | None = None  # the champion's model version, or the schema version
+
+    def describe(self) -> str:
+        """E.g. ``champion v3 (uri)`` or ``frozen schema v1 (uri)``."""
+        if self.kind == "champion":
+            return f"champion v{self.version} ({self.uri})"
+        if self.kind == "frozen":
+            return f"frozen schema v{self.version} ({self.uri})"
+        return f"configured reference ({self.uri})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReferenceSource:
+        version = d.get("version")
+        return cls(str(d["kind"]), str(d["uri"]), None if version is None else int(version))
+
+
 @dataclass
 class ValidationPolicy:
-    """Thresholds (percentages) and drift rules; defaults match ``ValidationConfig``'s."""
+    """Thresholds (percentages) and drift rules; defaults match ``ValidationConfig``'s.
+
+    ``enforce_ranges``: True makes every recorded numeric range a hard constraint; a collection of column names
+    makes theirs one (beside columns whose schema says ``enforce_range: true``).
+    """
 
     max_null_pct: float = 5.0
     max_unseen_category_pct: float = 1.0
@@ -71,6 +105,13 @@ class ValidationPolicy:
     stop_on_drift: bool = False
     require_label: bool = True
     histogram_bins: int = 10
+    enforce_ranges: bool | frozenset[str] = False
+
+    def range_enforced(self, spec: ColumnSpec) -> bool:
+        """Whether values outside ``spec``'s [min, max] are schema skew (STOP) rather than a value anomaly."""
+        if spec.enforce_range or self.enforce_ranges is True:
+            return True
+        return bool(self.enforce_ranges) and spec.name in self.enforce_ranges  # type: ignore[operator]
 
     def rule_for(self, spec: ColumnSpec) -> tuple[str, float]:
         if spec.name in self.feature_rules:
@@ -83,7 +124,9 @@ class ValidationPolicy:
 class ValidationReport:
     """Outcome of ``validate``: decision OK / DRIFT / STOP, anomalies and per-feature drift.
 
-    ``reference_rows`` is None (and ``drift`` empty) when there was no reference to compare with.
+    ``anomalies`` are schema skew (STOP); ``value_anomalies`` are findings that do not stop (values outside a
+    recorded but unenforced range) and make the decision DRIFT. ``reference_rows`` is None (and ``drift`` empty)
+    when there was no reference to compare with; ``reference`` says which one was used, when known.
     """
 
     decision: str
@@ -93,6 +136,8 @@ class ValidationReport:
     schema_name: str = ""
     schema_version: int = 0
     reference_rows: int | None = None
+    value_anomalies: list[Anomaly] = field(default_factory=list)
+    reference: ReferenceSource | None = None
 
     @property
     def drifted(self) -> list[DriftResult]:
@@ -104,8 +149,11 @@ class ValidationReport:
             "rows": self.rows,
             "schema_name": self.schema_name,
             "schema_version": self.schema_version,
+            "reference": self.reference.describe() if self.reference else None,
+            "reference_source": self.reference.to_dict() if self.reference else None,
             "reference_rows": self.reference_rows,
             "anomalies": [a.to_dict() for a in self.anomalies],
+            "value_anomalies": [a.to_dict() for a in self.value_anomalies],
             "drift": [d.to_dict() for d in self.drift],
         }
 
@@ -119,6 +167,8 @@ class ValidationReport:
             schema_name=str(d.get("schema_name", "")),
             schema_version=int(d.get("schema_version", 0)),
             reference_rows=None if d.get("reference_rows") is None else int(d["reference_rows"]),
+            value_anomalies=[Anomaly.from_dict(a) for a in d.get("value_anomalies", [])],
+            reference=ReferenceSource.from_dict(d["reference_source"]) if d.get("reference_source") else None,
         )
 
     def summary(self) -> str:
@@ -131,14 +181,19 @@ class ValidationReport:
             parts.append(f"{len(self.anomalies)} schema anomalies ({shown}{more}).")
         else:
             parts.append("No schema anomalies.")
+        if self.value_anomalies:
+            shown = "; ".join(f"'{a.feature}' {a.observed['pct']:.2f}% outside [{_num(a.expected['min'])}, "
+                              f"{_num(a.expected['max'])}]" for a in self.value_anomalies[:5])
+            parts.append(f"Values outside the recorded range (a value anomaly, not a stop): {shown}.")
         if self.reference_rows is None:
             parts.append("No reference statistics, so drift was not checked.")
         else:
             drifted = self.drifted
             shown = ", ".join(f"'{d.feature}' {d.metric} {d.value:.3g} > {d.threshold:g}" for d in drifted[:5])
+            against = f" against {self.reference.describe()}" if self.reference else ""
             parts.append(
-                f"{len(drifted)} of {len(self.drift)} features drifted"
-                + (f" ({shown})." if drifted else f" against {self.reference_rows:,} reference rows.")
+                f"{len(drifted)} of {len(self.drift)} features drifted{against}"
+                + (f" ({shown})." if drifted else f", {self.reference_rows:,} reference rows.")
             )
         if self.decision == "STOP":
             parts.append("The pipeline must not train on this data: fix it (each anomaly says how) and rerun.")
@@ -165,6 +220,10 @@ def dtype_compatible(expected: str, observed: str) -> bool:
     if fe == "other":
         return expected == observed
     return fe == fo
+
+
+def _num(x: float | None) -> str:
+    return "none" if x is None else f"{x:.6g}"  # a one-sided range has no other bound
 
 
 def _pct(part: float, whole: float) -> float:
@@ -206,9 +265,36 @@ def _all_null(spec: ColumnSpec) -> Anomaly:
                    f"every value of '{spec.name}' is null; the column is empty, so fix the producer of the data")
 
 
+def _out_of_range(spec: ColumnSpec, s: NumericSketch, policy: ValidationPolicy) -> Anomaly | None:
+    if (spec.min is None and spec.max is None) or not s.count:
+        return None
+    pct = _pct(s.count_outside(spec.min, spec.max), s.count)
+    if pct <= policy.max_out_of_range_pct:
+        return None
+    seen = (f"{pct:.2f}% of '{spec.name}' values lie outside [{_num(spec.min)}, {_num(spec.max)}] (seen "
+            f"{s.min:g} .. {s.max:g})")
+    if policy.range_enforced(spec):
+        message = (f"{seen}, above the {policy.max_out_of_range_pct:g}% allowed by the enforced range; fix the "
+                   "data, or widen min/max in a new schema version (raymlops schema diff/accept) if the new range "
+                   "is legitimate")
+    else:
+        message = (f"{seen}, the range recorded from accepted data; a value anomaly reported with the drift, not "
+                   "a stop. Record the new range with raymlops schema accept, or make the range a hard limit with "
+                   "enforce_range: true")
+    return Anomaly(
+        spec.name, "out_of_range",
+        {"pct": round(pct, 4), "min": s.min, "max": s.max},
+        {"max_pct": policy.max_out_of_range_pct, "min": spec.min, "max": spec.max,
+         "enforced": policy.range_enforced(spec)},
+        message,
+    )
+
+
 def _value_checks(
     spec: ColumnSpec, current: DatasetProfile, observed_dtype: str, policy: ValidationPolicy
 ) -> list[Anomaly]:
+    """Schema-skew findings on one present column's values, plus an unenforced out-of-range (a value anomaly,
+    told apart by ``expected['enforced']`` being False)."""
     fp = current.features.get(spec.name)
     if fp is None:
         # Not profiled: skipped on purpose, or of arrow type null (no value at all in any block).
@@ -236,18 +322,9 @@ def _value_checks(
                 name, "non_finite", s.nonfinite, 0,
                 f"'{name}' has {s.nonfinite} NaN or infinite values; replace or drop them at the source",
             ))
-        if (spec.min is not None or spec.max is not None) and s.count:
-            outside = s.count_outside(spec.min, spec.max)
-            pct = _pct(outside, s.count)
-            if pct > policy.max_out_of_range_pct:
-                out.append(Anomaly(
-                    name, "out_of_range",
-                    {"pct": round(pct, 4), "min": s.min, "max": s.max},
-                    {"max_pct": policy.max_out_of_range_pct, "min": spec.min, "max": spec.max},
-                    f"{pct:.2f}% of '{name}' values lie outside [{spec.min}, {spec.max}] (seen {s.min:g} .. "
-                    f"{s.max:g}), above the {policy.max_out_of_range_pct:g}% allowed; fix the data, or widen "
-                    "min/max in the schema if the new range is legitimate",
-                ))
+        found = _out_of_range(spec, s, policy)
+        if found is not None:
+            out.append(found)
     elif isinstance(s, CategoricalSketch) and spec.domain is not None and s.count:
         domain = set(spec.domain)
         unseen = {k: v for k, v in s.counts.items() if k not in domain and v > 0}
@@ -271,17 +348,21 @@ def validate(
     current: DatasetProfile,
     policy: ValidationPolicy | None = None,
     observed_dtypes: dict[str, str] | None = None,
+    reference_source: ReferenceSource | None = None,
 ) -> ValidationReport:
     """Judge ``current`` against ``schema`` (anomalies: STOP) and ``reference`` (drift: DRIFT, or STOP when
-    ``policy.stop_on_drift``).
+    ``policy.stop_on_drift``); values outside an unenforced range are value anomalies (DRIFT, like drift).
 
+    ``reference_source`` says where ``reference`` came from; the report carries it.
     ``observed_dtypes`` (column -> arrow type string) is the full column list of the data when known; without it
     the columns are those of ``current`` (profiled and skipped). Every schema feature gets a ``DriftResult``
     when a reference is given, drifted or not.
     """
     policy = policy or ValidationPolicy()
+    _check_enforced_names(schema, policy)
     observed = dict(observed_dtypes) if observed_dtypes is not None else current.dtypes
     anomalies, bad = _column_checks(schema, observed, policy.require_label)
+    soft: list[Anomaly] = []
     if current.rows == 0:
         anomalies.append(Anomaly(
             "*", "empty_dataset", 0, ">= 1 row",
@@ -290,7 +371,9 @@ def validate(
     else:
         for spec in schema.columns:
             if spec.role in ("feature", "label") and spec.name in observed and spec.name not in bad:
-                anomalies.extend(_value_checks(spec, current, observed[spec.name], policy))
+                for a in _value_checks(spec, current, observed[spec.name], policy):
+                    unenforced = a.kind == "out_of_range" and not a.expected["enforced"]
+                    (soft if unenforced else anomalies).append(a)
 
     drift: list[DriftResult] = []
     if reference is not None:
@@ -302,9 +385,17 @@ def validate(
             else:
                 drift.append(feature_drift(spec.name, reference, current, metric, threshold, policy.histogram_bins))
 
-    if anomalies or (policy.stop_on_drift and any(d.drifted for d in drift)):
+    outside = {a.feature: a for a in soft}
+    drift = [
+        replace(d, note="; ".join(filter(None, [d.note, f"{outside[d.feature].observed['pct']:.2f}% outside the "
+                                                       "recorded range"])))
+        if d.feature in outside else d
+        for d in drift
+    ]
+    drifting = bool(soft) or any(d.drifted for d in drift)
+    if anomalies or (policy.stop_on_drift and drifting):
         decision = "STOP"
-    elif any(d.drifted for d in drift):
+    elif drifting:
         decision = "DRIFT"
     else:
         decision = "OK"
@@ -316,4 +407,19 @@ def validate(
         schema_name=schema.name,
         schema_version=schema.version,
         reference_rows=None if reference is None else reference.rows,
+        value_anomalies=soft,
+        reference=reference_source if reference is not None else None,
     )
+
+
+def _check_enforced_names(schema: Schema, policy: ValidationPolicy) -> None:
+    if isinstance(policy.enforce_ranges, bool):
+        return
+    for name in sorted(policy.enforce_ranges):
+        spec = schema.column(name)
+        if spec is None or spec.kind != "numeric" or (spec.min is None and spec.max is None):
+            what = "not in" if spec is None else "has no recorded numeric range in"
+            raise ConfigError(
+                f"validation.enforce_ranges: column '{name}' {what} schema {schema.name} v{schema.version}; "
+                "list numeric features whose schema entry has min/max, or remove the name"
+            )

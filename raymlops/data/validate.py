@@ -1,39 +1,43 @@
 """Data validation step: ingest → profile (Ray Data) → compare with the frozen schema and reference → report.
 
-The first accepted dataset freezes the schema (YAML, human-editable) and its statistics as the drift reference under
-``{storage_uri}/schemas/{name}/``; every later dataset is judged against the latest frozen version.
+The first accepted dataset freezes the schema (YAML, human-editable) and its statistics under
+``{storage_uri}/schemas/{name}/`` (see ``raymlops.data.schemas`` for versions); every later dataset is judged
+against the latest version. Drift is measured against the champion's training data (the statistics recorded with
+the model version, tag ``reference_uri``), else against the statistics frozen with the schema; an explicit
+``validation.reference_uri`` wins over both. The report names the reference it used.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from raymlops import storage
 from raymlops.config import Config
 from raymlops.core.report_html import render_report
 from raymlops.core.schema import Schema, infer_schema
 from raymlops.core.sketches import DatasetProfile, reference_edges
-from raymlops.core.validation import ValidationPolicy, ValidationReport, validate
+from raymlops.core.validation import ReferenceSource, ValidationPolicy, ValidationReport, validate
 from raymlops.data.ingest import IngestResult, ingest_data
 from raymlops.data.profile import profile_dataset
-from raymlops.errors import SchemaError
+from raymlops.data.schemas import (  # noqa: F401 - FrozenSchema, freeze_schema, schema_dir: kept importable here
+    FrozenSchema,
+    champion_version,
+    freeze_schema,
+    load_frozen_schema,
+    read_profile,
+    reference_uri_of,
+    schema_dir,
+)
 
-_VERSION_FILE = re.compile(r"v(\d+)\.yaml$")
-
-
-@dataclass
-class FrozenSchema:
-    schema: Schema
-    reference: DatasetProfile | None
-    uri: str
+REFERENCE_TAG = "reference_uri"  # model version tag: statistics of the data the version was trained on
 
 
 @dataclass
 class ValidationOutcome:
-    """What a validation run decided and where it wrote its report."""
+    """What a validation run decided and where it wrote its report (and the profile of the data, for
+    ``raymlops schema accept``)."""
 
     report: ValidationReport
     report_uri: str
@@ -45,50 +49,48 @@ class ValidationOutcome:
     frozen_now: bool
     source: str
     files: list[str] = field(default_factory=list)
+    profile_uri: str = ""
+    reference_source: ReferenceSource | None = None
 
     @property
     def decision(self) -> str:
         return self.report.decision
 
 
-def schema_dir(cfg: Config) -> str:
-    return storage.join(cfg.storage_uri, "schemas", cfg.name)
+def reference_source(cfg: Config, frozen: FrozenSchema, progress=print) -> ReferenceSource | None:
+    """Which drift reference data judged against ``frozen`` is compared with: ``validation.reference_uri`` when
+    set, else the champion's training statistics, else those frozen with the schema version; None when none."""
+    configured = cfg.validation.reference_uri
+    if configured:
+        return ReferenceSource("configured", configured)
+    champ = champion_version(cfg)
+    if champ is not None:
+        uri = champ.tags.get(REFERENCE_TAG)
+        if uri and storage.exists(uri):
+            return ReferenceSource("champion", uri, champ.version)
+        why = f"its {REFERENCE_TAG} {uri} is gone" if uri else f"it has no {REFERENCE_TAG} tag (registered earlier)"
+        progress(f"champion v{champ.version} has no reference statistics ({why}): drift is measured against the "
+                 "frozen schema's")
+    if frozen.reference is None:
+        return None
+    return ReferenceSource("frozen", reference_uri_of(frozen.uri), frozen.schema.version)
 
 
-def load_frozen_schema(cfg: Config) -> FrozenSchema | None:
-    """The schema named by `validation.schema_uri`, else the latest frozen version; None if nothing is frozen."""
-    uri = cfg.validation.schema_uri
-    if uri is None:
-        versions = [
-            (int(m.group(1)), f)
-            for f in storage.list_files(schema_dir(cfg), (".yaml",))
-            if (m := _VERSION_FILE.search(f))
-        ]
-        if not versions:
-            return None
-        uri = max(versions)[1]
-    elif not storage.exists(uri):
-        raise SchemaError(f"validation.schema_uri {uri} does not exist; fix the path or remove the key to infer one")
-    schema = Schema.from_yaml(storage.read_text(uri))
-    ref_uri = cfg.validation.reference_uri or re.sub(r"\.yaml$", ".reference.json", uri)
-    reference = None
-    if storage.exists(ref_uri):
-        try:
-            reference = DatasetProfile.from_dict(json.loads(storage.read_text(ref_uri)))
-        except (ValueError, KeyError, TypeError) as err:
-            raise SchemaError(f"reference statistics {ref_uri} are unreadable ({err}); delete the file to "
-                              "re-freeze from the next accepted dataset") from None
-    return FrozenSchema(schema, reference, uri)
+def _quiet(_message: str) -> None:
+    pass
 
 
-def freeze_schema(cfg: Config, schema: Schema, reference: DatasetProfile) -> str:
-    """Write the schema (YAML) and its reference statistics (JSON) as the next version; returns the schema URI."""
-    base = schema_dir(cfg)
-    uri = storage.join(base, f"v{schema.version}.yaml")
-    # Reference first: a schema file without its reference would look frozen but could not judge drift.
-    storage.atomic_write_text(storage.join(base, f"v{schema.version}.reference.json"), json.dumps(reference.to_dict()))
-    storage.atomic_write_text(uri, schema.to_yaml())
-    return uri
+def validation_params(cfg: Config) -> dict[str, str]:
+    """What, beside the data and the config, decides a validation: the schema version and the drift reference.
+
+    The CT pipeline passes these as the validate step's parameters, so a cached validation is reused only while
+    both are unchanged (a newly accepted schema version or a new champion validates the same data again).
+    """
+    frozen = load_frozen_schema(cfg)
+    if frozen is None:
+        return {"schema_version": "", "reference": ""}
+    source = reference_source(cfg, frozen, progress=_quiet)
+    return {"schema_version": f"v{frozen.schema.version}", "reference": source.describe() if source else ""}
 
 
 def policy_from_config(cfg: Config) -> ValidationPolicy:
@@ -102,6 +104,7 @@ def policy_from_config(cfg: Config) -> ValidationPolicy:
         feature_rules={k: (r.metric, r.threshold) for k, r in v.drift.features.items()},
         stop_on_drift=v.stop_on_drift,
         histogram_bins=v.histogram_bins,
+        enforce_ranges=v.enforce_ranges if isinstance(v.enforce_ranges, bool) else frozenset(v.enforce_ranges),
     )
 
 
@@ -130,6 +133,7 @@ def validate_data(
     progress(f"  {ingested.rows:,} rows in {len(ingested.files)} file(s)")
     categorical, skip = profile_columns(cfg)
     frozen = load_frozen_schema(cfg)
+    source_of_reference = None
     t0 = time.perf_counter()
     if frozen is None:
         progress("profiling (no frozen schema yet: this dataset will define it)")
@@ -148,13 +152,23 @@ def validate_data(
         )
         reference = None
     else:
-        schema, reference = frozen.schema, frozen.reference
+        schema = frozen.schema
+        # The reference is chosen before profiling: the data's histograms are computed on its bin edges.
+        source_of_reference = reference_source(cfg, frozen, progress)
+        reference = (frozen.reference if source_of_reference is None or source_of_reference.kind == "frozen"
+                     else read_profile(source_of_reference.uri))
         edges = reference_edges(reference, cfg.validation.histogram_bins) if reference else None
-        progress(f"profiling against schema v{schema.version} ({frozen.uri})")
-        profile = profile_dataset(ingested.dataset, categorical=categorical, skip=skip, edges=edges)
+        ranges = {c.name: (c.min, c.max) for c in schema.columns
+                  if c.kind == "numeric" and (c.min is not None or c.max is not None)}
+        progress(f"profiling against schema v{schema.version} ({frozen.uri})"
+                 + (f", drift reference: {source_of_reference.describe()}" if source_of_reference else ""))
+        profile = profile_dataset(ingested.dataset, categorical=categorical, skip=skip, edges=edges,
+                                  ranges=ranges or None)
     progress(f"  profiled in {time.perf_counter() - t0:.1f}s")
 
-    report = validate(schema, reference, profile, policy_from_config(cfg), observed_dtypes={f.name: str(f.type) for f in ingested.schema})
+    report = validate(schema, reference, profile, policy_from_config(cfg),
+                      observed_dtypes={f.name: str(f.type) for f in ingested.schema},
+                      reference_source=source_of_reference)
     frozen_now = False
     if frozen is None and report.decision != "STOP":
         schema_uri = freeze_schema(cfg, schema, profile)
@@ -166,16 +180,10 @@ def validate_data(
     out = report_dir or storage.join(
         cfg.storage_uri, "reports", cfg.name, "validation", time.strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 10**6:06d}"
     )
-    report_uri, html_uri = storage.join(out, "report.json"), storage.join(out, "report.html")
-    doc = report.to_dict() | {"source": source, "files": ingested.files, "schema_uri": schema_uri}
-    storage.atomic_write_text(report_uri, json.dumps(doc, indent=2, default=str))
-    storage.atomic_write_text(
-        html_uri, render_report(report, reference if not frozen_now else None, profile, title=f"{cfg.name}: {source}")
-    )
-    return ValidationOutcome(
+    outcome = ValidationOutcome(
         report=report,
-        report_uri=report_uri,
-        html_uri=html_uri,
+        report_uri="",
+        html_uri="",
         schema=schema,
         schema_uri=schema_uri,
         profile=profile,
@@ -183,4 +191,25 @@ def validate_data(
         frozen_now=frozen_now,
         source=source,
         files=ingested.files,
+        reference_source=source_of_reference,
     )
+    return keep_report(cfg, outcome, out)
+
+
+def keep_report(cfg: Config, outcome: ValidationOutcome, out: str) -> ValidationOutcome:
+    """Write the report (JSON, HTML) and the data's profile under ``out``; the outcome with their URIs.
+
+    The profile lies beside the report because ``raymlops schema accept`` builds the next version (complete
+    domains, new ranges) and its reference statistics from it.
+    """
+    report_uri, html_uri = storage.join(out, "report.json"), storage.join(out, "report.html")
+    profile_uri = storage.join(out, "profile.json")
+    storage.atomic_write_text(profile_uri, json.dumps(outcome.profile.to_dict()))
+    doc = outcome.report.to_dict() | {"source": outcome.source, "files": outcome.files,
+                                      "schema_uri": outcome.schema_uri, "profile_uri": profile_uri}
+    storage.atomic_write_text(report_uri, json.dumps(doc, indent=2, default=str))
+    reference = outcome.reference if not outcome.frozen_now else None
+    storage.atomic_write_text(
+        html_uri, render_report(outcome.report, reference, outcome.profile, title=f"{cfg.name}: {outcome.source}")
+    )
+    return replace(outcome, report_uri=report_uri, html_uri=html_uri, profile_uri=profile_uri)

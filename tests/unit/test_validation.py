@@ -6,11 +6,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import yaml
 
-from raymlops.core.schema import infer_schema
+from raymlops.core.schema import Schema, infer_schema
 from raymlops.core.sketches import profile_table, reference_edges
-from raymlops.core.validation import ValidationPolicy, ValidationReport, dtype_compatible, validate
-from raymlops.errors import DataError, DataValidationError
+from raymlops.core.validation import (
+    ReferenceSource,
+    ValidationPolicy,
+    ValidationReport,
+    dtype_compatible,
+    validate,
+)
+from raymlops.errors import ConfigError, DataError, DataValidationError
 
 N = 2000
 SKIP = {"customer_id", "event_ts"}
@@ -167,15 +174,79 @@ def test_column_of_arrow_null_type_is_all_null(schema, ref):
     assert kinds(report) == {("usage_gb", "all_null")}
 
 
-def test_out_of_range_values(schema, ref):
-    t = make(seed=2)
+def _with_charges_above(t: pa.Table, n: int, value: float) -> pa.Table:
     charges = t["monthly_charges"].to_numpy().copy()
-    charges[:100] = 10_000.0  # 5%
-    report = check(schema, ref, replace(t, "monthly_charges", pa.array(charges)))
-    assert ("monthly_charges", "out_of_range") in kinds(report)
-    a = next(a for a in report.anomalies if a.kind == "out_of_range")
-    assert a.observed["pct"] == pytest.approx(5.0, abs=0.1)
-    assert a.expected["max"] == schema.column("monthly_charges").max
+    charges[:n] = value
+    return replace(t, "monthly_charges", pa.array(charges))
+
+
+def test_out_of_range_values_are_a_value_anomaly_and_drift_not_a_stop(schema, ref):
+    report = check(schema, ref, _with_charges_above(make(seed=2), 100, 10_000.0))  # 5% far above the range
+    assert report.anomalies == [] and report.decision == "DRIFT"
+    (a,) = report.value_anomalies
+    assert (a.feature, a.kind) == ("monthly_charges", "out_of_range")
+    assert a.observed["pct"] == pytest.approx(5.0, abs=0.1) and a.observed["max"] == 10_000.0
+    assert a.expected["max"] == schema.column("monthly_charges").max and a.expected["enforced"] is False
+    assert "not a stop" in a.message and "enforce_range" in a.message
+    charges = next(d for d in report.drift if d.feature == "monthly_charges")
+    assert "outside the recorded range" in charges.note
+    assert "outside [" in report.summary() and "STOP" not in report.summary()
+    assert report.raise_if_stopped() is None
+
+
+def test_out_of_range_within_the_tolerance_is_nothing(schema, ref):
+    report = check(schema, ref, _with_charges_above(make(seed=2), 10, 10_000.0))  # 0.5% <= 1%
+    assert report.value_anomalies == [] and report.decision == "OK"
+
+
+def test_a_shift_that_leaves_the_range_is_drift_with_its_share(schema, ref):
+    moved = make(seed=2, shift=120.0)  # the whole distribution moves past the recorded max
+    report = check(schema, ref, moved)
+    assert report.decision == "DRIFT" and report.anomalies == []
+    assert [a.feature for a in report.value_anomalies] == ["monthly_charges"]
+    assert report.value_anomalies[0].observed["pct"] > 50
+    assert [d.feature for d in report.drifted] == ["monthly_charges"]
+
+
+@pytest.mark.parametrize("enforce", [True, frozenset({"monthly_charges"})])
+def test_a_range_the_policy_enforces_stops(schema, ref, enforce):
+    report = check(schema, ref, _with_charges_above(make(seed=2), 100, 10_000.0),
+                   ValidationPolicy(enforce_ranges=enforce))
+    assert kinds(report) == {("monthly_charges", "out_of_range")} and report.decision == "STOP"
+    assert report.value_anomalies == [] and report.anomalies[0].expected["enforced"] is True
+    assert "enforced range" in report.anomalies[0].message
+
+
+def test_other_columns_stay_recorded_when_the_policy_enforces_one(schema, ref):
+    t = _with_charges_above(make(seed=2), 100, 10_000.0)
+    report = check(schema, ref, t, ValidationPolicy(enforce_ranges=frozenset({"tenure_months"})))
+    assert report.decision == "DRIFT" and [a.feature for a in report.value_anomalies] == ["monthly_charges"]
+
+
+def test_a_hand_edited_schema_with_enforce_range_stops(schema, ref):
+    doc = schema.to_dict()
+    for c in doc["columns"]:
+        if c["name"] == "monthly_charges":
+            c.update(min=0.0, max=120.0, enforce_range=True)
+    edited = Schema.from_yaml(yaml.safe_dump(doc))
+    t = _with_charges_above(make(seed=2), 100, 150.0)
+    report = check(edited, ref, t)
+    assert kinds(report) == {("monthly_charges", "out_of_range")} and report.decision == "STOP"
+    assert report.anomalies[0].expected == {"max_pct": 1.0, "min": 0.0, "max": 120.0, "enforced": True}
+    with pytest.raises(DataValidationError):
+        report.raise_if_stopped()
+
+
+def test_stop_on_drift_also_stops_on_a_value_anomaly(schema, ref):
+    t = _with_charges_above(make(seed=2), 100, 10_000.0)
+    assert check(schema, ref, t, ValidationPolicy(stop_on_drift=True)).decision == "STOP"
+    assert check(schema, ref, t, ValidationPolicy(stop_on_drift=True), with_reference=False).decision == "STOP"
+
+
+@pytest.mark.parametrize("name", ["nope", "region", "customer_id"])
+def test_enforcing_a_column_without_a_range_is_a_config_error(schema, ref, name):
+    with pytest.raises(ConfigError, match=f"validation.enforce_ranges: column '{name}'"):
+        check(schema, ref, make(seed=2), ValidationPolicy(enforce_ranges=frozenset({name})))
 
 
 def test_out_of_range_counted_exactly_with_ranges(schema, ref):
@@ -186,8 +257,21 @@ def test_out_of_range_counted_exactly_with_ranges(schema, ref):
     t = replace(t, "monthly_charges", pa.array(charges))
     cur = profile_table(t, categorical={"churned"}, skip=SKIP, ranges={"monthly_charges": (spec.min, spec.max)})
     report = validate(schema, None, cur, ValidationPolicy())
-    a = next(a for a in report.anomalies if a.kind == "out_of_range")
+    a = next(a for a in report.value_anomalies if a.kind == "out_of_range")
     assert a.observed["pct"] == pytest.approx(1.5)
+
+
+def test_reference_source_is_reported(schema, ref):
+    source = ReferenceSource("champion", "/refs/v3.json", 3)
+    report = validate(schema, ref, profile(make(seed=2, shift=20.0), reference_edges(ref, 10)), ValidationPolicy(),
+                      reference_source=source)
+    assert report.reference == source and "against champion v3 (/refs/v3.json)" in report.summary()
+    doc = json.loads(json.dumps(report.to_dict()))
+    assert doc["reference"] == "champion v3 (/refs/v3.json)"
+    assert ValidationReport.from_dict(doc) == report
+    assert ReferenceSource("frozen", "/s/v1.reference.json", 1).describe() == "frozen schema v1 (/s/v1.reference.json)"
+    # No reference profile, no reference source: nothing was compared.
+    assert validate(schema, None, profile(make(seed=2)), reference_source=source).reference is None
 
 
 def test_non_finite_values(schema, ref):
@@ -247,4 +331,4 @@ def test_policy_defaults_match_the_config_defaults():
     p = ValidationPolicy()
     assert (p.max_null_pct, p.max_unseen_category_pct, p.max_out_of_range_pct) == (5.0, 1.0, 1.0)
     assert p.numeric_rule == ("psi", 0.2) and p.categorical_rule == ("linf", 0.1)
-    assert not p.stop_on_drift and p.require_label
+    assert not p.stop_on_drift and p.require_label and p.enforce_ranges is False
