@@ -365,12 +365,12 @@ class _Tx:
         # Automatic triggers queued behind this run would read the same data: held, not run. Requests stay.
         held = [q.kind for q in s.queue if q.kind not in REQUESTED_KINDS]
         s.queue = [q for q in s.queue if q.kind in REQUESTED_KINDS]
-        s.blocked = BlockRecord.of(run_id, self.now, block, attempts=s.retrying + 1)
-        s.blocked.held = held
-        b = s.blocked
+        s.blocked = b = BlockRecord.of(run_id, self.now, block, attempts=s.retrying + 1)
+        b.held = held
+        # The entry gets copies: the record's lists change while the data stays blocked, the log must not.
         self.log("blocked", block_message(run_id, b), notify=True, run_id=run_id, report_uri=b.report_uri,
-                 schema_version=b.schema_version, anomalies=b.anomalies, anomaly_count=b.anomaly_count,
-                 commands=b.commands, attempts=b.attempts, held=held)
+                 schema_version=b.schema_version, anomalies=copy.deepcopy(b.anomalies),
+                 anomaly_count=b.anomaly_count, commands=list(b.commands), attempts=b.attempts, held=list(held))
 
     def unblock(self, reason: str) -> None:
         s, b = self.s, self.s.blocked

@@ -106,6 +106,7 @@ def test_no_run_starts_while_the_data_is_blocked_whatever_fires():
         s, actions = step(s, DataChecked(1, FILES | {f"day{clock.t}.parquet"}), clock())
         assert s is before and actions == []
     assert s.blocked.held == ["new_data", "schedule", "drift", "degradation"]
+    assert next(e for e in s.events if e.kind == "blocked").data["held"] == []  # the log entry is not rewritten
 
 
 def test_an_accepted_schema_version_retries_the_data_exactly_once():
