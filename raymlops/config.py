@@ -161,9 +161,39 @@ class PrepareConfig(_Section):
 
 
 # -------------------------------------------------------------------------------------------------- train
+class GbdtConfig(_Section):
+    """Gradient-boosted trees (``train.model: xgboost``): XGBoost's own parameter names, tabular defaults."""
+
+    num_boost_round: PositiveInt = Field(
+        1000, description="Most boosting rounds (trees per class); early stopping usually ends sooner."
+    )
+    early_stopping_rounds: Annotated[int, Field(ge=0)] = Field(
+        50, description="Rounds without improvement of the validation loss before stopping (the best round's "
+        "model is kept); 0 disables."
+    )
+    eta: Annotated[float, Field(gt=0, le=1)] = Field(0.05, description="Learning rate (shrinkage) of each tree.")
+    max_depth: Annotated[int, Field(ge=1, le=20)] = Field(6, description="Deepest a tree may grow.")
+    min_child_weight: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="Least hessian (for squared error: rows) a leaf must hold."
+    )
+    subsample: Annotated[float, Field(gt=0, le=1)] = Field(0.8, description="Share of rows sampled per tree.")
+    colsample_bytree: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.8, description="Share of features sampled per tree."
+    )
+    reg_lambda: Annotated[float, Field(ge=0)] = Field(1.0, description="L2 penalty on leaf weights.")
+    reg_alpha: Annotated[float, Field(ge=0)] = Field(0.0, description="L1 penalty on leaf weights.")
+    max_bin: Annotated[int, Field(ge=2, le=4096)] = Field(256, description="Histogram bins per numeric feature.")
+
+
+TRAIN_MODELS_BUILTIN = ("mlp", "xgboost")
+# train keys that also shape a GBDT run, so a search over them means something with train.model: xgboost
+GBDT_TUNABLE_TRAIN_KEYS = ("class_weight", "seed")
+
+
 class TrainConfig(_Section):
     model: str = Field(
-        "mlp", description="`mlp` (built-in tabular MLP) or a `module:factory` path returning an nn.Module."
+        "mlp", description="`mlp` (built-in tabular MLP), `xgboost` (gradient-boosted trees on Ray Train's "
+        "XGBoostTrainer; parameters under train.gbdt) or a `module:factory` path returning an nn.Module."
     )
     hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [64, 32], description="MLP hidden widths.")
     embedding_dim: PositiveInt = Field(8, description="Embedding width for each categorical feature.")
@@ -199,6 +229,17 @@ class TrainConfig(_Section):
     )
     max_failures: Annotated[int, Field(ge=0)] = Field(2, description="Worker failures tolerated (resume).")
     seed: int = 42
+    gbdt: GbdtConfig = Field(
+        default_factory=GbdtConfig, description="Gradient-boosted trees, used when train.model is xgboost."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, model: str) -> str:
+        if model not in TRAIN_MODELS_BUILTIN and ":" not in model:
+            raise ValueError(f"unknown model {model!r}; use one of {list(TRAIN_MODELS_BUILTIN)} or a "
+                             "'package.module:factory' path")
+        return model
 
 
 class SearchDim(_Section):
@@ -238,9 +279,10 @@ class TuneConfig(_Section):
     @field_validator("search_space")
     @classmethod
     def _known_keys(cls, space: dict[str, SearchDim]) -> dict[str, SearchDim]:
-        unknown = sorted(set(space) - set(TrainConfig.model_fields))
+        allowed = set(TrainConfig.model_fields) - {"gbdt"} | {f"gbdt.{k}" for k in GbdtConfig.model_fields}
+        unknown = sorted(set(space) - allowed)
         if unknown:
-            raise ValueError(f"unknown train keys {unknown}; allowed: {sorted(TrainConfig.model_fields)}")
+            raise ValueError(f"unknown train keys {unknown}; allowed: {sorted(allowed)}")
         return space
 
 
@@ -508,6 +550,21 @@ class Config(_Section):
         default_factory=dict, description="Set by --env: what the environment's keys held before it changed them "
         "(so that another environment's config can be derived, see `for_environment`)."
     )
+
+    @model_validator(mode="after")
+    def _search_fits_model(self) -> Config:
+        # A key the chosen model ignores would make every trial the same model: say so before any cluster time.
+        if not self.tune.enabled or "search_space" not in self.tune.model_fields_set:
+            return self
+        gbdt = self.train.model == "xgboost"
+        useless = sorted(k for k in self.tune.search_space
+                         if k.startswith("gbdt.") != gbdt and (not gbdt or k not in GBDT_TUNABLE_TRAIN_KEYS))
+        if useless:
+            fix = ("search gbdt.* keys (e.g. gbdt.eta, gbdt.max_depth)" if gbdt
+                   else "set train.model: xgboost to search gbdt.* keys")
+            raise ValueError(f"tune.search_space keys {useless} do nothing for train.model {self.train.model!r}; "
+                             f"{fix}, or drop them")
+        return self
 
     @model_validator(mode="after")
     def _promotions_name_environments(self) -> Config:

@@ -116,6 +116,8 @@ def train(ctx, prepared: Artifact):
     from safetensors.numpy import save as save_weights
 
     from raymlops.data.prepare import load_prepared
+    from raymlops.model.gbdt import BOOSTER_FILE, XGBOOST
+    from raymlops.train.gbdt import train_gbdt
     from raymlops.train.loop import train_model
     from raymlops.train.tune import tune_model
 
@@ -132,9 +134,14 @@ def train(ctx, prepared: Artifact):
         ctx.log_trials(tuned.trials)
         ctx.progress(f"best of {len(tuned.trials)} trials: {tuned.best_params}")
         result = tuned.best
+    elif cfg.train.model == XGBOOST:
+        result = train_gbdt(cfg, data, storage_uri=checkpoints, run_name="train", progress=report)
     else:
         result = train_model(cfg, data, storage_uri=checkpoints, run_name="train", progress=report)
-    storage.atomic_write_bytes(ctx.path("model", "weights.safetensors"), save_weights(result.state_dict))
+    if cfg.train.model == XGBOOST:
+        storage.atomic_write_bytes(ctx.path("model", BOOSTER_FILE), result.booster_json)
+    else:
+        storage.atomic_write_bytes(ctx.path("model", "weights.safetensors"), save_weights(result.state_dict))
     meta = {"model_spec": result.model_spec, "history": result.history, "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss, "params": result.params, "checkpoint_uri": result.checkpoint_uri}
     storage.atomic_write_text(ctx.path("model", "training.json"), json.dumps(meta, default=str))
@@ -150,12 +157,11 @@ def train(ctx, prepared: Artifact):
 def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
     """Package the model and evaluate it (and the champion, on the same test rows) overall and per slice."""
     import ray.data
-    from safetensors.numpy import load as load_weights
 
     from raymlops.data.prepare import load_prepared
     from raymlops.evaluation.evaluate import evaluate as run_eval
     from raymlops.evaluation.evaluate import evaluate_champion_on
-    from raymlops.model.package import load_package, save_package
+    from raymlops.model.package import load_package, read_trained_model, save_package
     from raymlops.registry.models import ModelRegistry
 
     cfg: Config = ctx.config
@@ -163,7 +169,7 @@ def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
     meta = json.loads(storage.read_text(storage.join(model.uri, "training.json")))
     info = save_package(
         ctx.path("package"),
-        state_dict=load_weights(storage.read_bytes(storage.join(model.uri, "weights.safetensors"))),
+        **read_trained_model(model.uri, meta["model_spec"]),  # torch weights or a booster
         model_spec=meta["model_spec"],
         transform_json=data.transform.to_json(),
         schema_yaml=storage.read_text(schema.uri),

@@ -2,8 +2,10 @@
 
 Layout::
 
-    weights.safetensors   model state_dict (safetensors: no code is executed when it is read)
-    model_spec.json       keyword arguments of ``raymlops.model.nets.build_model``
+    weights.safetensors   model state_dict (safetensors: no code is executed when it is read), or
+    model.json            a gradient-boosted trees model in XGBoost's own JSON format (``train.model: xgboost``)
+    model_spec.json       keyword arguments of ``raymlops.model.nets.build_model`` (``{"model": "xgboost", ...}``:
+                          the booster's task, features and training parameters)
     transform.json        fitted ``Transform`` (``Transform.to_json()``)
     schema.yaml           the frozen input schema
     signature.json        inputs and outputs, for clients and the HTTP API
@@ -12,6 +14,8 @@ Layout::
 
 The package digest is the sha256 of the lines ``"{sha256}  {name}\\n"`` sorted by name (the output of
 ``sha256sum`` over the six files), so it depends on the content only, never on paths, times or tags.
+A package holds exactly one model file; torch packages keep manifest format 1 (so every raymlops reads them), and
+booster packages are format 2, which a raymlops that predates boosters refuses by name.
 
 ``load_package`` is the single loading path used by evaluation, batch prediction and online serving, so
 training-serving skew cannot come from two implementations.
@@ -34,6 +38,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 import yaml
+from safetensors.numpy import load as load_numpy
 from safetensors.numpy import save as save_numpy
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_torch
@@ -41,20 +46,18 @@ from safetensors.torch import save as save_torch
 from raymlops import storage
 from raymlops.core.transform import Transform, apply_transform
 from raymlops.errors import DataError, PackageError
+from raymlops.model.gbdt import BOOSTER_FILE, XGBOOST, BoosterPredictor
 from raymlops.model.nets import build_model, predict_outputs
 
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
-PACKAGE_FILES = (
-    WEIGHTS,
-    "model_spec.json",
-    "transform.json",
-    "schema.yaml",
-    "signature.json",
-    "metrics.json",
-)
+_COMMON_FILES = ("model_spec.json", "transform.json", "schema.yaml", "signature.json", "metrics.json")
+PACKAGE_FILES = (WEIGHTS, *_COMMON_FILES)  # a torch package
+BOOSTER_PACKAGE_FILES = (BOOSTER_FILE, *_COMMON_FILES)  # a gradient-boosted trees package
 FORMAT = "raymlops-model-package"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # torch packages
+BOOSTER_FORMAT_VERSION = 2  # packages whose model file is model.json
+_LAYOUTS = {FORMAT_VERSION: PACKAGE_FILES, BOOSTER_FORMAT_VERSION: BOOSTER_PACKAGE_FILES}
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class LoadedModel:
 
     uri: str
     digest: str
-    model: torch.nn.Module  # in eval mode, gradients off
+    model: torch.nn.Module | BoosterPredictor  # a torch module in eval mode (gradients off), or a booster
     transform: Transform
     model_spec: dict[str, Any]
     schema_yaml: str
@@ -91,10 +94,13 @@ class LoadedModel:
         """Predict a ``pa.Table`` or a dict of columns: apply the transform, run the model, decode the outputs."""
         # No label at prediction time: a batch that still carries one (evaluation) must not fail on its values.
         arrays = apply_transform(self.transform, batch, with_label=False)
-        x_num = torch.from_numpy(np.ascontiguousarray(arrays["x_num"], dtype=np.float32))
-        x_cat = torch.from_numpy(np.ascontiguousarray(arrays["x_cat"], dtype=np.int64))
-        with torch.no_grad():
-            logits = self.model(x_num, x_cat)
+        if isinstance(self.model, BoosterPredictor):
+            logits = self.model.logits(arrays["x_num"], arrays["x_cat"])
+        else:
+            x_num = torch.from_numpy(np.ascontiguousarray(arrays["x_num"], dtype=np.float32))
+            x_cat = torch.from_numpy(np.ascontiguousarray(arrays["x_cat"], dtype=np.int64))
+            with torch.no_grad():
+                logits = self.model(x_num, x_cat)
         # The binary decision threshold chosen at evaluation (signature.json); 0.5 for packages written before it.
         return predict_outputs(self.transform.task, logits, threshold=float(self.signature.get("threshold") or 0.5))
 
@@ -103,7 +109,8 @@ class LoadedModel:
 def save_package(
     dir_uri: str,
     *,
-    state_dict: Mapping[str, Any],
+    state_dict: Mapping[str, Any] | None = None,
+    booster_json: bytes | None = None,
     model_spec: dict[str, Any],
     transform_json: str,
     schema_yaml: str,
@@ -113,9 +120,17 @@ def save_package(
 ) -> PackageInfo:
     """Write a package to ``dir_uri`` atomically and return its info.
 
-    Saving the same content to the same directory again returns the existing package (a restarted step is
-    harmless); a different package there raises ``PackageError`` because packages are immutable.
+    The model is either ``state_dict`` (torch weights) or ``booster_json`` (an XGBoost booster's
+    ``save_raw("json")`` bytes, with ``model_spec["model"] == "xgboost"``). Saving the same content to the same
+    directory again returns the existing package (a restarted step is harmless); a different package there raises
+    ``PackageError`` because packages are immutable.
     """
+    if (state_dict is None) == (booster_json is None):
+        raise PackageError("save_package needs exactly one model: state_dict (torch weights) or booster_json "
+                           "(an XGBoost booster's save_raw('json') bytes)")
+    if booster_json is not None and model_spec.get("model") != XGBOOST:
+        raise PackageError(f"booster_json needs model_spec['model'] == {XGBOOST!r}, got {model_spec.get('model')!r}; "
+                           "pass the spec the booster was trained with")
     if not isinstance(transform_json, str) or not isinstance(schema_yaml, str):
         raise PackageError(
             "transform_json and schema_yaml must be text (Transform.to_json(), Schema.to_yaml())"
@@ -124,8 +139,10 @@ def save_package(
         json.loads(transform_json)
     except ValueError as err:
         raise PackageError(f"transform_json is not valid JSON ({err}); pass Transform.to_json()") from None
+    version = FORMAT_VERSION if booster_json is None else BOOSTER_FORMAT_VERSION
+    model_file = {WEIGHTS: _weights_bytes(state_dict)} if state_dict is not None else {BOOSTER_FILE: booster_json}
     files = {
-        WEIGHTS: _weights_bytes(state_dict),
+        **model_file,
         "model_spec.json": _json_bytes(model_spec, "model_spec"),
         "transform.json": transform_json.encode("utf-8"),
         "schema.yaml": schema_yaml.encode("utf-8"),
@@ -136,9 +153,9 @@ def save_package(
     digest = package_digest(hashes)
     manifest = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": version,
         "digest": digest,
-        "files": {name: {"sha256": hashes[name], "size_bytes": len(files[name])} for name in PACKAGE_FILES},
+        "files": {name: {"sha256": hashes[name], "size_bytes": len(files[name])} for name in _LAYOUTS[version]},
         "tags": {str(k): str(v) for k, v in tags.items()},
     }
     files[MANIFEST] = _json_bytes(manifest, "manifest")
@@ -152,7 +169,7 @@ def save_package(
     else:
         # Object stores cannot rename a directory; each file lands whole, and the manifest, written last,
         # is what marks the package complete.
-        for name in (*PACKAGE_FILES, MANIFEST):
+        for name in files:  # the manifest is the last key
             storage.atomic_write_bytes(storage.join(dir_uri, name), files[name])
     return PackageInfo(dir_uri, digest, sum(len(b) for b in files.values()), manifest["tags"])
 
@@ -164,7 +181,7 @@ def _rename_into_place(path: str, files: dict[str, bytes]) -> bool:
     tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         os.mkdir(tmp)
-        for name in (*PACKAGE_FILES, MANIFEST):
+        for name in files:
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(files[name])
                 f.flush()
@@ -229,6 +246,21 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def read_trained_model(dir_uri: str, model_spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The model a train step wrote to ``dir_uri``, as ``save_package``'s model argument.
+
+    ``{"booster_json": bytes}`` from ``model.json`` (XGBoost JSON) when ``model_spec`` is a booster's, else
+    ``{"state_dict": {...}}`` from ``weights.safetensors``.
+    """
+    name = BOOSTER_FILE if model_spec.get("model") == XGBOOST else WEIGHTS
+    try:
+        raw = storage.read_bytes(storage.join(dir_uri, name))
+    except DataError:
+        raise PackageError(f"{dir_uri} has no {name} for model {model_spec.get('model')!r}; re-run the train "
+                           "step") from None
+    return {"booster_json": raw} if name == BOOSTER_FILE else {"state_dict": load_numpy(raw)}
+
+
 # ------------------------------------------------------------------------------------------------- load
 def package_digest(file_hashes: Mapping[str, str]) -> str:
     """Digest of a package from its files' sha256 (see the module docstring)."""
@@ -245,25 +277,10 @@ def verify_package(dir_uri: str, expected_digest: str | None = None) -> PackageI
 def load_package(
     dir_uri: str, expected_digest: str | None = None, *, version: str | None = None
 ) -> LoadedModel:
-    """Verify and load a package: weights via safetensors (never pickle), model via ``build_model``."""
+    """Verify and load a package: weights via safetensors or a booster from its JSON model (never pickle)."""
     files, info = _read_verified(dir_uri, expected_digest)
     spec = _parse_json(files, "model_spec.json", dir_uri)
-    try:
-        state = load_safetensors(files[WEIGHTS])
-    except Exception as err:  # safetensors raises its own SafetensorError with varied wording
-        raise PackageError(
-            f"{WEIGHTS} in {dir_uri} is not a readable safetensors file ({err}); re-create the package"
-        ) from None
-    try:
-        model = build_model(spec)
-        model.load_state_dict(state, strict=True)
-    except Exception as err:  # a missing user factory or a shape mismatch: this code cannot run the package
-        raise PackageError(
-            f"cannot rebuild the model of {dir_uri} from model_spec.json and {WEIGHTS}: {err}; load it with the "
-            "raymlops version (and user model module) that trained it"
-        ) from None
-    model.eval()
-    model.requires_grad_(False)
+    model = _load_booster(files, spec, dir_uri) if BOOSTER_FILE in files else _load_torch(files, spec, dir_uri)
     try:
         transform = Transform.from_json(files["transform.json"].decode("utf-8"))
     except Exception as err:
@@ -284,6 +301,33 @@ def load_package(
     )
 
 
+def _load_booster(files: dict[str, bytes], spec: dict[str, Any], dir_uri: str) -> BoosterPredictor:
+    if spec.get("model") != XGBOOST:
+        raise PackageError(f"{dir_uri} holds {BOOSTER_FILE} but model_spec.json names model {spec.get('model')!r}, "
+                           f"not {XGBOOST!r}; re-create the package")
+    return BoosterPredictor.from_json(files[BOOSTER_FILE], spec, f"{BOOSTER_FILE} in {dir_uri}")
+
+
+def _load_torch(files: dict[str, bytes], spec: dict[str, Any], dir_uri: str) -> torch.nn.Module:
+    try:
+        state = load_safetensors(files[WEIGHTS])
+    except Exception as err:  # safetensors raises its own SafetensorError with varied wording
+        raise PackageError(
+            f"{WEIGHTS} in {dir_uri} is not a readable safetensors file ({err}); re-create the package"
+        ) from None
+    try:
+        model = build_model(spec)
+        model.load_state_dict(state, strict=True)
+    except Exception as err:  # a missing user factory or a shape mismatch: this code cannot run the package
+        raise PackageError(
+            f"cannot rebuild the model of {dir_uri} from model_spec.json and {WEIGHTS}: {err}; load it with the "
+            "raymlops version (and user model module) that trained it"
+        ) from None
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
 def _read_verified(dir_uri: str, expected_digest: str | None) -> tuple[dict[str, bytes], PackageInfo]:
     try:
         raw = storage.read_bytes(storage.join(dir_uri, MANIFEST))
@@ -293,10 +337,11 @@ def _read_verified(dir_uri: str, expected_digest: str | None) -> tuple[dict[str,
             "a model package; re-run the step that saved it, or pass the directory that holds manifest.json"
         ) from None
     manifest = _parse_manifest(raw, dir_uri)
-    recorded = {name: manifest["files"][name]["sha256"] for name in PACKAGE_FILES}
+    names = _LAYOUTS[manifest["format_version"]]
+    recorded = {name: manifest["files"][name]["sha256"] for name in names}
     files: dict[str, bytes] = {}
     bad: list[str] = []
-    for name in PACKAGE_FILES:
+    for name in names:
         try:
             files[name] = storage.read_bytes(storage.join(dir_uri, name))
         except DataError:
@@ -335,19 +380,20 @@ def _parse_manifest(raw: bytes, dir_uri: str) -> dict[str, Any]:
         raise PackageError(
             f"{MANIFEST} in {dir_uri} is not a raymlops package manifest; re-create the package"
         )
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in _LAYOUTS:
         raise PackageError(
             f"{dir_uri} uses package format {manifest.get('format_version')}, this raymlops reads "
-            f"{FORMAT_VERSION}; load it with the raymlops version that wrote it"
+            f"{sorted(_LAYOUTS)}; load it with the raymlops version that wrote it"
         )
+    expected = _LAYOUTS[manifest["format_version"]]
     listed = manifest.get("files")
     well_formed = isinstance(listed, dict) and all(
         isinstance(e, dict) and isinstance(e.get("sha256"), str) for e in listed.values()
     )
-    if not well_formed or set(listed) != set(PACKAGE_FILES) or not isinstance(manifest.get("digest"), str):
+    if not well_formed or set(listed) != set(expected) or not isinstance(manifest.get("digest"), str):
         have = sorted(listed) if isinstance(listed, dict) else []
         raise PackageError(
-            f"{MANIFEST} in {dir_uri} lists {have}, expected {sorted(PACKAGE_FILES)} and a digest: "
+            f"{MANIFEST} in {dir_uri} lists {have}, expected {sorted(expected)} and a digest: "
             "the manifest was edited or is corrupt; re-create the package"
         )
     return manifest

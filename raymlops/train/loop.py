@@ -591,7 +591,7 @@ def _make_trainer(tc: TrainConfig, spec: dict, datasets: dict, *, storage_uri: s
     )
 
 
-def _progress_pump(progress: Callable[[dict], None]):
+def progress_pump(progress: Callable[[dict], None]):
     """A Ray queue fed by a Train callback (runs in the controller actor) and a thread calling ``progress``."""
     import ray.train
     from ray.util.queue import Empty, Queue
@@ -661,7 +661,7 @@ def train_model(
     datasets = split_datasets(prepared)
     callbacks, stop = [], None
     if progress is not None:
-        forward, stop = _progress_pump(progress)
+        forward, stop = progress_pump(progress)
         callbacks.append(forward)
     trainer = _make_trainer(tc, spec, datasets, storage_uri=storage_uri, run_name=run_name, callbacks=callbacks)
     t0 = time.perf_counter()

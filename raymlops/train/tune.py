@@ -5,6 +5,9 @@ Each trial is a Tune function running the same epoch loop as Ray Train (``fit_lo
 inside every trial, costs a Train controller and worker group per trial (~20 s here), and when ASHA stops such
 a trial its Train run keeps going until it ends on its own; a stopped function trial ends at its next report.
 Trials never log to MLflow: their configs and metrics come back in ``TuneResult.trials`` for the driver.
+With ``train.model: xgboost`` a trial is ``raymlops.train.gbdt.gbdt_trial`` (the same boosting loop as the
+XGBoostTrainer workers), ASHA's step is one metrics report (every few rounds), and a search space left at its
+default searches ``raymlops.train.gbdt.DEFAULT_SEARCH_SPACE``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,17 @@ import torch
 
 from raymlops.config import Config, SearchDim, TrainConfig
 from raymlops.errors import ConfigError, RaymlopsError
+from raymlops.model.gbdt import XGBOOST
 from raymlops.model.nets import build_model
+from raymlops.train.gbdt import (
+    DEFAULT_SEARCH_SPACE,
+    GbdtResult,
+    booster_params,
+    gbdt_trial,
+    read_gbdt_checkpoint,
+    reports_per_run,
+    spec_from_transform,
+)
 from raymlops.train.loop import (
     TrainResult,
     checkpoint_uri,
@@ -42,7 +55,7 @@ class TuneResult:
     """Best hyper-parameters, the best trial's training result (weights from its checkpoint) and every trial."""
 
     best_params: dict[str, Any]
-    best: TrainResult
+    best: TrainResult | GbdtResult
     trials: list[dict[str, Any]]
     tune_time_s: float = 0.0
 
@@ -177,18 +190,30 @@ def tune_model(
 
     _check(cfg)
     tc = cfg.train
-    build_model(make_model_spec(tc, prepared.transform))  # fail on a bad spec or user factory before any trial
+    gbdt = tc.model == XGBOOST
+    space = cfg.tune.search_space
+    if gbdt:
+        spec = spec_from_transform(prepared.transform)
+        booster_params(tc, spec["task"], spec["n_classes"])  # a GPU without CUDA fails before any trial
+        if "search_space" not in cfg.tune.model_fields_set:  # the default space holds the MLP's keys
+            space = {k: SearchDim.model_validate(v) for k, v in DEFAULT_SEARCH_SPACE.items()}
+    else:
+        build_model(make_model_spec(tc, prepared.transform))  # fail on a bad spec or user factory before any trial
     # Materialized once for every trial: Ray Data tasks started inside a trial would be confined to the trial's
     # placement group, which has no CPU to spare for them (the read would hang).
     datasets = split_datasets(prepared, materialize=True)
-    trainable = tune.with_parameters(
-        _trial, train=tc.model_dump(mode="json"), transform=prepared.transform, datasets=datasets
-    )
+    if gbdt:
+        trainable = tune.with_parameters(gbdt_trial, train=tc.model_dump(mode="json"), spec=spec, datasets=datasets)
+        max_epochs = reports_per_run(tc.gbdt.num_boost_round)[1] + 1  # the periodic reports and the final one
+    else:
+        trainable = tune.with_parameters(
+            _trial, train=tc.model_dump(mode="json"), transform=prepared.transform, datasets=datasets
+        )
+        max_epochs = _max_epochs(cfg)
     resources = {"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}
-    max_epochs = _max_epochs(cfg)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
-        param_space=search_space(cfg.tune.search_space),
+        param_space=search_space(space),
         tune_config=tune.TuneConfig(
             metric=cfg.tune.metric,
             mode=cfg.tune.mode,
@@ -224,5 +249,6 @@ def tune_model(
     sign = 1 if mode == "min" else -1
     record, best = min(done, key=lambda tr: sign * tr[0]["best"])
     uri = checkpoint_uri(storage_uri, best.checkpoint.path)
-    result = read_checkpoint(best.checkpoint, record["metrics"]["time_total_s"], uri)
+    read = read_gbdt_checkpoint if gbdt else read_checkpoint
+    result = read(best.checkpoint, record["metrics"]["time_total_s"], uri)
     return TuneResult(best_params=record["params"], best=result, trials=trials, tune_time_s=elapsed)
