@@ -233,7 +233,8 @@ class Controller:
             return new[0] if new else None
 
     def status(self) -> dict[str, Any]:
-        """A JSON-safe summary: champion, run in flight, queue, rollout, weights, last monitor pass."""
+        """A JSON-safe summary: champion, run in flight, queue, rollout, weights, data blocked by validation, last
+        monitor pass."""
         with self._lock:
             s = self.state
             return {
