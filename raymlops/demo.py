@@ -18,7 +18,8 @@ from raymlops import storage
 from raymlops.config import Config
 from raymlops.serve.urls import base_url, feedback_url, predict_url
 
-__all__ = ["DEMO_OVERRIDES", "QUICK_OVERRIDES", "demo_config", "free_port", "run_demo"]
+__all__ = ["DEMO_OVERRIDES", "QUICK_OVERRIDES", "Clients", "EventPrinter", "Timeline", "demo_config", "free_port",
+           "land", "run_demo"]
 
 # The demo's policies, sized for a laptop's traffic (tens of requests per second) and a story of minutes.
 DEMO_OVERRIDES = [
@@ -112,7 +113,8 @@ class Clients:
                     self.failed += 1
 
 
-def _land(uri: str, table) -> None:
+def land(uri: str, table) -> None:
+    """Write ``table`` as one parquet file at ``uri`` atomically (a partition landing whole)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -152,7 +154,7 @@ def run_demo(cfg: Config, say: Callable[[str], None] = print, *, quick: bool = F
     # -- the controller: first run, v1 serves ---------------------------------------------------------------
     start_controller(cfg)
     tl(f"controller started (detached actor 'controller-{cfg.name}', namespace raymlops)")
-    events = _EventPrinter(cfg, tl)
+    events = EventPrinter(cfg, tl)
     call(cfg, "trigger", "demo-first-run")
     events.wait(lambda s: s["champion"] is not None, 600, "the first model")
     base = base_url(cfg, "127.0.0.1")
@@ -163,10 +165,13 @@ def run_demo(cfg: Config, say: Callable[[str], None] = print, *, quick: bool = F
     try:
         time.sleep(4)
         # -- drifted data lands: retrain, canary, promote -------------------------------------------------
-        drift = DriftSpec(features={"monthly_charges": (15.0, 1.0)}, categories={"plan": {"premium": 0.5}})
+        # A covariate shift big enough to leave the range inferred from days 1-3: recorded as a value anomaly
+        # (drift), not schema skew, so the loop retrains on the new regime instead of stalling.
+        drift = DriftSpec(features={"monthly_charges": (40.0, 1.5)}, categories={"plan": {"premium": 0.5}})
         generate(landing, rows_per_day=rows, days=2, start_date="2026-01-04", seed=3, drift=drift)
         clients.use(make_day("2026-01-06", 3000, seed=102, drift=drift), label, ts)
-        tl("drifted data landed (day 4-5: monthly_charges +15, more premium plans); live traffic drifts too")
+        tl("drifted data landed (day 4-5: monthly_charges ×1.5 + 40, beyond its inferred range; more premium "
+           "plans); live traffic drifts too")
         events.wait(lambda s: s["champion"] == "2", 600, "v2 to be promoted",
                     fail_on=("rolled_back", "exposure_blocked"))
         if bad_model:
@@ -175,7 +180,7 @@ def run_demo(cfg: Config, say: Callable[[str], None] = print, *, quick: bool = F
                 table = make_day(day, rows * 3, seed=seed, drift=drift)
                 i = table.schema.get_field_index(label)
                 table = table.set_column(i, label, pc.subtract(1, table.column(label)))
-                _land(storage.join(landing, f"churn-{day}.parquet"), table)
+                land(storage.join(landing, f"churn-{day}.parquet"), table)
             tl("a partition with inverted labels landed (day 6-8, an upstream bug); offline its test split "
                "has the same bug, so the retrained model looks fine there")
             events.wait(lambda s: any(e["kind"] == "rolled_back" for e in call(cfg, "events", 0)), 600,
@@ -201,7 +206,7 @@ def run_demo(cfg: Config, say: Callable[[str], None] = print, *, quick: bool = F
     return where
 
 
-class _EventPrinter:
+class EventPrinter:
     """Prints the controller's new events (and the run's progress lines) while waiting for a condition."""
 
     def __init__(self, cfg: Config, tl: Timeline):
