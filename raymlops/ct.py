@@ -70,44 +70,67 @@ def materialize_step(ctx, full: bool = False):
 
 
 @component(outputs=("snapshot", "schema", "report"), executor="driver", config_keys=("name", "data", "validation"))
-def validate(ctx, data_digest: str = "", source: Artifact | None = None):
-    """Ingest and validate the data (``source`` when a step made it); schema skew stops the pipeline (exit 3)."""
-    from raymlops.data.validate import validate_data
+def validate(ctx, data_digest: str = "", source: Artifact | None = None, schema_version: str = "",
+             reference: str = ""):
+    """Ingest and validate the data (``source`` when a step made it); schema skew stops the pipeline (exit 3).
+
+    ``schema_version`` and ``reference`` (``raymlops.data.validate.validation_params``) are only fingerprinted: a
+    new schema version or a new champion's reference makes the same data a new validation, not a cache hit.
+    """
+    from raymlops.data.validate import keep_report, validate_data
 
     cfg: Config = ctx.config
     if source is not None:
         cfg, data_digest = _on_source(cfg, source.uri), source.digest
     outcome = validate_data(cfg, report_dir=ctx.path("report"), progress=ctx.progress)
     ctx.log_metrics({"rows": outcome.report.rows, "anomalies": len(outcome.report.anomalies),
-                     "drifted_features": sum(d.drifted for d in outcome.report.drift)})
+                     "value_anomalies": len(outcome.report.value_anomalies),
+                     "drifted_features": sum(d.drifted for d in outcome.report.drift),
+                     "schema_version": outcome.schema.version})
     ctx.log_artifact("report/report.json")
     ctx.log_artifact("report/report.html")
     if outcome.decision == "STOP":
+        # A failed step's outputs are deleted; the report must outlive it (the user fixes the data or accepts a
+        # new schema version from it), so it is kept under the pipeline's reports.
+        kept = keep_report(cfg, outcome, storage.join(cfg.storage_uri, "reports", cfg.name, "validation",
+                                                      f"{ctx.run_id}-{ctx.step}"))
         raise DataValidationError(
-            f"data validation stopped the pipeline: {outcome.report.summary()} (report: {outcome.html_uri})",
-            report_uri=outcome.report_uri,
+            f"data validation stopped the pipeline: {outcome.report.summary()} (report: {kept.html_uri})",
+            report_uri=kept.report_uri,
         )
     ctx.progress(outcome.report.summary())
     snapshot = Artifact(uri=cfg.data.source, kind="dataset", digest=data_digest,
                         metadata={"files": outcome.files, "rows": outcome.report.rows})
     schema = Artifact(uri=outcome.schema_uri, kind="schema", digest=_digest_text(storage.read_text(outcome.schema_uri)),
                       metadata={"version": outcome.schema.version})
+    meta = {"decision": outcome.decision, "schema_version": outcome.schema.version,
+            "reference": outcome.reference_source.describe() if outcome.reference_source else None}
     return {"snapshot": snapshot, "schema": schema,
-            "report": ctx.artifact("report/report.json", kind="statistics", metadata={"decision": outcome.decision})}
+            "report": ctx.artifact("report/report.json", kind="statistics", metadata=meta)}
 
 
-@component(outputs=("prepared",), executor="driver", config_keys=("data", "prepare"))
+@component(outputs=("prepared", "reference"), executor="driver", config_keys=("data", "prepare"))
 def prepare(ctx, snapshot: Artifact, schema: Artifact):
-    """Split the snapshot, write each split and fit the transform on the training split only."""
+    """Split the snapshot, write each split and fit the transform on the training split only.
+
+    The training split's profile is also written as ``reference.json``: the drift reference of the model trained
+    on it, once that model is champion (``register`` tags the version with its URI).
+    """
     from raymlops.core.schema import Schema
     from raymlops.data.prepare import prepare as prepare_data
+    from raymlops.data.profile import KeepProfile
 
     cfg: Config = ctx.config
     sch = Schema.from_yaml(storage.read_text(schema.uri))
-    prepared = prepare_data(cfg, _ingest(cfg, snapshot).dataset, sch, ctx.path("prepared"))
+    kept = KeepProfile()
+    prepared = prepare_data(cfg, _ingest(cfg, snapshot).dataset, sch, ctx.path("prepared"), train_profile_fn=kept)
+    storage.atomic_write_text(ctx.path("reference.json"), json.dumps(kept.profile.to_dict()))
     ctx.progress("rows per split: " + ", ".join(f"{k} {v:,}" for k, v in prepared.rows.items()))
     ctx.log_metrics({f"rows_{k}": v for k, v in prepared.rows.items()})
-    return {"prepared": ctx.artifact("prepared", kind="dataset", metadata={"rows": prepared.rows}, digest="stat")}
+    return {"prepared": ctx.artifact("prepared", kind="dataset", metadata={"rows": prepared.rows}, digest="stat"),
+            "reference": ctx.artifact("reference.json", kind="statistics",
+                                      metadata={"split": "train", "rows": kept.profile.rows,
+                                                "schema_version": sch.version})}
 
 
 @component(outputs=("model",), executor="driver", config_keys=("train", "tune"))
@@ -234,15 +257,28 @@ def bless(ctx, evaluation: Artifact, infra: dict):
 
 
 @component(outputs=("version",), executor="driver", config_keys=("name", "tracking_uri"))
-def register(ctx, package: Artifact, blessing: Artifact, snapshot: Artifact, evaluation: Artifact):
-    """Register the blessed package as a new model version with alias `challenger`."""
+def register(ctx, package: Artifact, blessing: Artifact, snapshot: Artifact, evaluation: Artifact,
+             schema: Artifact | None = None, reference: Artifact | None = None):
+    """Register the blessed package as a new model version with alias `challenger`.
+
+    Tagged with its lineage: run, data fingerprint, blessing, the schema version it was validated against
+    (``schema_version``, ``schema_uri``) and its training data's statistics (``reference_uri``: the drift reference
+    while it is champion).
+    """
+    from raymlops.data.validate import REFERENCE_TAG
     from raymlops.registry.models import ModelRegistry
 
     cfg: Config = ctx.config
     test = json.loads(storage.read_text(evaluation.uri))["challenger"]["metrics"].get("test", {})
+    lineage = {}
+    if schema is not None:
+        lineage |= {"schema_version": schema.metadata.get("version"), "schema_uri": schema.uri}
+    if reference is not None:
+        lineage[REFERENCE_TAG] = reference.uri
     info = ModelRegistry(cfg.tracking_uri).register(
         cfg.name, package.uri, run_id=ctx.mlflow_run_id, digest=package.digest,
         tags={"pipeline_run_id": ctx.run_id, "data_fingerprint": snapshot.digest, "blessing_uri": blessing.uri,
+              **{k: v for k, v in lineage.items() if v is not None},
               **{f"test_{k}": v for k, v in test.items() if v is not None}, **_run_tags()},
     )
     ctx.progress(f"registered {cfg.name} v{info.version} as challenger")
@@ -265,7 +301,8 @@ def build_ct_pipeline(cfg: Config) -> Pipeline:
         Step(check_package, inputs={"package": "evaluate.package", "prepared": "prepare.prepared"}),
         Step(bless, inputs={"evaluation": "evaluate.evaluation", "infra": "check_package.infra"}),
         Step(register, inputs={"package": "evaluate.package", "blessing": "bless.blessing",
-                               "snapshot": "validate.snapshot", "evaluation": "evaluate.evaluation"}),
+                               "snapshot": "validate.snapshot", "evaluation": "evaluate.evaluation",
+                               "schema": "validate.schema", "reference": "prepare.reference"}),
     ])
 
 
@@ -297,9 +334,11 @@ def run_ct_pipeline(cfg: Config, *, resume_run_id: str | None = None, run_id: st
     `run_id` names a new run in advance (see `raymlops.pipeline.run_pipeline`).
     """
     from raymlops.data.ingest import snapshot
+    from raymlops.data.validate import validation_params
 
     # With the feature store, the join step makes the dataset (and its digest) inside the run.
     params = {} if _uses_feature_store(cfg) else {"validate.data_digest": snapshot(cfg.data.source, cfg.data.format)[1]}
+    params |= {f"validate.{k}": v for k, v in validation_params(cfg).items()}
     storage.makedirs(cfg.storage_uri)  # the default SQLite tracking database lives there
     result = run_pipeline(
         build_ct_pipeline(cfg), storage_uri=cfg.storage_uri, tracking_uri=cfg.tracking_uri, config=cfg,

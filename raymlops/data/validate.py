@@ -21,7 +21,7 @@ from raymlops.core.sketches import DatasetProfile, reference_edges
 from raymlops.core.validation import ReferenceSource, ValidationPolicy, ValidationReport, validate
 from raymlops.data.ingest import IngestResult, ingest_data
 from raymlops.data.profile import profile_dataset
-from raymlops.data.schemas import (  # noqa: F401 - FrozenSchema, freeze_schema, schema_dir: kept importable here
+from raymlops.data.schemas import (  # noqa: F401 - FrozenSchema, freeze_schema: kept importable here
     FrozenSchema,
     champion_version,
     freeze_schema,
@@ -88,7 +88,10 @@ def validation_params(cfg: Config) -> dict[str, str]:
     """
     frozen = load_frozen_schema(cfg)
     if frozen is None:
-        return {"schema_version": "", "reference": ""}
+        # This validation freezes v1 (with its reference) unless it stops: name what the next run will then see,
+        # so an unchanged rerun is a cache hit.
+        first = storage.join(schema_dir(cfg), "v1.yaml")
+        return {"schema_version": "v1", "reference": ReferenceSource("frozen", reference_uri_of(first), 1).describe()}
     source = reference_source(cfg, frozen, progress=_quiet)
     return {"schema_version": f"v{frozen.schema.version}", "reference": source.describe() if source else ""}
 

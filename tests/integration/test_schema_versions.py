@@ -202,3 +202,41 @@ def test_drift_is_measured_against_the_champion_and_its_features_cannot_be_dropp
         propose_from_report(cfg, stop.report_uri)
     assert err.value.exit_code == 2
     assert sorted(schema_versions(cfg)) == [1]  # nothing written
+
+
+# --------------------------------------------------------------------------------------------- CT lineage
+@pytest.mark.slow
+def test_a_ct_run_records_its_schema_version_and_reference_and_a_champion_becomes_the_reference(
+        ray_session, tmp_path, tracking_uri):
+    from raymlops.ct import run_ct_pipeline
+    from raymlops.data.schemas import read_profile
+    from raymlops.data.validate import validation_params
+
+    generate(str(tmp_path / "landing"), rows_per_day=1500, days=2, seed=3)
+    cfg = load_config(None, [
+        f"storage_uri={tmp_path / 'store'}", f"tracking_uri={tracking_uri}", f"data.source={tmp_path / 'landing'}",
+        "train.epochs=3", "train.learning_rate=0.01", "train.batch_size=128", "evaluation.min_primary=0.55",
+    ])
+    first = validation_params(cfg)  # what the run will freeze: the same values once frozen, so reruns are cached
+    result = run_ct_pipeline(cfg, progress=_quiet)
+    assert result.status == "completed", result.error
+    out = result.pipeline.outputs
+    assert out["validate.schema"].metadata["version"] == 1
+    assert result.pipeline.steps["validate"].status == "completed"
+
+    reg = ModelRegistry(cfg.tracking_uri)
+    info = reg.get(cfg.name, result.version)
+    assert info.tags["schema_version"] == "1" and info.tags["schema_uri"] == out["validate.schema"].uri
+    reference = read_profile(info.tags["reference_uri"])
+    assert info.tags["reference_uri"] == out["prepare.reference"].uri
+    assert reference.rows == out["prepare.prepared"].metadata["rows"]["train"]  # the training split's statistics
+    assert {"monthly_charges", "plan", "churned"} <= set(reference.features)
+
+    assert validation_params(cfg) == first == {
+        "schema_version": "v1", "reference": f"frozen schema v1 ({tmp_path}/store/schemas/churn/v1.reference.json)"}
+    reg.promote(cfg.name, info.version)
+    after = validation_params(cfg)  # a new champion: the same data is a new validation, not a cache hit
+    assert after["reference"] == f"champion v{info.version} ({info.tags['reference_uri']})"
+    report = validate_data(cfg, progress=_quiet).report
+    assert (report.reference.kind, report.reference.version) == ("champion", info.version)
+    assert report.reference_rows == reference.rows
