@@ -332,3 +332,14 @@ def test_policy_defaults_match_the_config_defaults():
     assert (p.max_null_pct, p.max_unseen_category_pct, p.max_out_of_range_pct) == (5.0, 1.0, 1.0)
     assert p.numeric_rule == ("psi", 0.2) and p.categorical_rule == ("linf", 0.1)
     assert not p.stop_on_drift and p.require_label and p.enforce_ranges is False
+
+
+def test_html_report_shows_value_anomalies_and_the_reference(schema, ref):
+    from raymlops.core.report_html import render_report
+
+    cur = profile(_with_charges_above(make(seed=2), 100, 10_000.0), reference_edges(ref, 10))
+    report = validate(schema, ref, cur, ValidationPolicy(), reference_source=ReferenceSource("champion", "/r.json", 4))
+    html = render_report(report, ref, cur)
+    assert "Value anomalies (1)" in html and "not a stop" in html
+    assert "drift reference: champion v4 (/r.json)" in html
+    assert "Value anomalies" not in render_report(check(schema, ref, make(seed=2)), ref, cur)
