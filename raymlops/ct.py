@@ -176,11 +176,20 @@ def train(ctx, prepared: Artifact):
 
 
 @component(outputs=("package", "evaluation"), executor="driver",
-           config_keys=("name", "tracking_uri", "data.label", "data.task", "data.slices"))
+           config_keys=("name", "tracking_uri", "data.label", "data.task", "data.slices", "evaluation.threshold",
+                        "evaluation.threshold_objective", "evaluation.reference_max_rows"))
 def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
-    """Package the model and evaluate it (and the champion, on the same test rows) overall and per slice."""
+    """Package the model and evaluate it (and the champion, on the same test rows) overall and per slice.
+
+    For a binary task the decision threshold is chosen first, on the validation split (``evaluation.threshold``),
+    and stored in the package's signature, so evaluation, serving and batch prediction decide alike. Beside the
+    model: the naive baseline (blessing's ``vs_baseline`` gate) and a HistGradientBoosting reference fitted on
+    the same training split (informational).
+    """
     import ray.data
 
+    from raymlops.core.baselines import describe_reference
+    from raymlops.core.metrics import naive_name
     from raymlops.data.prepare import load_prepared
     from raymlops.evaluation.evaluate import evaluate as run_eval
     from raymlops.evaluation.evaluate import evaluate_champion_on
@@ -190,13 +199,11 @@ def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
     cfg: Config = ctx.config
     data = load_prepared(prepared.uri)
     meta = json.loads(storage.read_text(storage.join(model.uri, "training.json")))
-    info = save_package(
-        ctx.path("package"),
+    contents = dict(
         **read_trained_model(model.uri, meta["model_spec"]),  # torch weights or a booster
         model_spec=meta["model_spec"],
         transform_json=data.transform.to_json(),
         schema_yaml=storage.read_text(schema.uri),
-        signature=_signature(cfg, data),
         metrics={"best_val_loss": meta["best_val_loss"], "best_epoch": meta["best_epoch"]},
         tags={"pipeline_run_id": ctx.run_id, "schema_uri": schema.uri},
     )
@@ -205,10 +212,14 @@ def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
         splits = {k: _read_table(u) for k, u in data.split_uris.items()}
     else:
         splits = {k: ray.data.read_parquet(u) for k, u in data.split_uris.items()}
+    threshold = _decision_threshold(cfg, data, contents, splits.get("validation"))
+    info = save_package(ctx.path("package"), **contents, signature=_signature(cfg, data, threshold))
     ctx.progress(f"packaged {info.size_bytes / 1e6:.2f} MB (digest {info.digest[:12]}); evaluating")
     result = run_eval(load_package(info.uri, info.digest), splits, task=cfg.data.task, label=cfg.data.label,
                       slices=cfg.data.slices)
-    doc: dict[str, Any] = {"challenger": result.to_dict(), "champion": None, "champion_version": None}
+    reference = _reference_model(cfg, data, splits)
+    doc: dict[str, Any] = {"challenger": result.to_dict(), "champion": None, "champion_version": None,
+                           "threshold": threshold.to_dict() if threshold else None, "reference": reference}
     champ = ModelRegistry(cfg.tracking_uri).get_by_alias(cfg.name, "champion")
     if champ is not None:
         ctx.progress(f"evaluating champion v{champ.version} on the same test rows")
@@ -218,11 +229,81 @@ def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
         doc |= {"champion": champ_eval.to_dict(), "champion_version": champ.version}
     storage.atomic_write_text(ctx.path("evaluation.json"), json.dumps(doc, indent=2, default=str))
     ctx.log_artifact("evaluation.json")
-    ctx.log_metrics({f"{split}_{k}": v for split, ms in result.metrics.items() for k, v in ms.items()
-                     if isinstance(v, int | float) and v == v})
-    ctx.progress(_metrics_line(result.metrics.get("test", {})))
+    logged = {f"{split}_{k}": v for split, ms in result.metrics.items() for k, v in ms.items()}
+    logged |= {f"baseline_test_{k}": v for k, v in result.baseline.items()}
+    logged |= {f"reference_test_{k}": v for k, v in (reference.get("metrics") or {}).items()}
+    logged |= {"threshold": threshold.threshold} if threshold else {}
+    ctx.log_metrics({k: v for k, v in logged.items() if isinstance(v, int | float) and v == v})
+    test = result.metrics.get("test", {})
+    ctx.progress(_metrics_line(test) + (f" (threshold {threshold.threshold:.4f})" if threshold else ""))
+    primary = cfg.evaluation.primary_metric
+    facts = [f"naive baseline ({naive_name(cfg.data.task)}) {primary} {result.baseline.get(primary, float('nan')):.4f}",
+             describe_reference(reference, primary, test.get(primary, float("nan")))]
+    if threshold:
+        facts.append(_describe_threshold(threshold))
+    ctx.progress("; ".join(f for f in facts if f))
     return {"package": Artifact(uri=info.uri, kind="package", digest=info.digest, metadata={"mb": info.size_bytes / 1e6}),
             "evaluation": ctx.artifact("evaluation.json", kind="evaluation")}
+
+
+def _decision_threshold(cfg: Config, data, contents: dict[str, Any], validation: Any):
+    """The binary decision threshold for the package: fixed by the config, or chosen on the validation split.
+
+    The validation scores come from a draft of the same package (every model kind predicts through
+    ``load_package``), written to a local temporary directory and loaded in this process.
+    """
+    import tempfile
+
+    from raymlops.core.metrics import ThresholdChoice, choose_threshold
+    from raymlops.evaluation.evaluate import predict_splits
+    from raymlops.model.package import load_package, save_package
+
+    ev = cfg.evaluation
+    if cfg.data.task != "binary":
+        return None
+    if ev.threshold != "auto":
+        return ThresholdChoice(float(ev.threshold), "fixed", float("nan"), 0, "evaluation.threshold")
+    if validation is None:
+        return ThresholdChoice(0.5, ev.threshold_objective, float("nan"), 0, "no validation split: kept 0.5")
+    with tempfile.TemporaryDirectory(prefix="raymlops-draft-") as d:
+        draft = save_package(f"{d}/package", **contents, signature=_signature(cfg, data))
+        scored = predict_splits(load_package(draft.uri, draft.digest), {"validation": validation},
+                                label=cfg.data.label)["validation"]
+    if scored is None:
+        return ThresholdChoice(0.5, ev.threshold_objective, float("nan"), 0, "the validation split is empty: kept 0.5")
+    y, outputs = scored
+    return choose_threshold(y, outputs["probability"], ev.threshold_objective, classes=data.transform.classes)
+
+
+def _describe_threshold(t) -> str:
+    if t.objective == "fixed":
+        return f"threshold {t.threshold:.4f} (evaluation.threshold)"
+    if t.note:
+        return f"threshold {t.threshold:.4f} ({t.note})"
+    return f"threshold {t.threshold:.4f} (max {t.objective} {t.value:.4f} on {t.rows:,} validation rows)"
+
+
+def _reference_model(cfg: Config, data, splits: dict[str, Any]) -> dict[str, Any]:
+    """HistGradientBoosting on the training split, scored on the test split; ``{"skipped": why}`` when too big."""
+    import pyarrow as pa
+
+    from raymlops.evaluation.reference import fit_reference
+
+    limit, rows = cfg.evaluation.reference_max_rows, data.rows.get("train", 0)
+    if limit == 0:
+        return {"skipped": "evaluation.reference_max_rows is 0"}
+    if rows > limit:
+        return {"skipped": f"{rows:,} training rows > evaluation.reference_max_rows {limit:,}"}
+
+    def table(split: str):
+        got = splits.get(split)
+        return got if isinstance(got, pa.Table) else _read_table(data.split_uris[split])
+
+    try:
+        return fit_reference(data.transform, table("train"), table("test"), table("validation"),
+                             threshold_objective=cfg.evaluation.threshold_objective)
+    except Exception as err:  # informational only: a reference that cannot be fitted must not fail the run
+        return {"skipped": f"fitting failed: {type(err).__name__}: {err}"}
 
 
 @component(outputs=("infra",), executor="task", num_cpus=0.25, config_keys=())
@@ -356,11 +437,15 @@ def _digest_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _signature(cfg: Config, data) -> dict[str, Any]:
+def _signature(cfg: Config, data, threshold=None) -> dict[str, Any]:
+    """The package's signature; a binary package's ``threshold`` decides its labels (``LoadedModel.predict``)."""
     t = data.transform
-    return {"inputs": {"numeric": [c.name for c in t.numeric], "categorical": [c.name for c in t.categorical]},
-            "outputs": list(prediction_fields(cfg.data.task)),
-            "task": cfg.data.task, "label": cfg.data.label, "classes": list(t.classes or [])}
+    sig = {"inputs": {"numeric": [c.name for c in t.numeric], "categorical": [c.name for c in t.categorical]},
+           "outputs": list(prediction_fields(cfg.data.task)),
+           "task": cfg.data.task, "label": cfg.data.label, "classes": list(t.classes or [])}
+    if threshold is not None:
+        sig["threshold"] = threshold.threshold
+    return sig
 
 
 def _run_tags() -> dict[str, str]:

@@ -205,17 +205,19 @@ class ThresholdChoice:
                 "rows": self.rows, "note": self.note}
 
 
-def choose_threshold(y_true: Any, probability: Any, objective: str = "f1") -> ThresholdChoice:
+def choose_threshold(y_true: Any, probability: Any, objective: str = "f1",
+                     classes: Sequence[Any] | None = None) -> ThresholdChoice:
     """The threshold that maximises ``objective`` on these rows (normally the validation split).
 
     ``f1``: F1 of the positive class; ``youden``: TPR - FPR (balanced accuracy); ``accuracy``. Candidates are the
     distinct probabilities; the threshold returned is the midpoint between the lowest probability predicted
     positive and the next lower one, so rows near the cut are not decided by the validation set's exact values.
     Ties go to the highest threshold. With one class only (or no rows) nothing can be chosen: 0.5, with a note.
+    ``y_true`` holds 0/1 (or bool) labels, or class values with ``classes`` (as ``compute_metrics``).
     """
     if objective not in THRESHOLD_OBJECTIVES:
         raise ValueError(f"unknown threshold objective {objective!r}; use one of {list(THRESHOLD_OBJECTIVES)}")
-    y = np.asarray(y_true).astype(bool)
+    y = _encode(y_true, classes, 2, "the label column").astype(bool)
     p = np.asarray(probability, dtype=np.float64).reshape(-1)
     n, n_pos = len(y), int(y.sum())
     if n == 0 or n_pos in (0, n) or not np.isfinite(p).all():

@@ -18,14 +18,16 @@ import pyarrow.compute as pc
 
 from raymlops.core.metrics import (
     EvalResult,
+    compute_metrics,
     explain_metrics,
     metrics_for_task,
+    naive_outputs,
     sliced_metrics,
     split_fingerprint,
 )
 from raymlops.errors import DataError, PackageError
 
-__all__ = ["EvalResult", "PredictBatch", "evaluate", "evaluate_champion_on", "tag_split"]
+__all__ = ["EvalResult", "PredictBatch", "evaluate", "evaluate_champion_on", "predict_splits", "tag_split"]
 
 _Y = "__y"
 _SLICE = "__slice__"
@@ -136,25 +138,8 @@ def _model_classes(model: Any) -> list[Any] | None:
     return list(classes) if classes else None
 
 
-def evaluate(
-    model: Any,
-    splits: Mapping[str, Any],
-    *,
-    task: str,
-    label: str,
-    slices: Sequence[str] = (),
-    classes: Sequence[Any] | None = None,
-    slice_split: str = "test",
-    batch_size: int = 4096,
-    num_cpus: float = 0.25,
-    max_actors: int = 2,
-) -> EvalResult:
-    """Metrics of ``model`` on each split, and per slice column on ``slice_split``.
-
-    ``model``: a loaded package (``load_package(uri)``) or its URI. ``splits``: ``{name: pa.Table | ray Dataset}``
-    with the raw columns (features, label, slice columns). ``classes``: label classes in the order of the model's
-    probability columns; by default the model's transform's.
-    """
+def _prepare(model: Any, splits: Mapping[str, Any], task: str, label: str, slices: Sequence[str],
+             classes: Sequence[Any] | None) -> tuple[Any, list[Any] | None]:
     local_model = model
     has_local = any(isinstance(d, pa.Table) for d in splits.values())
     if isinstance(model, str) and (has_local or (classes is None and task != "regression")):
@@ -167,11 +152,61 @@ def evaluate(
                 f"split {name!r} has no column(s) {missing} (label {label!r}, slices {list(slices)}); "
                 "check data.label and data.slices against the data"
             )
+    return local_model, classes
+
+
+def predict_splits(
+    model: Any,
+    splits: Mapping[str, Any],
+    *,
+    label: str,
+    batch_size: int = 4096,
+    num_cpus: float = 0.25,
+    max_actors: int = 2,
+) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]] | None]:
+    """The label values and the model's outputs for every row of each split (``None`` for an empty split).
+
+    Same prediction path as ``evaluate`` (``PredictBatch``, in process for tables, an actor pool for Ray
+    Datasets), for callers that need the raw scores, e.g. to choose a decision threshold on validation.
+    """
+    local_model, _ = _prepare(model, splits, "regression", label, (), ())
+    tables = _predict_all(model, local_model, splits, label, (), batch_size, num_cpus, max_actors)
+    return {name: None if table is None else _unpack(table) for name, table in tables.items()}
+
+
+def _unpack(table: pa.Table) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    outputs = {c[len(_OUT):]: _column_numpy(table.column(c)) for c in table.column_names if c.startswith(_OUT)}
+    return _column_numpy(table.column(_Y)), outputs
+
+
+def evaluate(
+    model: Any,
+    splits: Mapping[str, Any],
+    *,
+    task: str,
+    label: str,
+    slices: Sequence[str] = (),
+    classes: Sequence[Any] | None = None,
+    slice_split: str = "test",
+    baseline_split: str | None = "train",
+    batch_size: int = 4096,
+    num_cpus: float = 0.25,
+    max_actors: int = 2,
+) -> EvalResult:
+    """Metrics of ``model`` on each split, and per slice column on ``slice_split``.
+
+    ``model``: a loaded package (``load_package(uri)``) or its URI. ``splits``: ``{name: pa.Table | ray Dataset}``
+    with the raw columns (features, label, slice columns). ``classes``: label classes in the order of the model's
+    probability columns; by default the model's transform's. When ``splits`` holds ``baseline_split`` (the
+    training split), the naive baseline fitted on its labels is scored on ``slice_split`` too (``baseline``).
+    """
+    local_model, classes = _prepare(model, splits, task, label, slices, classes)
     metrics: dict[str, dict[str, float]] = {}
     rows: dict[str, int] = {}
     notes: dict[str, str] = {}
     result_slices: dict[str, dict[str, dict[str, float]]] = {}
     test_fingerprint = None
+    baseline: dict[str, float] = {}
     tables = _predict_all(model, local_model, splits, label, slices, batch_size, num_cpus, max_actors)
     for name in splits:
         table = tables[name]
@@ -185,8 +220,7 @@ def evaluate(
                 f"split {name!r}: label column {label!r} has {table.column(_Y).null_count} nulls; "
                 "rows without a label cannot be scored: drop them before evaluation (validation.require_label)"
             )
-        y = _column_numpy(table.column(_Y))
-        outputs = {c[len(_OUT):]: _column_numpy(table.column(c)) for c in table.column_names if c.startswith(_OUT)}
+        y, outputs = _unpack(table)
         metrics[name], why = explain_metrics(task, y, outputs, classes)
         notes.update({f"{name}.{m}": reason for m, reason in why.items()})
         rows[name] = table.num_rows
@@ -194,6 +228,13 @@ def evaluate(
             slice_values = {s: table.column(_SLICE + s) for s in slices}
             result_slices = sliced_metrics(task, y, outputs, slice_values, classes)
             test_fingerprint = split_fingerprint(y, slice_values)
+    fit_on, score_on = tables.get(baseline_split or ""), tables.get(slice_split)
+    if fit_on is not None and score_on is not None:
+        y_test, test_outputs = _unpack(score_on)
+        probs = test_outputs.get("probabilities")
+        n_classes = len(classes) if classes else (probs.shape[1] if probs is not None and probs.ndim == 2 else None)
+        naive = naive_outputs(task, _column_numpy(fit_on.column(_Y)), len(y_test), classes, n_classes)
+        baseline = compute_metrics(task, y_test, naive, classes)
     return EvalResult(
         task=task,
         label=label,
@@ -203,6 +244,7 @@ def evaluate(
         slice_split=slice_split,
         notes=notes,
         test_fingerprint=test_fingerprint,
+        baseline=baseline,
     )
 
 

@@ -99,12 +99,15 @@ class TabularMLP(nn.Module):
 
     @torch.no_grad()
     def init_output_bias(self, prior: Sequence[float]) -> None:
-        """Start from the class prior instead of 50/50 (binary: its log-odds; multiclass: log-priors).
+        """Start from the class prior (counts or shares) instead of 50/50: binary log-odds, multiclass log-priors.
 
         The first steps then learn features rather than the base rate, and an imbalanced task does not begin
-        with a loss dominated by the majority class. Classes with no rows keep a zero bias.
+        with a loss dominated by the majority class.
         """
-        p = np.clip(np.asarray(prior, dtype=np.float64), 1e-6, 1 - 1e-6)
+        p = np.asarray(prior, dtype=np.float64)
+        if not p.sum() > 0:
+            return
+        p = np.clip(p / p.sum(), 1e-6, 1 - 1e-6)  # counts or shares alike; an empty class stays finite
         if self.task == "binary" and len(p) == 2:
             self.head.bias.fill_(float(np.log(p[1] / p[0])))
         elif self.task == "multiclass" and len(p) == self.head.bias.numel():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from raymlops.config import load_config
 from raymlops.ct import run_ct_pipeline
 from raymlops.data.synthetic import generate
 from raymlops.errors import ModelValidationError
+from raymlops.model.package import load_package
 from raymlops.registry.models import ModelRegistry
 from raymlops.registry.tracking import MetadataStore
 
@@ -55,6 +57,16 @@ def test_pipeline_registers_a_blessed_challenger_with_lineage_and_caches(ray_ses
     assert Path(out["evaluate.evaluation"].uri).is_file()
     assert Path(out["bless.blessing"].uri).is_file()
     assert out["check_package.infra"]["predict_ok"] is True
+
+    # the binary threshold chosen on validation is the package's; the naive baseline and the reference are recorded
+    evaluation = json.loads(Path(out["evaluate.evaluation"].uri).read_text())
+    threshold = evaluation["threshold"]["threshold"]
+    assert 0 < threshold < 1 and load_package(out["evaluate.package"].uri).signature["threshold"] == threshold
+    assert evaluation["challenger"]["baseline"]["roc_auc"] == 0.5
+    assert evaluation["reference"]["model"] == "HistGradientBoostingClassifier"
+    assert evaluation["reference"]["metrics"]["roc_auc"] > 0.6
+    assert evaluation["challenger"]["metrics"]["test"]["f1"] > 0  # ~24% churners: 0.5 would predict none
+    assert any("naive baseline" in line and "reference" in line for line in lines)
 
     # MLflow: a parent run and one child per step, tagged with fingerprint and cache state
     client = MlflowClient(cfg.tracking_uri)

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 
 from raymlops.core.blessing import GatePolicy, bless
-from raymlops.core.metrics import compute_metrics, sliced_metrics
+from raymlops.core.metrics import compute_metrics, metrics_for_task, naive_outputs, sliced_metrics
 from raymlops.errors import DataError
-from raymlops.evaluation.evaluate import PredictBatch, evaluate, evaluate_champion_on
+from raymlops.evaluation.evaluate import PredictBatch, evaluate, evaluate_champion_on, predict_splits
 from raymlops.evaluation.infra_check import check_package_in_fresh_process
 
 
@@ -258,3 +258,85 @@ def test_real_package_evaluates_on_ray_and_passes_the_infra_check(ray_session, r
     assert infra["output_shapes"] == {"probability": [5], "label": [5]}
     decision = bless(result, None, infra, GatePolicy(min_primary=None))
     assert all(g.verdict != "fail" for g in decision.gates if g.name.startswith(("package", "load")))
+
+
+# ------------------------------------------------------------------------------ naive baseline and reference
+def _prior_package(path, prior: float) -> str:
+    """A real package whose MLP ignores its inputs: zero weights, output bias at the prior's log-odds."""
+    import torch
+
+    from raymlops.core.transform import CategoricalColumn, NumericColumn, Transform
+    from raymlops.model.nets import build_model
+    from raymlops.model.package import save_package
+
+    spec = {"model": "mlp", "n_numeric": 2, "cardinalities": [4], "embedding_dim": 3, "hidden_sizes": [8],
+            "dropout": 0.0, "task": "binary", "n_classes": 2}
+    transform = Transform(
+        numeric=[NumericColumn("tenure_months", 30.0, 30.0, 20.0), NumericColumn("monthly_charges", 70.0, 70.0, 30.0)],
+        categorical=[CategoricalColumn("plan", ["basic", "standard", "premium"])],
+        label="churned", task="binary", classes=[0, 1],
+    )
+    model = build_model(spec)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.head.bias.fill_(math.log(prior / (1 - prior)))
+    return save_package(str(path), state_dict=model.state_dict(), model_spec=spec, transform_json=transform.to_json(),
+                        schema_yaml="name: churn\n", signature={"task": "binary"}, metrics={}, tags={}).uri
+
+
+def test_a_model_predicting_the_majority_class_is_refused_naming_the_baseline(ray_session, splits, tmp_path):
+    import ray.data
+
+    prior = float(np.mean(splits["train"].column("churned").to_numpy()))
+    datasets = {k: ray.data.from_arrow(v) for k, v in splits.items()}
+    result = evaluate(_prior_package(tmp_path / "prior", prior), datasets, task="binary", label="churned",
+                      slices=["region"])
+    # the naive baseline is fitted on the training labels and scored on the test rows
+    y_test = splits["test"].column("churned").to_numpy()
+    expected = compute_metrics("binary", y_test, naive_outputs("binary", splits["train"].column("churned").to_numpy(),
+                                                                len(y_test)))
+    assert result.baseline == pytest.approx(expected)
+    assert result.metric("roc_auc") == result.baseline["roc_auc"] == 0.5  # it ranks nobody: exactly the baseline
+    decision = bless(result, None, None, GatePolicy(min_primary=None, min_slice_rows=20))
+    assert not decision.blessed and [g.name for g in decision.failed] == ["vs_baseline"]
+    assert "naive baseline (the training class prior (majority class))" in decision.summary()
+    # a model that ranks the customers beats the same baseline
+    good = evaluate(FakeModel(), splits, task="binary", label="churned")
+    assert bless(good, None, None, GatePolicy(min_slice_rows=20)).blessed
+
+
+def test_predict_splits_returns_labels_and_scores_of_every_row(ray_session, splits):
+    import ray.data
+
+    scored = predict_splits(FakeModel(), {"validation": ray.data.from_arrow(splits["validation"]).repartition(2),
+                                          "empty": splits["test"].slice(0, 0)}, label="churned")
+    y, outputs = scored["validation"]
+    assert scored["empty"] is None and len(y) == len(outputs["probability"]) == 200
+    # row order is not promised: compare as sets of (label, score) pairs
+    direct = FakeModel().predict(splits["validation"])["probability"]
+    assert sorted(zip(y.tolist(), outputs["probability"].tolist(), strict=True)) == sorted(
+        zip(splits["validation"].column("churned").to_pylist(), direct.tolist(), strict=True))
+
+
+def test_reference_model_fits_the_training_split_and_tunes_its_threshold(splits):
+    from raymlops.core.transform import CategoricalColumn, NumericColumn, Transform
+    from raymlops.evaluation.reference import fit_reference
+
+    transform = Transform(
+        numeric=[NumericColumn("tenure_months", 30.0, 30.0, 20.0), NumericColumn("monthly_charges", 70.0, 70.0, 30.0)],
+        categorical=[CategoricalColumn("plan", ["basic", "standard", "premium"]),
+                     CategoricalColumn("region", ["north", "south", "east", "west"])],
+        label="churned", task="binary", classes=[0, 1],
+    )
+    ref = fit_reference(transform, splits["train"], splits["test"], splits["validation"])
+    assert ref["model"] == "HistGradientBoostingClassifier" and ref["train_rows"] == 800 and ref["test_rows"] == 200
+    assert ref["metrics"]["roc_auc"] > 0.7  # churn is driven by tenure: trees find it
+    assert set(ref["metrics"]) == set(metrics_for_task("binary")) and 0 < ref["threshold"] < 1
+    one_class = splits["train"].set_column(5, "churned", pa.array([0] * 800, pa.int64()))
+    assert "single class" in fit_reference(transform, one_class, splits["test"])["skipped"]
+
+    regression = Transform(transform.numeric[:1], transform.categorical, "monthly_charges", "regression")
+    reg = fit_reference(regression, splits["train"], splits["test"])
+    assert reg["model"] == "HistGradientBoostingRegressor" and reg["threshold"] is None
+    assert set(reg["metrics"]) == {"rmse", "mae", "r2"}

@@ -362,6 +362,14 @@ def test_threshold_falls_back_to_half_without_two_classes():
         M.choose_threshold(np.array([0, 1]), np.array([0.2, 0.8]), "auc")
 
 
+def test_threshold_maps_class_values_like_the_metrics():
+    y = np.array(["stay", "leave", "stay", "leave"])
+    choice = M.choose_threshold(y, np.array([0.1, 0.7, 0.3, 0.6]), classes=["stay", "leave"])
+    assert choice.value == 1.0 and 0.3 < choice.threshold <= 0.6
+    with pytest.raises(DataError, match="not among the model's classes"):
+        M.choose_threshold(np.array(["x", "leave"]), np.array([0.1, 0.7]), classes=["stay", "leave"])
+
+
 # ---------------------------------------------------------------------------------------- naive baseline
 def test_naive_outputs_predict_the_training_prior_and_mean():
     out = M.naive_outputs("binary", np.array([0, 0, 0, 1]), 3)

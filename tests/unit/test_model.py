@@ -260,3 +260,117 @@ def test_tune_metric_must_be_one_training_reports():
 
     with pytest.raises(ConfigError, match="tune.metric 'roc_auc'"):
         tune_model(config_from_dict({"tune": {"metric": "roc_auc"}}), None, storage_uri="x", run_name="r")
+
+
+# ------------------------------------------------------------------------------------ training defaults
+def test_default_train_config_is_a_real_budget():
+    tc = load_config(None).train
+    assert (tc.epochs, tc.learning_rate, tc.lr_schedule, tc.early_stopping_patience) == (50, 0.01, "cosine", 8)
+    with pytest.raises(ConfigError, match="train.lr_schedule"):
+        load_config(None, ["train.lr_schedule=step"])
+    with pytest.raises(ConfigError, match="train.class_weight"):
+        load_config(None, ["train.class_weight=auto"])
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from raymlops.train.loop import lr_factor
+
+    total = 200
+    f = [lr_factor("cosine", s, total, warmup_pct=5.0) for s in range(total)]
+    assert f[0] == pytest.approx(1 / 10) and f[9] == 1.0  # 10 warm-up steps, linear
+    assert all(a >= b for a, b in zip(f[9:], f[10:], strict=False))  # then never rises
+    assert f[-1] < 1e-3 and f[105] == pytest.approx(0.5, abs=0.02)  # half-way through the decay: half the rate
+    assert lr_factor("cosine", 500, total) == f[-1]  # an uneven last shard stays at the end
+    assert lr_factor("cosine", 0, total, warmup_pct=0.0) == 1.0
+
+
+def test_onecycle_and_constant_schedules():
+    from raymlops.train.loop import lr_factor
+
+    total = 100
+    f = [lr_factor("onecycle", s, total) for s in range(total)]
+    assert f[0] == pytest.approx(1 / 25) and max(f) == pytest.approx(1.0) and int(np.argmax(f)) == 30
+    assert f[-1] == pytest.approx(1 / 25 / 1e4)
+    assert {lr_factor("constant", s, total) for s in range(total)} == {1.0}
+    with pytest.raises(ConfigError, match="train.lr_schedule"):
+        lr_factor("step", 0, total)
+
+
+def test_schedule_sets_the_learning_rate_per_step():
+    seen = []
+    res = train_local(cfg("train.epochs=4", "train.batch_size=100", "train.warmup_pct=0"), SPEC,
+                      learnable(400, 1), learnable(100, 2), progress=seen.append)
+    lrs = [h["lr"] for h in res.history]  # the last step's rate of each epoch, 4 steps per epoch
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] < 0.01 and lrs[-1] < 1e-3
+
+
+def test_balanced_class_weights_match_sklearn_and_set_pos_weight():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from raymlops.model.nets import balanced_class_weights
+
+    y = np.array([0] * 90 + [1] * 10 + [2] * 30)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=y)
+    assert balanced_class_weights(np.bincount(y)) == pytest.approx(expected.tolist())
+    assert balanced_class_weights([5, 0]) == [pytest.approx(0.5), 1.0]  # a class with no rows
+    bce = loss_fn("binary", balanced_class_weights([90, 10]))
+    assert float(bce.pos_weight) == pytest.approx(9.0)
+    ce = loss_fn("multiclass", expected.tolist())
+    assert ce.weight.tolist() == pytest.approx(expected.tolist())
+
+
+def test_balanced_weights_make_the_minority_class_predicted():
+    data, val = learnable(800, 12), learnable(200, 13)
+    for d in (data, val):
+        d["y"] = (d["x_num"][:, 0] > 1.3).astype(np.float32)  # ~10% positives, learnable
+    plain = train_local(cfg("train.epochs=3"), SPEC, data, val)
+    balanced = train_local(cfg("train.epochs=3", "train.class_weight=balanced"), SPEC, data, val)
+
+    def positive_share(res):
+        model = build_model(res.model_spec).eval()
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in res.state_dict.items()})
+        with torch.no_grad():
+            z = model(torch.from_numpy(val["x_num"]), torch.from_numpy(val["x_cat"]))
+        return float(predict_outputs("binary", z)["label"].mean())
+
+    assert positive_share(balanced) > positive_share(plain)
+
+
+def test_output_bias_starts_at_the_class_prior():
+    model = build_model(SPEC)
+    model.init_output_bias([75.0, 25.0])
+    assert float(model.head.bias.detach()) == pytest.approx(math.log(25 / 75))
+    multi = build_model(spec_for("multiclass"))
+    multi.init_output_bias([10.0, 30.0, 60.0])
+    probs = torch.softmax(multi.head.bias, dim=0)
+    assert probs.tolist() == pytest.approx([0.1, 0.3, 0.6])
+
+
+def test_regression_learns_a_target_far_from_zero():
+    train, val = learnable(600, 14, "regression"), learnable(200, 15, "regression")
+    for d in (train, val):
+        d["y"] = (150 + 60 * d["y"]).astype(np.float32)  # like scikit-learn's diabetes target
+    res = train_local(cfg("train.epochs=15", "train.batch_size=64"), spec_for("regression"), train, val)
+    assert res.model_spec["target_mean"] == pytest.approx(float(train["y"].mean()), rel=1e-4)
+    assert res.model_spec["target_std"] == pytest.approx(float(train["y"].std()), rel=1e-3)
+    model = build_model(res.model_spec).eval()  # the spec alone rebuilds the scaling (it is in the package)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in res.state_dict.items()})
+    with torch.no_grad():
+        pred = model(torch.from_numpy(val["x_num"]), torch.from_numpy(val["x_cat"])).numpy()
+    r2 = 1 - np.mean((pred - val["y"]) ** 2) / np.var(val["y"])
+    assert r2 > 0.8
+    assert res.best_val_loss < 0.2  # in units of the target's variance
+
+
+def test_specs_without_target_scaling_still_build_and_bad_scaling_is_refused():
+    old = build_model(spec_for("regression"))  # packages written before target scaling
+    assert (old.target_mean, old.target_std) == (0.0, 1.0)
+    with pytest.raises(ConfigError, match="target_std"):
+        build_model({**spec_for("regression"), "target_mean": 1.0, "target_std": 0.0})
+
+
+def test_predict_outputs_decides_binary_labels_at_the_threshold():
+    z = torch.tensor([-2.0, -1.0, 0.0, 1.0])  # probabilities 0.12, 0.27, 0.5, 0.73
+    assert predict_outputs("binary", z)["label"].tolist() == [0, 0, 1, 1]
+    assert predict_outputs("binary", z, threshold=0.25)["label"].tolist() == [0, 1, 1, 1]
+    assert predict_outputs("binary", z, threshold=0.8)["label"].tolist() == [0, 0, 0, 0]
