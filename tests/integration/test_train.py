@@ -102,6 +102,8 @@ def test_torch_trainer_checkpoints_each_epoch_and_resumes_after_a_worker_failure
     assert result.checkpoint_uri == str(run_dir / "epoch_0002")
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
+    # the cosine schedule spans the whole budget, counted in one rank's steps (the census all-reduced over ranks)
+    assert 1e-4 < result.history[1]["lr"] < result.history[0]["lr"] < 0.01
     assert result.best_val_loss == min(h["val_loss"] for h in result.history)
     assert result.params["num_workers"] == 2 and result.fit_time_s > 0
 
