@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -22,9 +23,12 @@ from raymlops.model.gbdt import BOOSTER_FILE, BoosterPredictor, load_booster
 from raymlops.model.nets import predict_outputs
 from raymlops.model.package import load_package
 from raymlops.registry.models import ModelRegistry
+from raymlops.serve.batch import predict_batch, prediction_columns
+from raymlops.serve.deploy import deploy, undeploy
 from raymlops.train.gbdt import fit_gbdt, spec_from_transform, train_gbdt
 from raymlops.train.tune import tune_model
 from tests.data_helpers import instances
+from tests.serving_helpers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +114,7 @@ def test_ct_pipeline_registers_a_booster_package_that_serves_predictions(ray_ses
     generate(str(tmp_path / "landing"), rows_per_day=1000, days=2, seed=3)
     cfg = load_config(None, [
         f"storage_uri={tmp_path / 'store'}", f"tracking_uri={tracking_uri}", f"data.source={tmp_path / 'landing'}",
-        "train.model=xgboost", *FAST, "evaluation.min_primary=0.55",
+        "train.model=xgboost", *FAST, "evaluation.min_primary=0.55", f"serving.port={free_port()}",
     ])
     lines: list[str] = []
     result = run_ct_pipeline(cfg, progress=lines.append)
@@ -133,3 +137,24 @@ def test_ct_pipeline_registers_a_booster_package_that_serves_predictions(ray_ses
     threshold = float(model.signature.get("threshold") or 0.5)
     np.testing.assert_array_equal(preds["label"], (preds["probability"] >= threshold).astype(np.int64))
     assert out["check_package.infra"]["predict_ok"] is True  # loaded and predicted in a fresh process
+
+    # as champion: batch prediction on Ray Data and online serving answer what the package predicts directly
+    ModelRegistry(cfg.tracking_uri).promote(cfg.name, info.version)
+    generate(str(tmp_path / "input"), rows_per_day=300, days=1, start_date="2026-02-01", seed=5)
+    batch = predict_batch(cfg, str(tmp_path / "input"), str(tmp_path / "scored"))
+    scored = pq.read_table(tmp_path / "scored")
+    assert batch.rows == scored.num_rows == 300
+    direct = prediction_columns(model, scored)
+    np.testing.assert_allclose(scored.column("probability").to_numpy(), direct["probability"].to_numpy())
+    assert scored.column("label").to_pylist() == direct["label"].to_pylist()
+
+    served = deploy(cfg)
+    try:
+        r = httpx.post(f"{served.url}/v1/models/{cfg.name}:predict", json={"instances": rows}, timeout=30)
+        assert r.status_code == 200 and r.headers["x-model-version"] == "1"
+        online = r.json()["predictions"]
+        table = prediction_columns(model, {k: [row[k] for row in rows] for k in rows[0]})
+        assert [p["probability"] for p in online] == table["probability"].to_pylist()
+        assert [p["label"] for p in online] == table["label"].to_pylist()
+    finally:
+        undeploy(cfg)
