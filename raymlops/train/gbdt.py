@@ -8,7 +8,8 @@ validation split's loss. It runs
   splits; XGBoost's collective (set up by the trainer) merges the histograms and the evaluation metrics, so every
   worker grows the same trees and stops at the same round;
 - in a Ray Tune trial (``gbdt_trial``, see ``raymlops.train.tune``), in one process;
-- in this process (``fit_gbdt``), for baselines and benchmarks on numpy arrays.
+- in this process (``fit_gbdt`` on numpy arrays, ``fit_gbdt_prepared`` on a prepared dataset), for baselines and
+  benchmarks.
 
 Metrics go out every few rounds as ``{"epoch": rounds, "train_loss", "val_loss"[, "val_accuracy"]}`` (the loss is
 the objective's: logloss, mlogloss or rmse), the same keys as the MLP's epochs, so progress lines, Tune's metric and
@@ -44,7 +45,14 @@ from raymlops.model.gbdt import (
     objective_params,
 )
 from raymlops.model.nets import balanced_class_weights
-from raymlops.train.loop import checkpoint_uri, progress_pump, split_datasets, storage_args, training_error
+from raymlops.train.loop import (
+    checkpoint_uri,
+    load_split,
+    progress_pump,
+    split_datasets,
+    storage_args,
+    training_error,
+)
 
 __all__ = [
     "DEFAULT_SEARCH_SPACE",
@@ -52,6 +60,7 @@ __all__ = [
     "booster_params",
     "fit_booster",
     "fit_gbdt",
+    "fit_gbdt_prepared",
     "gbdt_spec",
     "gbdt_trial",
     "read_gbdt_checkpoint",
@@ -361,6 +370,22 @@ def fit_gbdt(
     t0 = time.perf_counter()
     booster, state, final_spec = fit_booster(tc, spec, train, validation, _LocalIO(nthread, progress))
     return _result(booster, state, final_spec, tc.model_dump(mode="json"), time.perf_counter() - t0, None)
+
+
+def fit_gbdt_prepared(
+    cfg: Config,
+    prepared: Any,
+    *,
+    params: Mapping[str, Any] | None = None,
+    nthread: int = 1,
+    progress: Callable[[dict], None] | None = None,
+) -> GbdtResult:
+    """``fit_gbdt`` on a prepared dataset's training and validation splits (read and transformed in this process,
+    no Ray) with ``cfg.train``'s ``gbdt`` section: the GBDT a benchmark or baseline compares, as the pipeline fits it.
+    """
+    return fit_gbdt(load_split(prepared, "train"), load_split(prepared, "validation"),
+                    spec=spec_from_transform(prepared.transform), config=cfg.train, params=params, nthread=nthread,
+                    progress=progress)
 
 
 def _nthread(tc: TrainConfig) -> int:

@@ -19,7 +19,13 @@ from raymlops.errors import ConfigError, PackageError
 from raymlops.model import package as pkg
 from raymlops.model.gbdt import BOOSTER_FILE, BoosterPredictor, feature_matrix, load_booster
 from raymlops.model.nets import predict_outputs
-from raymlops.train.gbdt import booster_params, fit_gbdt, resolve_gbdt_config, spec_from_transform
+from raymlops.train.gbdt import (
+    booster_params,
+    fit_gbdt,
+    fit_gbdt_prepared,
+    resolve_gbdt_config,
+    spec_from_transform,
+)
 from tests.data_helpers import IDS, LABEL, TS
 
 FAST = {"gbdt.num_boost_round": 60, "gbdt.early_stopping_rounds": 10, "gbdt.eta": 0.2}
@@ -260,6 +266,29 @@ def test_balanced_class_weight_raises_the_minority_probability():
     assert p["none"].mean() == pytest.approx(y.mean(), abs=0.02)
     assert np.average(p["balanced"], weights=w) == pytest.approx(0.5, abs=0.05)
     assert p["balanced"].mean() > 2 * p["none"].mean()
+
+
+def test_fit_gbdt_prepared_reads_the_prepared_splits_like_the_pipeline(tmp_path):
+    import pyarrow.parquet as pq
+
+    from raymlops.data.prepare import PreparedData
+
+    table = make_day("2026-01-01", 1600, seed=11)
+    profile = profile_table(table.slice(0, 1000), categorical={LABEL}, skip={*IDS, TS})
+    schema = infer_schema(profile, name="churn", task="binary", label=LABEL, timestamp=TS, id_columns=IDS)
+    transform = fit_transform(profile, schema)
+    uris = {}
+    for split, (start, n) in {"train": (0, 1000), "validation": (1000, 300), "test": (1300, 300)}.items():
+        os.makedirs(tmp_path / split)
+        pq.write_table(table.slice(start, n), tmp_path / split / "part-0.parquet")
+        uris[split] = str(tmp_path / split)
+    prepared = PreparedData(str(tmp_path), uris, transform, {"train": 1000, "validation": 300, "test": 300})
+    cfg = config_from_dict({"train": {"model": "xgboost", "seed": 3, "gbdt": {"num_boost_round": 30}}})
+    res = fit_gbdt_prepared(cfg, prepared)
+    direct = fit_gbdt(apply_transform(transform, table.slice(0, 1000)), apply_transform(transform, table.slice(1000, 300)),
+                      spec=spec_from_transform(transform), config=cfg.train)
+    assert res.booster_json == direct.booster_json  # same rows, same transform, same seed: the same trees
+    assert res.params["gbdt"]["num_boost_round"] == 30 and res.model_spec["params"]["seed"] == 3
 
 
 def test_resolve_gbdt_config_applies_gbdt_and_train_keys():
