@@ -329,3 +329,54 @@ def test_config_accepts_xgboost_and_refuses_a_search_space_for_the_other_model()
         config_from_dict({"tune": {"search_space": {"gbdt.nope": eta["gbdt.eta"]}}})
     ok = config_from_dict({"train": {"model": "xgboost"}, "tune": {"enabled": True, "search_space": eta}})
     assert list(ok.tune.search_space) == ["gbdt.eta"]
+
+
+class _ResumableIO:
+    """The runner's seam (see fit_booster): keeps the checkpoint written at round ``save_at`` in ``directory``,
+    and, once ``restore_from`` is set, hands it back like Ray Train's ``get_checkpoint`` after a worker failure."""
+
+    nthread = 1
+
+    def __init__(self, directory, save_at: int | None = None, restore: bool = False):
+        self.dir, self.save_at, self.restore_it, self.reports = str(directory), save_at, restore, []
+
+    def all_reduce(self, values):
+        return values
+
+    def restore(self):
+        from raymlops.train import gbdt
+
+        return gbdt._load_checkpoint_dir(self.dir) if self.restore_it else None
+
+    def report(self, metrics, save, final):
+        self.reports.append(dict(metrics))
+        if metrics["epoch"] == self.save_at and not final:
+            save(self.dir)
+
+
+def test_a_restarted_run_continues_boosting_from_its_checkpoint(tmp_path):
+    from raymlops.train.gbdt import fit_booster
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(800, 3)).astype(np.float32)
+    y = (x[:, 0] - x[:, 1] > 0).astype(np.float32)
+    arrays = {"x_num": x, "x_cat": np.zeros((800, 0), np.int64), "y": y}
+    train = {k: v[:600] for k, v in arrays.items()}
+    valid = {k: v[600:] for k, v in arrays.items()}
+    spec = {"model": "xgboost", "task": "binary", "n_numeric": 3, "cardinalities": [], "n_classes": 2,
+            "feature_types": ["q"] * 3}
+    # Deterministic trees (no row or column sampling), no early stop: a resumed run must end where one run ends.
+    tc = resolve_gbdt_config(TrainConfig(model="xgboost"), {
+        "gbdt.num_boost_round": 50, "gbdt.early_stopping_rounds": 0, "gbdt.subsample": 1.0,
+        "gbdt.colsample_bytree": 1.0, "gbdt.eta": 0.3})
+    whole, whole_state, _ = fit_booster(tc, spec, train, valid, _ResumableIO(tmp_path / "unused"))
+    (tmp_path / "ckpt").mkdir()
+    fit_booster(tc, spec, train, valid, _ResumableIO(tmp_path / "ckpt", save_at=20))  # the run that "failed"
+    io = _ResumableIO(tmp_path / "ckpt", restore=True)
+    resumed, state, _ = fit_booster(tc, spec, train, valid, io)
+    assert resumed.num_boosted_rounds() == whole.num_boosted_rounds() == 50
+    assert io.reports[0]["epoch"] > 20  # boosting went on after round 20, it did not start over
+    assert [h["epoch"] for h in state.history] == list(range(1, 51))
+    assert state.history[-1]["val_loss"] == pytest.approx(whole_state.history[-1]["val_loss"], rel=1e-4)
+    xm = feature_matrix(valid["x_num"], valid["x_cat"])
+    np.testing.assert_allclose(resumed.inplace_predict(xm), whole.inplace_predict(xm), atol=1e-5)
