@@ -235,7 +235,7 @@ def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
     logged |= {"threshold": threshold.threshold} if threshold else {}
     ctx.log_metrics({k: v for k, v in logged.items() if isinstance(v, int | float) and v == v})
     test = result.metrics.get("test", {})
-    ctx.progress(_metrics_line(test) + (f" (threshold {threshold.threshold:.4f})" if threshold else ""))
+    ctx.progress(_metrics_line(test))
     primary = cfg.evaluation.primary_metric
     facts = [f"naive baseline ({naive_name(cfg.data.task)}) {primary} {result.baseline.get(primary, float('nan')):.4f}",
              describe_reference(reference, primary, test.get(primary, float("nan")))]
