@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from raymlops.config import Config, GbdtConfig, TrainConfig
+from raymlops.config import Config, TrainConfig
 from raymlops.errors import ConfigError, DataError, RaymlopsError
 from raymlops.model.gbdt import (
     BOOSTER_FILE,
@@ -49,6 +49,7 @@ from raymlops.train.loop import (
     checkpoint_uri,
     load_split,
     progress_pump,
+    resolve_train_config,
     split_datasets,
     storage_args,
     training_error,
@@ -65,7 +66,6 @@ __all__ = [
     "gbdt_trial",
     "read_gbdt_checkpoint",
     "reports_per_run",
-    "resolve_gbdt_config",
     "spec_from_transform",
     "train_gbdt",
 ]
@@ -106,27 +106,6 @@ class GbdtResult:
 
 
 # ----------------------------------------------------------------------------------------- configuration
-def resolve_gbdt_config(train: TrainConfig, params: Mapping[str, Any] | None = None) -> TrainConfig:
-    """``train`` with ``params`` applied: ``gbdt.<key>`` (e.g. sampled by Tune) or plain train keys."""
-    if not params:
-        return train
-    doc = train.model_dump()
-    allowed = set(TrainConfig.model_fields) - {"gbdt"} | {f"gbdt.{k}" for k in GbdtConfig.model_fields}
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown train keys {unknown} in params; allowed: {sorted(allowed)}")
-    for key, value in params.items():
-        value = value.item() if isinstance(value, np.generic) else value  # Tune samples numpy scalars
-        if key.startswith("gbdt."):
-            doc["gbdt"][key[len("gbdt."):]] = value
-        else:
-            doc[key] = value
-    try:
-        return TrainConfig.model_validate(doc)
-    except Exception as err:
-        raise ConfigError(f"invalid train params {dict(params)}: {err}") from None
-
-
 def gbdt_spec(task: str, n_numeric: int, cardinalities: list[int], n_classes: int) -> dict[str, Any]:
     """The model spec of a booster before training (``fit_booster`` adds the rounds and parameters)."""
     return {
@@ -366,7 +345,7 @@ def fit_gbdt(
     (so ``train.gbdt``'s defaults), ``params`` overrides its keys (``{"gbdt.eta": 0.1}``). ``nthread``: XGBoost's
     OpenMP threads; more than the cores left free makes boosting many times slower, not faster. Predict with ``BoosterPredictor.from_json(result.booster_json, result.model_spec)``.
     """
-    tc = resolve_gbdt_config(config or TrainConfig(model=XGBOOST), params)
+    tc = resolve_train_config(config or TrainConfig(model=XGBOOST), params)
     t0 = time.perf_counter()
     booster, state, final_spec = fit_booster(tc, spec, train, validation, _LocalIO(nthread, progress))
     return _result(booster, state, final_spec, tc.model_dump(mode="json"), time.perf_counter() - t0, None)
@@ -436,7 +415,7 @@ class _TuneIO:
 
 def gbdt_trial(params: dict, *, train: dict, spec: dict, datasets: dict) -> None:
     """One Tune trial: boost with the sampled ``params`` over the train config on materialized datasets."""
-    tc = resolve_gbdt_config(TrainConfig.model_validate(train), params)
+    tc = resolve_train_config(TrainConfig.model_validate(train), params)
     arrays = {split: _arrays(ds.iter_batches(batch_size=_BATCH_ROWS, batch_format="numpy"), spec)
               for split, ds in datasets.items()}
     fit_booster(tc, spec, arrays["train"], arrays["validation"], _TuneIO(_nthread(tc)))
@@ -512,7 +491,7 @@ def train_gbdt(
     from ray.train import TrainingFailedError
     from ray.train.xgboost import XGBoostTrainer
 
-    tc = resolve_gbdt_config(cfg.train, params)
+    tc = resolve_train_config(cfg.train, params)
     spec = spec_from_transform(prepared.transform)
     booster_params(tc, spec["task"], spec["n_classes"])  # a bad task or a GPU without CUDA fails before any worker
     datasets = split_datasets(prepared)

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from raymlops import storage
-from raymlops.config import Config, TrainConfig
+from raymlops.config import Config, GbdtConfig, TrainConfig
 from raymlops.errors import ConfigError, DataError, RaymlopsError
 from raymlops.model.nets import TabularMLP, balanced_class_weights, build_model, loss_fn, set_seed
 
@@ -53,18 +53,24 @@ class TrainResult:
 
 
 def resolve_train_config(train: TrainConfig, params: Mapping[str, Any] | None = None) -> TrainConfig:
-    """``train`` with ``params`` (train keys, e.g. from Tune) applied and validated."""
+    """``train`` with ``params`` applied and validated: train keys, or ``gbdt.<key>`` (e.g. sampled by Tune)."""
     if not params:
         return train
-    unknown = sorted(set(params) - set(TrainConfig.model_fields))
+    allowed = set(TrainConfig.model_fields) - {"gbdt"} | {f"gbdt.{k}" for k in GbdtConfig.model_fields}
+    unknown = sorted(set(params) - allowed)
     if unknown:
-        raise ConfigError(f"unknown train keys {unknown} in params; allowed: {sorted(TrainConfig.model_fields)}")
-    # Tune samples numpy scalars; pydantic wants plain Python numbers.
-    clean = {k: v.item() if isinstance(v, np.generic) else v for k, v in params.items()}
+        raise ConfigError(f"unknown train keys {unknown} in params; allowed: {sorted(allowed)}")
+    doc = train.model_dump()
+    for key, value in params.items():
+        value = value.item() if isinstance(value, np.generic) else value  # Tune samples numpy scalars
+        if key.startswith("gbdt."):
+            doc["gbdt"][key[len("gbdt."):]] = value
+        else:
+            doc[key] = value
     try:
-        return TrainConfig.model_validate({**train.model_dump(), **clean})
+        return TrainConfig.model_validate(doc)
     except Exception as err:
-        raise ConfigError(f"invalid train params {clean}: {err}") from None
+        raise ConfigError(f"invalid train params {dict(params)}: {err}") from None
 
 
 def make_model_spec(train: TrainConfig, transform: Any) -> dict[str, Any]:

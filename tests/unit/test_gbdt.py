@@ -23,9 +23,9 @@ from raymlops.train.gbdt import (
     booster_params,
     fit_gbdt,
     fit_gbdt_prepared,
-    resolve_gbdt_config,
     spec_from_transform,
 )
+from raymlops.train.loop import resolve_train_config
 from tests.data_helpers import IDS, LABEL, TS
 
 FAST = {"gbdt.num_boost_round": 60, "gbdt.early_stopping_rounds": 10, "gbdt.eta": 0.2}
@@ -292,13 +292,13 @@ def test_fit_gbdt_prepared_reads_the_prepared_splits_like_the_pipeline(tmp_path)
 
 
 def test_resolve_gbdt_config_applies_gbdt_and_train_keys():
-    tc = resolve_gbdt_config(TrainConfig(model="xgboost"), {"gbdt.eta": np.float64(0.2), "gbdt.max_depth": 3,
+    tc = resolve_train_config(TrainConfig(model="xgboost"), {"gbdt.eta": np.float64(0.2), "gbdt.max_depth": 3,
                                                             "seed": 7})
     assert (tc.gbdt.eta, tc.gbdt.max_depth, tc.seed) == (0.2, 3, 7)
     with pytest.raises(ConfigError, match="unknown train keys \\['gbdt.depth'\\]"):
-        resolve_gbdt_config(TrainConfig(model="xgboost"), {"gbdt.depth": 3})
+        resolve_train_config(TrainConfig(model="xgboost"), {"gbdt.depth": 3})
     with pytest.raises(ConfigError, match="invalid train params"):
-        resolve_gbdt_config(TrainConfig(model="xgboost"), {"gbdt.eta": 2.0})
+        resolve_train_config(TrainConfig(model="xgboost"), {"gbdt.eta": 2.0})
 
 
 def test_gpu_needs_an_xgboost_built_with_cuda():
@@ -366,7 +366,7 @@ def test_a_restarted_run_continues_boosting_from_its_checkpoint(tmp_path):
     spec = {"model": "xgboost", "task": "binary", "n_numeric": 3, "cardinalities": [], "n_classes": 2,
             "feature_types": ["q"] * 3}
     # Deterministic trees (no row or column sampling), no early stop: a resumed run must end where one run ends.
-    tc = resolve_gbdt_config(TrainConfig(model="xgboost"), {
+    tc = resolve_train_config(TrainConfig(model="xgboost"), {
         "gbdt.num_boost_round": 50, "gbdt.early_stopping_rounds": 0, "gbdt.subsample": 1.0,
         "gbdt.colsample_bytree": 1.0, "gbdt.eta": 0.3})
     whole, whole_state, _ = fit_booster(tc, spec, train, valid, _ResumableIO(tmp_path / "unused"))
