@@ -31,10 +31,11 @@ def free_port() -> int:
 
 
 def serving_config(root: Path, tracking_uri: str, *overrides: str) -> Config:
-    """A small config: storage under ``root``, the test's MLflow, a free port, a small MLP, fast log flushes."""
+    """A small config: storage under ``root``, the test's MLflow, a free port, a small MLP trained for a few epochs
+    (the default budget of 50 is for users' data, not for tests of serving and control), fast log flushes."""
     return load_config(None, [
         f"storage_uri={root / 'store'}", f"tracking_uri={tracking_uri}", f"serving.port={free_port()}",
-        "train.hidden_sizes=[16]", "train.dropout=0", "serving.prediction_log.flush_interval_s=0.5",
+        "train.hidden_sizes=[16]", "train.dropout=0", "train.epochs=4", "serving.prediction_log.flush_interval_s=0.5",
         "serving.max_ongoing_requests=32", "serving.max_queued_requests=512", *overrides,
     ])
 

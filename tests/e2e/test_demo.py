@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,10 @@ def test_the_demo_promotes_v2_and_rolls_back_v3(tmp_path):
                  "controller: promoted: version 2 is the champion", "controller: canary_started: version 3",
                  "controller: rolled_back: canary 3 rolled back"):
         assert line in out, f"{line!r} not in the timeline:\n{out[-4000:]}"
+    # The models predict churners: every evaluate step's test line has F1 > 0 (it printed 0.0000 at threshold 0.5).
+    f1s = [float(m) for m in re.findall(r"\[evaluate\] test: .*?\bf1 ([0-9.]+)", out)]
+    assert len(f1s) >= 2 and all(f > 0 for f in f1s), f1s
+    assert "DRIFT" in out and "beyond its inferred range" in out
 
     sandbox = tmp_path / ".raymlops" / "demo"  # no config given: the embedded defaults store under ./.raymlops
     state = json.loads((sandbox / "controller" / "churn" / "state.json").read_text())["state"]

@@ -98,7 +98,7 @@ def envs(ray_session, _mlflow_template, tmp_path_factory):
     )
     overrides = [
         environments, f"tracking_uri=sqlite:///{root / 'mlflow.db'}", f"data.source={root / 'landing'}",
-        "controller.pipeline=mypipe:run", "train.hidden_sizes=[8]", f"serving.port={free_port()}",
+        "controller.pipeline=mypipe:run", "train.hidden_sizes=[8]", "train.epochs=3", f"serving.port={free_port()}",
         "triggers.new_data=false", "triggers.on_drift=false", "triggers.cooldown_s=0", "triggers.poll_interval_s=0.3",
         "controller.poll_interval_s=0.3", "canary.steps=[100]", "pre_exposure.enabled=false",
         "monitoring.interval_s=3600", "delivery.preflight_rows=200",
