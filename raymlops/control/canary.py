@@ -201,7 +201,7 @@ def window_stats(
     ok = rows.filter(pc.invert(failed))
     p99 = None
     if ok.num_rows:
-        per_request = ok.group_by("request_id").aggregate([("latency_ms", "max")])
+        per_request = ok.group_by("request_id", use_threads=False).aggregate([("latency_ms", "max")])
         lat = per_request.column("latency_ms_max").to_numpy(zero_copy_only=False).astype(np.float64)
         lat = lat[np.isfinite(lat)]
         p99 = float(np.quantile(lat, 0.99)) if lat.size else None

@@ -245,7 +245,7 @@ def _roles(champion: str | None, roles: Mapping[str, str] | None, predictions: p
     if champion is not None:
         out[champion] = "champion"
     if predictions.num_rows:
-        logged = predictions.group_by(["model_version", "role"]).aggregate([]).to_pylist()
+        logged = predictions.group_by(["model_version", "role"], use_threads=False).aggregate([]).to_pylist()
         primary = {r["model_version"] for r in logged if r["role"] != "shadow"}
         for r in logged:
             v = r["model_version"]

@@ -141,7 +141,7 @@ def latency_quantiles(latency_ms: pa.Array | pa.ChunkedArray, request_ids: pa.Ar
     if len(request_ids) == 0:
         return [None] * len(qs)
     t = pa.table({"request_id": request_ids, "latency_ms": latency_ms})
-    per = t.group_by("request_id").aggregate([("latency_ms", "max")]).column("latency_ms_max")
+    per = t.group_by("request_id", use_threads=False).aggregate([("latency_ms", "max")]).column("latency_ms_max")
     lat = pc.fill_null(per, float("nan")).to_numpy(zero_copy_only=False).astype(np.float64)
     lat = lat[np.isfinite(lat)]
     if not lat.size:

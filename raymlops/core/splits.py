@@ -263,7 +263,10 @@ def split_histogram(batch: pa.Table, spec: SplitSpec, bounds: tuple[float, float
         if spec.stratify_by:
             keys = as_category_strings(_column(batch, spec.stratify_by))
     table = pa.table({"key": keys, "bin": pa.array(bins, pa.int64())})
-    return table.group_by(["key", "bin"]).aggregate([("bin", "count")]).rename_columns(["key", "bin", "rows"])
+    # One thread: Ray Data's parquet reader resizes Arrow's CPU pool in this process (pa.set_cpu_count), and a
+    # threaded Acero plan started after that can fail ("thread index N is out of range"); these tables are small.
+    return (table.group_by(["key", "bin"], use_threads=False).aggregate([("bin", "count")])
+            .rename_columns(["key", "bin", "rows"]))
 
 
 def merge_histograms(parts: Iterable[pa.Table]) -> pa.Table:
@@ -272,7 +275,7 @@ def merge_histograms(parts: Iterable[pa.Table]) -> pa.Table:
     if not tables:
         return pa.table({"key": pa.array([], pa.string()), "bin": pa.array([], pa.int64()),
                          "rows": pa.array([], pa.int64())})
-    merged = pa.concat_tables(tables).group_by(["key", "bin"]).aggregate([("rows", "sum")])
+    merged = pa.concat_tables(tables).group_by(["key", "bin"], use_threads=False).aggregate([("rows", "sum")])
     return merged.rename_columns(["key", "bin", "rows"])
 
 

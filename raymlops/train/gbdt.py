@@ -281,8 +281,11 @@ def fit_booster(tc: TrainConfig, spec: dict[str, Any], train: Mapping[str, np.nd
         raise RaymlopsError(f"boosting gave no finite validation loss after {state.rounds} rounds; check the label "
                             "values and train.gbdt (eta, max_depth)")
     state.stopped = True
-    report({**state.history[-1], "best_round": state.best_round, "best_val_loss": state.best_val_loss},
-           booster, True)
+    # The run keeps the best round's trees, so the last report speaks for them: its val_loss is the best round's.
+    # Rounds are reported every few only, and Tune ranks trials on the reported values, so a best round between
+    # two reports would otherwise be invisible to it.
+    report({**state.history[-1], "val_loss": state.best_val_loss, "best_round": state.best_round,
+            "best_val_loss": state.best_val_loss}, booster, True)
     return booster, state, spec
 
 
