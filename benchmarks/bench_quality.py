@@ -176,6 +176,9 @@ LOOP_OVERRIDES = [
     "triggers.cooldown_s=0", "triggers.poll_interval_s=1", "controller.poll_interval_s=0.5",
     "monitoring.interval_s=8", "monitoring.window_s=40", "monitoring.min_rows=150",
     "serving.prediction_log.flush_interval_s=0.5", "pre_exposure.load_requests=60",
+    # The pre-exposure load gate compares p99s measured on a 2-core machine shared with training: this bench
+    # judges quality, so that gate is set wide (its own tests cover it).
+    "pre_exposure.max_p99_increase_pct=2000",
     "data.timestamp=ts", "data.id_columns=[row_id]", "data.slices=[segment]", "data.label=y",
 ]
 
