@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_serve.py   # needs wrk or hey (installs wrk with apt-get when root)
 	$(BIN)/python benchmarks/bench_features.py
 	$(BIN)/python benchmarks/bench_freshness.py
+	$(BIN)/python benchmarks/bench_quality.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check raymlops tests benchmarks
