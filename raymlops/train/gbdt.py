@@ -47,12 +47,12 @@ from raymlops.model.gbdt import (
 from raymlops.model.nets import balanced_class_weights
 from raymlops.train.loop import (
     checkpoint_uri,
+    fit_trainer,
     load_split,
     progress_pump,
     resolve_train_config,
     split_datasets,
     storage_args,
-    training_error,
 )
 
 __all__ = [
@@ -491,7 +491,6 @@ def train_gbdt(
     ``train.max_failures`` times). ``progress`` gets the metrics every few rounds.
     """
     import ray.train
-    from ray.train import TrainingFailedError
     from ray.train.xgboost import XGBoostTrainer
 
     tc = resolve_train_config(cfg.train, params)
@@ -518,15 +517,5 @@ def train_gbdt(
         ),
         datasets=datasets,
     )
-    t0 = time.perf_counter()
-    try:
-        result = trainer.fit()
-    except TrainingFailedError as err:
-        raise training_error(err, run_name, tc.max_failures) from err
-    finally:
-        if stop:
-            stop()
-    fit_time = time.perf_counter() - t0
-    if result.checkpoint is None:
-        raise RaymlopsError(f"training run {run_name!r} finished without a checkpoint; check train.gbdt")
-    return read_gbdt_checkpoint(result.checkpoint, fit_time, checkpoint_uri(storage_uri, result.checkpoint.path))
+    checkpoint, fit_time = fit_trainer(trainer, run_name, tc.max_failures, stop, "train.gbdt")
+    return read_gbdt_checkpoint(checkpoint, fit_time, checkpoint_uri(storage_uri, checkpoint.path))

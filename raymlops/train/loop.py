@@ -659,7 +659,6 @@ def train_model(
     (up to ``train.max_failures`` times). A ``run_name`` that already holds checkpoints resumes that run.
     ``progress`` gets each epoch's metrics as they are reported. Returns the best epoch's weights.
     """
-    from ray.train import TrainingFailedError
 
     tc = resolve_train_config(cfg.train, params)
     spec = make_model_spec(tc, prepared.transform)
@@ -670,15 +669,24 @@ def train_model(
         forward, stop = progress_pump(progress)
         callbacks.append(forward)
     trainer = _make_trainer(tc, spec, datasets, storage_uri=storage_uri, run_name=run_name, callbacks=callbacks)
+    checkpoint, fit_time = fit_trainer(trainer, run_name, tc.max_failures, stop, "train.epochs")
+    return read_checkpoint(checkpoint, fit_time, checkpoint_uri(storage_uri, checkpoint.path))
+
+
+def fit_trainer(trainer: Any, run_name: str, max_failures: int, stop: Callable[[], None] | None,
+                settings: str) -> tuple[Any, float]:
+    """Run a Ray Train trainer: (its last checkpoint, seconds). Failures become ``RaymlopsError``s naming the fix;
+    ``stop`` ends the progress pump either way; a run without a checkpoint points at ``settings``."""
+    from ray.train import TrainingFailedError
+
     t0 = time.perf_counter()
     try:
         result = trainer.fit()
     except TrainingFailedError as err:
-        raise training_error(err, run_name, tc.max_failures) from err
+        raise training_error(err, run_name, max_failures) from err
     finally:
         if stop:
             stop()
-    fit_time = time.perf_counter() - t0
     if result.checkpoint is None:
-        raise RaymlopsError(f"training run {run_name!r} finished without a checkpoint; check train.epochs")
-    return read_checkpoint(result.checkpoint, fit_time, checkpoint_uri(storage_uri, result.checkpoint.path))
+        raise RaymlopsError(f"training run {run_name!r} finished without a checkpoint; check {settings}")
+    return result.checkpoint, time.perf_counter() - t0
