@@ -246,10 +246,15 @@ def macro_roc_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float:
     ``y_true`` holds class indices (columns of ``probabilities``). Unlike scikit-learn, which raises when a class is
     absent, absent classes are left out so that small slices still get a figure; ``nan`` when none is left.
     """
+    return _macro_one_vs_rest(roc_auc, y_true, probabilities)
+
+
+def _macro_one_vs_rest(metric: Any, y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """``metric(is_class_c, probability_of_c)`` averaged over the classes where it is defined; ``nan`` if none."""
     y = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probabilities, dtype=np.float64)
-    aucs = [roc_auc(y == c, probs[:, c]) for c in range(probs.shape[1])]
-    defined = [a for a in aucs if not math.isnan(a)]
+    values = [metric(y == c, probs[:, c]) for c in range(probs.shape[1])]
+    defined = [v for v in values if not math.isnan(v)]
     return float(np.mean(defined)) if defined else math.nan
 
 
@@ -284,11 +289,7 @@ def macro_precision_recall(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[floa
 
 def macro_average_precision(y_true: np.ndarray, probabilities: np.ndarray) -> float:
     """One-vs-rest average precision averaged over the classes present in ``y_true`` (as ``macro_roc_auc``)."""
-    y = np.asarray(y_true, dtype=np.int64)
-    probs = np.asarray(probabilities, dtype=np.float64)
-    aps = [average_precision(y == c, probs[:, c]) for c in range(probs.shape[1])]
-    defined = [a for a in aps if not math.isnan(a)]
-    return float(np.mean(defined)) if defined else math.nan
+    return _macro_one_vs_rest(average_precision, y_true, probabilities)
 
 
 def multiclass_brier(y_true: np.ndarray, probabilities: np.ndarray) -> float:
