@@ -184,7 +184,7 @@ def run_demo(cfg: Config, say: Callable[[str], None] = print, *, quick: bool = F
             tl("a partition with inverted labels landed (day 6-8, an upstream bug); offline its test split "
                "has the same bug, so the retrained model looks fine there")
             events.wait(lambda s: any(e["kind"] == "rolled_back" for e in call(cfg, "events", 0)), 600,
-                        "v3 to be judged on live labels", fail_on=("promoted",))
+                        "v3 to be judged on live labels", fail_on=("promoted", "exposure_blocked"))
         events.flush()
         time.sleep(min(cfg.monitoring.interval_s, 10) + 1)  # one more monitor pass over the whole story
     finally:

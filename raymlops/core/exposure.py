@@ -303,6 +303,7 @@ class LoadGate:
     reasons: list[str]
     notes: list[str]
     p99_limit_ms: float | None
+    p99_exceeded: bool = False  # the p99 gate is among the reasons (the one a noisy moment can fail)
 
 
 def load_gate(challenger: LoadFigures, champion: LoadFigures | None, *, max_p99_increase_pct: float | None,
@@ -320,7 +321,7 @@ def load_gate(challenger: LoadFigures, champion: LoadFigures | None, *, max_p99_
     if min_qps is not None and challenger.qps < min_qps:
         reasons.append(f"throughput {challenger.qps:.1f} QPS is under pre_exposure.min_qps {min_qps:g}; add "
                        "replicas (serving.num_replicas), make the model smaller, or lower the gate")
-    limit = None
+    limit, exceeded = None, False
     if max_p99_increase_pct is None:
         notes.append("p99 gate off (pre_exposure.max_p99_increase_pct is null)")
     elif champion is None:
@@ -331,7 +332,21 @@ def load_gate(challenger: LoadFigures, champion: LoadFigures | None, *, max_p99_
     else:
         limit = champion.p99_ms * (1 + max_p99_increase_pct / 100)
         if challenger.p99_ms > limit:
+            exceeded = True
             reasons.append(f"p99 {challenger.p99_ms:.1f} ms is over the champion's {champion.p99_ms:.1f} ms + "
                            f"{max_p99_increase_pct:g}% = {limit:.1f} ms (pre_exposure.max_p99_increase_pct); make "
                            "the model faster or raise the gate")
-    return LoadGate(not reasons, reasons, notes, limit)
+    return LoadGate(not reasons, reasons, notes, limit, exceeded)
+
+
+def better_round(a: LoadFigures, b: LoadFigures) -> LoadFigures:
+    """Of two rounds of the same load on the same version, the one with the lower p99 (None counts as worst).
+
+    Each version is judged on its better round: a version that is really slower is slow in both rounds, while a
+    burst from a neighbour on a shared machine spoils only one.
+    """
+    if a.p99_ms is None:
+        return b
+    if b.p99_ms is None:
+        return a
+    return a if a.p99_ms <= b.p99_ms else b

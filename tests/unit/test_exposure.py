@@ -16,6 +16,7 @@ from raymlops.core.exposure import (
     LoadFigures,
     as_request_instance,
     bad_input_cases,
+    better_round,
     check_error_response,
     check_predictions,
     expected_outputs,
@@ -190,7 +191,19 @@ def test_p99_gate_compares_with_the_champion():
     assert load_gate(_figures(19.9), _figures(10.0), max_p99_increase_pct=100, min_qps=None).passed
     gate = load_gate(_figures(20.1), _figures(10.0), max_p99_increase_pct=100, min_qps=None)
     assert not gate.passed and gate.p99_limit_ms == pytest.approx(20.0)
-    assert "max_p99_increase_pct" in gate.reasons[0]
+    assert "max_p99_increase_pct" in gate.reasons[0] and gate.p99_exceeded
+
+
+def test_a_p99_miss_is_flagged_apart_from_errors_and_qps_so_only_it_is_confirmed():
+    assert not load_gate(_figures(19.9), _figures(10.0), max_p99_increase_pct=100, min_qps=None).p99_exceeded
+    gate = load_gate(_figures(30.0, qps=5.0), _figures(10.0), max_p99_increase_pct=100, min_qps=10)
+    assert gate.p99_exceeded and len(gate.reasons) == 2  # the caller confirms only a p99-only miss
+
+
+def test_each_version_is_judged_on_its_better_round():
+    noisy, calm, unanswered = _figures(160.0), _figures(40.0), _figures(None)
+    assert better_round(noisy, calm) is calm and better_round(calm, noisy) is calm
+    assert better_round(unanswered, noisy) is noisy and better_round(noisy, unanswered) is noisy
 
 
 def test_without_a_champion_only_min_qps_applies():
