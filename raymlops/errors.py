@@ -71,5 +71,9 @@ class ControllerError(RaymlopsError):
     exit_code = 2
 
 
+class ConcurrentUpdateError(RaymlopsError):
+    """A shared document (deployments.json, the controller's state or lease) changed under a read-modify-write."""
+
+
 class FeatureStoreError(RaymlopsError):
     """A feature definition, feature source, retrieval or online store cannot be used as asked."""
