@@ -5,7 +5,10 @@ of what it applied), persists the new state, then carries out the actions in ord
 on the shell's side (moving an alias to where it points, setting the weights already set), and the state says
 what is still owed: after a restart, ``step(state, Restarted(), now)`` re-issues it (resume the run in flight,
 re-assert the weights, finish a promotion or a rollback). Promotions and rollbacks are two-phase for that
-reason: ``promoting`` / ``rolling_back`` last until the shell reports ``Applied``.
+reason: ``promoting`` / ``rolling_back`` last until the shell reports ``Applied``. The shell re-drives what a state
+owes on every poll (with backoff after a failure), not only after a restart, so a port that fails once while the
+process lives wedges nothing; and an operator's rollback always goes through: during a rollback it asks for the
+retry now, during a promotion it stops it (the champion alias is restored: ``RestoreAlias``).
 
 Replaying an event with an idempotency key already processed is a no-op, and structural guards back the keys
 up: a version gets at most one rollout, a run's result is taken once, a stale canary decision is ignored.
@@ -43,6 +46,7 @@ __all__ = [
     "PromoteAlias",
     "Observed",
     "ExposureTested",
+    "RestoreAlias",
     "Restarted",
     "ResumeRun",
     "RunFinished",
@@ -158,14 +162,16 @@ class Manual:
 
 @dataclass(frozen=True)
 class Applied:
-    """The shell carried out a promotion (``kind='promote'``) or a rollback of ``version``."""
+    """The shell carried out a promotion (``kind='promote'``), a rollback of ``version``, or restored the champion
+    alias to ``version`` (``kind='restore'``)."""
 
     kind: str
     version: str
 
     @property
-    def key(self) -> str:
-        return f"applied:{self.kind}:{self.version}"
+    def key(self) -> str | None:
+        # A restore to the same champion can be owed twice in a controller's life; the state guards its replay.
+        return None if self.kind == "restore" else f"applied:{self.kind}:{self.version}"
 
 
 @dataclass(frozen=True)
@@ -252,6 +258,14 @@ class PromoteAlias:
 
 
 @dataclass(frozen=True)
+class RestoreAlias:
+    """Point the ``champion`` alias back at ``version`` (a promotion stopped by an operator may have moved it), then
+    report ``Applied('restore', version)``."""
+
+    version: str
+
+
+@dataclass(frozen=True)
 class TestExposure:
     """Run the pre-exposure tests of ``version`` against ``champion`` (no live traffic), then report
     ``ExposureTested``."""
@@ -267,7 +281,7 @@ class Notify:
     entry: LogEntry
 
 
-Action = StartRun | ResumeRun | SetWeights | PromoteAlias | TestExposure | Notify
+Action = StartRun | ResumeRun | SetWeights | PromoteAlias | RestoreAlias | TestExposure | Notify
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -282,6 +296,7 @@ class ControllerState:
     queue: list[TriggerEvent] = field(default_factory=list)  # at most one per trigger kind
     rollout: RolloutState = field(default_factory=RolloutState)
     pending_canary: str | None = None  # the newest challenger waiting for the rollout in progress
+    restore_alias: str | None = None  # the champion alias must point here again (a stopped promotion)
     paused: bool = False
     pre_exposure: bool = False  # test each challenger before its canary (the shell sets it from the config)
     triggers: TriggerState = field(default_factory=TriggerState)
@@ -547,7 +562,9 @@ def _manual(tx: _Tx, e: Manual) -> None:
     s, r, cmd = tx.s, tx.s.rollout, e.command
     version = None if e.version is None else str(e.version)
     busy = r.phase in ("promoting", "rolling_back")
-    if cmd not in MANUAL_COMMANDS:
+    if cmd == "rollback" and busy:
+        _rollback_while_busy(tx)
+    elif cmd not in MANUAL_COMMANDS:
         tx.reject(f"unknown command {cmd!r}; use one of {', '.join(MANUAL_COMMANDS)}")
     elif cmd in ("pause", "resume"):
         if s.paused == (cmd == "pause"):
@@ -592,8 +609,32 @@ def _manual(tx: _Tx, e: Manual) -> None:
         tx.reject("rollback: no canary in progress and no previous champion to return to")
 
 
+def _rollback_while_busy(tx: _Tx) -> None:
+    # An operator's rollback is never refused as "in progress": a rollback that a failing port holds up is retried
+    # at once, and a promotion is stopped with the champion alias restored (it may already have moved).
+    s, r = tx.s, tx.s.rollout
+    if r.phase == "rolling_back":
+        tx.log("rollback_retried", f"rollback of canary {r.canary_version} is in progress; an operator asked "
+               "again: it is retried now", notify=True, version=r.canary_version)
+    elif r.champion_version is None:
+        tx.reject(f"rollback: version {r.canary_version} is being promoted as the first model; there is no "
+                  "champion to return to (promote another version instead)")
+    else:
+        s.restore_alias = r.champion_version
+        tx.actions.append(RestoreAlias(r.champion_version))
+        tx.rollback(f"promotion of {r.canary_version} stopped by an operator; champion alias back to "
+                    f"{r.champion_version}")
+
+
 def _applied(tx: _Tx, e: Applied) -> None:
     s, r = tx.s, tx.s.rollout
+    if e.kind == "restore":
+        if s.restore_alias != str(e.version):
+            tx.log("ignored", f"champion alias restored to {e.version}, but no restore was owed", version=e.version)
+            return
+        s.restore_alias = None
+        tx.log("alias_restored", f"champion alias points at {e.version} again", notify=True, version=str(e.version))
+        return
     phase = {"promote": "promoting", "rollback": "rolling_back"}.get(e.kind)
     if phase is None or r.phase != phase or r.canary_version != str(e.version):
         tx.log("ignored", f"{e.kind} of {e.version} applied, but none was in progress", version=e.version)
@@ -654,6 +695,8 @@ def _restarted(tx: _Tx, e: Restarted) -> None:
         tx.actions.append(TestExposure(r.canary_version, r.champion_version))
     if r.phase == "promoting":
         tx.actions.append(PromoteAlias(r.canary_version, s.champion))
+    if s.restore_alias is not None:
+        tx.actions.append(RestoreAlias(s.restore_alias))
     if s.weights():
         tx.actions.append(SetWeights(s.weights()))
     tx.log("restarted", f"controller restarted: run {'none' if s.run is None else s.run.run_id or '(starting)'}, "

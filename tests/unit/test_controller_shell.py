@@ -19,8 +19,9 @@ POLICY = CanaryPolicy(steps=(10.0, 50.0, 100.0), interval_s=60.0, min_requests=1
 TRIGGERS = TriggerPolicy(cooldown_s=0.0, min_labels=50)
 
 
-class Crash(Exception):
-    """A simulated kill of the controller at a port call."""
+class Crash(BaseException):
+    """A simulated kill of the controller at a port call (a BaseException: the shell retries an Exception from a
+    port with backoff, but a kill is not something it handles)."""
 
 
 class World:

@@ -219,7 +219,7 @@ def test_manual_promote_of_the_canary_and_of_an_idle_version():
     assert notes(actions) == ["rejected"] and "not the canary" in s2.events[-1].message
     s2, actions = step(s, Manual("promote", "op-2"), clock())
     assert PromoteAlias("2", "1") in actions and s2.rollout.phase == "promoting"
-    s3, actions = step(s2, Manual("rollback", "op-3"), clock())
+    s3, actions = step(s2, Manual("promote", "op-3"), clock())  # (a rollback now stops it: test_control_redrive)
     assert notes(actions) == ["rejected"] and "in progress" in s3.events[-1].message
     idle = new_state("1")
     s4, actions = step(idle, Manual("promote", "op-4", "5"), clock())
