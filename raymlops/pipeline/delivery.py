@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from raymlops import storage
+from raymlops import cas, storage
 from raymlops.config import Config, for_environment
 from raymlops.core import impl as core
-from raymlops.errors import PipelineError
+from raymlops.errors import ConcurrentUpdateError, PipelineError
 
 __all__ = ["RUN_TAGS_ENV", "Implementation", "approve_into", "approve_promotion", "current_implementation",
            "deploy_implementation", "deploy_pipeline", "describe", "env_state", "get_implementation",
@@ -139,14 +139,25 @@ def get_implementation(cfg: Config, digest: str) -> Implementation:
 
 
 # ---------------------------------------------------------------------------------------------- environment
+# deployments.json is written by the CLI and by controllers (run counts, promotions): every write is a
+# compare-and-swap on its generation (raymlops.cas), so a concurrent writer's update is never lost.
+def _read(cfg: Config) -> tuple[core.EnvPipelines, int]:
+    found = cas.read(_state_uri(cfg))
+    return (core.EnvPipelines() if found.doc is None else core.EnvPipelines.from_dict(found.doc)), found.generation
+
+
 def env_state(cfg: Config) -> core.EnvPipelines:
-    uri = _state_uri(cfg)
-    return core.EnvPipelines.from_dict(json.loads(storage.read_text(uri))) if storage.exists(uri) \
-        else core.EnvPipelines()
+    return _read(cfg)[0]
 
 
-def _save(cfg: Config, state: core.EnvPipelines) -> None:
-    storage.atomic_write_text(_state_uri(cfg), json.dumps(state.to_dict(), indent=2))
+def _save(cfg: Config, state: core.EnvPipelines, expected: int) -> None:
+    cas.write(_state_uri(cfg), state.to_dict(), expected, indent=2)
+
+
+def _update(cfg: Config, change: Callable[[core.EnvPipelines], core.EnvPipelines]) -> core.EnvPipelines:
+    doc = cas.update(_state_uri(cfg), lambda d: change(core.EnvPipelines() if d is None
+                                                       else core.EnvPipelines.from_dict(d)).to_dict(), indent=2)
+    return core.EnvPipelines.from_dict(doc)
 
 
 def current_implementation(cfg: Config) -> Implementation | None:
@@ -161,18 +172,15 @@ def deploy_implementation(cfg: Config, impl: Implementation, reason: str) -> cor
     if not storage.exists(target):
         storage.atomic_write_bytes(target, storage.read_bytes(impl.uri))
         storage.atomic_write_text(target[:-4] + ".json", json.dumps({**asdict(impl), "uri": target}, indent=2))
-    state = core.deploy(env_state(cfg), impl.digest, time.time(), reason)
-    _save(cfg, state)
-    return state
+    return _update(cfg, lambda state: core.deploy(state, impl.digest, time.time(), reason))
 
 
 def rollback_implementation(cfg: Config) -> Implementation:
     """Back to the previously deployed implementation of ``cfg``'s environment."""
     try:
-        state = core.rollback(env_state(cfg), time.time())
+        state = _update(cfg, lambda state: core.rollback(state, time.time()))
     except ValueError as err:
         raise PipelineError(f"cannot roll back the pipeline of environment {cfg.environment!r}: {err}") from None
-    _save(cfg, state)
     return get_implementation(cfg, state.current)
 
 
@@ -210,8 +218,19 @@ def on_run_finished(cfg: Config, digest: str | None, registered_model: bool) -> 
     """
     if digest is None or cfg.environment is None:
         return []
+    for attempt in range(3):  # a concurrent write: count again on what it wrote (promotion is idempotent)
+        try:
+            return _count_run(cfg, digest, registered_model)
+        except ConcurrentUpdateError:
+            if attempt == 2:
+                raise
+    return []
+
+
+def _count_run(cfg: Config, digest: str, registered_model: bool) -> list[tuple[str, str]]:
     env = cfg.environments[cfg.environment]
-    state = core.record_run(env_state(cfg), digest, registered_model)
+    before, generation = _read(cfg)
+    state = core.record_run(before, digest, registered_model)
     events: list[tuple[str, str]] = []
     if env.promote_to and core.promotion_due(state, env.promotion.after_runs) and state.pending_approval != digest:
         models = state.runs[digest]["models"]
@@ -225,20 +244,20 @@ def on_run_finished(cfg: Config, digest: str | None, registered_model: bool) -> 
             state = core.EnvPipelines(**{**vars(state), "promoted": (*state.promoted, digest)})
             events.append(("pipeline_promoted", f"implementation {digest[:12]} promoted to {env.promote_to} "
                            f"after {models} blessed models in {cfg.environment}"))
-    _save(cfg, state)
+    _save(cfg, state, generation)
     return events
 
 
 def approve_promotion(cfg: Config, source_env: str) -> Implementation:
     """Promote the implementation of ``source_env`` that waits for approval into ``cfg``'s environment."""
     source = for_environment(cfg, source_env)
-    state = env_state(source)
+    state, generation = _read(source)
     if state.pending_approval is None:
         raise PipelineError(f"no implementation of environment {source_env!r} waits for approval")
     digest = state.pending_approval
     promote_implementation(source, cfg.environment, digest, f"approved after runs in {source_env}")
     _save(source, core.EnvPipelines(**{**vars(state), "pending_approval": None,
-                                       "promoted": (*state.promoted, digest)}))
+                                       "promoted": (*state.promoted, digest)}), generation)
     return get_implementation(cfg, digest)
 
 
