@@ -43,11 +43,17 @@ def rollback_cmd(
 
 
 @controller_app.command("start")
-def controller_start_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None) -> None:
+def controller_start_cmd(
+    config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None,
+    take_over: Annotated[bool, typer.Option(
+        "--take-over", help="Take the lease from another controller of CONFIG (on another cluster sharing the "
+        "storage) that is gone or must stop; it stops acting at its next renewal.")] = False,
+) -> None:
     """Start the controller of CONFIG (a detached Ray actor; it resumes from its persisted state).
 
     With --address or $RAY_ADDRESS it runs on that cluster and this command returns. Without, Ray runs in this
-    process and the controller with it: events are printed until Ctrl-C.
+    process and the controller with it: events are printed until Ctrl-C. One controller per pipeline: while
+    another holds the lease (see `raymlops status CONFIG`), this one is refused unless --take-over.
     """
     import time
 
@@ -56,7 +62,7 @@ def controller_start_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = N
     cfg = load(config, set_, env)
     address = cluster_address(cfg, address)
     init_ray(address)
-    _, started = start_controller(cfg)
+    _, started = start_controller(cfg, take_over=take_over)
     s = call(cfg, "status")
     typer.echo(f"controller of {cfg.name!r} {'started' if started else 'already running'}: champion "
                f"{s['champion'] or '-'}, rollout {s['rollout']['phase']}, run "

@@ -70,7 +70,10 @@ def deploy_cmd(
 
     Without --address or $RAY_ADDRESS, Ray runs in this process: the command keeps serving until Ctrl-C.
     """
+    from raymlops.control.operations import ensure_no_controller
+
     cfg = load(config, set_, env)
+    ensure_no_controller(cfg, "deploy", address)
     address = cluster_address(cfg, address)
     init_ray(address)
     from raymlops.serve.deploy import deploy, undeploy
@@ -93,7 +96,10 @@ def deploy_cmd(
 @app.command("undeploy")
 def undeploy_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None) -> None:
     """Delete the serving app (its replicas drain their prediction logs first)."""
+    from raymlops.control.operations import ensure_no_controller
+
     cfg = load(config, set_, env)
+    ensure_no_controller(cfg, "undeploy", address)
     connect(cfg, address)
     from raymlops.serve.deploy import app_name, undeploy
 
@@ -120,8 +126,14 @@ def serve_weights_cmd(
     set_: SetOpt = None,
     address: AddressOpt = None,
 ) -> None:
-    """Change the live split (and shadow) of the RUNNING app in place: no replica restarts, no dropped request."""
+    """Change the live split (and shadow) of the RUNNING app in place: no replica restarts, no dropped request.
+
+    Refused while a controller of CONFIG runs (it owns the split): use its commands instead.
+    """
+    from raymlops.control.operations import ensure_no_controller
+
     cfg = load(config, set_)
+    ensure_no_controller(cfg, "serve weights", address)
     connect(cfg, address)
     from raymlops.serve.deploy import set_weights
 

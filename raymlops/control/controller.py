@@ -314,6 +314,11 @@ class Controller:
         self._on_work(self._drive, self.command_wait_s)
         return new[0] if new else None
 
+    def observe(self, kind: str, message: str, **data: Any) -> None:
+        """Log (and notify) something the shell's owner saw or did, e.g. taking over the lease."""
+        self._handle(Observed(kind, message, data))
+        self._on_work(self._flush_notes, self.command_wait_s)
+
     def status(self) -> dict[str, Any]:
         """A JSON-safe summary: champion, run in flight, queue, rollout, weights, data blocked by validation, last
         monitor pass, effects being retried. Never waits for a port or a transition."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from raymlops import storage
 from raymlops.config import Config
-from raymlops.control.statefile import read_saved, state_uri
+from raymlops.control.statefile import read_lease, read_saved, state_uri
 from raymlops.errors import RaymlopsError
 
 __all__ = ["blocked_lines", "gather_status", "render_status"]
@@ -42,6 +42,14 @@ def _serving(cfg: Config) -> dict[str, Any]:
         return {"url": url, "error": f"not reachable ({type(err).__name__})"}
 
 
+def _lease(cfg: Config) -> dict[str, Any] | None:
+    held = read_lease(cfg)
+    if held is None:
+        return None
+    return {"holder": held.holder, "renewed_at": held.renewed_at, "expires_at": held.expires_at,
+            "live": held.live(dt.datetime.now().timestamp())}
+
+
 def gather_status(cfg: Config) -> dict[str, Any]:
     """Everything `raymlops status` shows, as one JSON-safe document."""
     doc: dict[str, Any] = {"pipeline": cfg.name, "registry": _registry(cfg), "serving": _serving(cfg)}
@@ -52,7 +60,7 @@ def gather_status(cfg: Config) -> dict[str, Any]:
         doc["controller"] = {"state_uri": uri, "champion": s["champion"], "previous": s["previous"],
                              "paused": s["paused"], "run": s["run"], "queue": s["queue"], "rollout": s["rollout"],
                              "pending_canary": s["pending_canary"], "blocked": s.get("blocked"),
-                             "recent_events": saved.events[-8:]}
+                             "recent_events": saved.events[-8:], "lease": _lease(cfg)}
         doc["monitor"] = saved.monitor[-1] if saved.monitor else None
         doc["weights_timeline"] = saved.timeline[-20:]
     else:
@@ -118,6 +126,10 @@ def render_status(doc: dict[str, Any]) -> str:
         run = ctl["run"]
         out.append(f"controller: champion v{ctl['champion'] or '-'}, rollout {rollout}"
                    + (", PAUSED" if ctl["paused"] else ""))
+        lease = ctl.get("lease")
+        if lease is not None:
+            out.append(f"  lease: {lease['holder']}, " + (f"until {_when(lease['expires_at'])}" if lease["live"]
+                       else f"expired {_when(lease['expires_at'])} (no controller running)"))
         out.append(f"  run: {run['run_id'] or '(starting)'} since {_when(run['started_at'])}" if run
                    else "  run: none in flight")
         if ctl["queue"]:
