@@ -77,3 +77,14 @@ class ConcurrentUpdateError(RaymlopsError):
 
 class FeatureStoreError(RaymlopsError):
     """A feature definition, feature source, retrieval or online store cannot be used as asked."""
+
+
+class FeatureStoreUnavailable(FeatureStoreError):
+    """The online store did not answer in time (timeout, refused connection, lock): transient, retry later.
+
+    Serving answers it 503 with ``Retry-After``; ``retry_after_s`` is the hint it sends.
+    """
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -53,7 +53,16 @@ class _Def(BaseModel):
 class OnlineStoreDef(_Def):
     type: Literal["sqlite", "redis"] = Field("sqlite", description="sqlite (embedded, default) or redis.")
     path: str = Field("./.raymlops/features/online.sqlite", description="SQLite file (local path).")
-    url: str | None = Field(None, description="Redis URL, e.g. redis://localhost:6379/0 (type redis).")
+    url: str | None = Field(None, description="Redis URL, e.g. redis://localhost:6379/0 (type redis); put no "
+                            "password in it when serving: use password_env.")
+    password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = Field(
+        None, description="Environment variable holding the Redis password, read where the store is opened (each "
+        "serving replica's node, the materialiser), so the password stays out of files and Serve's user_config.")
+    connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        0.2, description="Serving path: Redis connect timeout (s).")
+    read_timeout_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        0.5, description="Serving path: Redis socket timeout and SQLite busy timeout (s). A request's lookup "
+        "slower than connect_timeout_s + read_timeout_s is answered 503 with Retry-After.")
 
     @model_validator(mode="after")
     def _complete(self) -> OnlineStoreDef:

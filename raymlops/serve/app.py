@@ -45,7 +45,7 @@ from raymlops import storage
 from raymlops.core.request_validation import ParsedRequest, RequestError, RequestValidator
 from raymlops.core.routing import RoutingTable, pick_version, should_shadow
 from raymlops.core.schema import Schema
-from raymlops.errors import ServingError
+from raymlops.errors import FeatureStoreUnavailable, ServingError
 from raymlops.model.package import LoadedModel, load_package
 from raymlops.serve.predlog import FeedbackLog, PredictionLog
 
@@ -184,11 +184,13 @@ class ModelServer:
                                    "redeploy with `raymlops deploy CONFIG`")
             limits = config["limits"]
             schema = Schema.from_yaml(versions[champion].model.schema_yaml, f"schema of version {champion}")
+            # In a thread: a validator with a feature service opens the online store (a connection, a ping).
+            validator = await asyncio.to_thread(_validator, schema, limits, config.get("features"))
             self._state = _State(
                 champion=champion,
                 versions=versions,
                 table=RoutingTable(dict(config["weights"]), config.get("shadow"), float(config.get("shadow_pct", 0))),
-                validator=_validator(schema, limits, config.get("features")),
+                validator=validator,
                 max_body_bytes=limits["max_body_bytes"],
                 max_instances=limits["max_instances"],
                 revision=str(config.get("revision", "")),
@@ -226,6 +228,10 @@ class ModelServer:
             return self._client_error(err.status, err.code, err.message, err.details, request_id)
         except _HTTPError as err:
             return self._client_error(err.status, err.code, err.message, [], request_id, err.headers)
+        except FeatureStoreUnavailable as err:
+            # A stalled or locked online store is transient: 503 + Retry-After (never a 500 with a traceback).
+            return self._client_error(503, "feature_store_unavailable", str(err), [], request_id,
+                                      {"Retry-After": str(err.retry_after_s)})
         except Exception:
             self._internal_errors += 1
             logger.exception("request %s failed inside the server", request_id)
@@ -256,16 +262,19 @@ class ModelServer:
                              {"Retry-After": _RETRY_AFTER_S})
         body = await _read_body(request, state.max_body_bytes)
         if verb == "predict":
-            return self._predict(state, body, request.headers.get("x-routing-key") or None, request_id)
+            return await self._predict(state, body, request.headers.get("x-routing-key") or None, request_id)
         return self._record_feedback(state, body, request_id)
 
     # ------------------------------------------------------------------------------------------ predict
-    def _predict(self, state: _State, body: bytes, key: str | None, request_id: str) -> Response:
+    async def _predict(self, state: _State, body: bytes, key: str | None, request_id: str) -> Response:
         t0 = time.perf_counter()
         if key is not None and len(key) > _MAX_ROUTING_KEY:
             raise _HTTPError(400, "invalid_routing_key", f"X-Routing-Key has {len(key)} characters, over "
                              f"{_MAX_ROUTING_KEY}; send a shorter key (e.g. a user id or its hash)")
-        parsed = state.validator.validate(body)
+        # A validator that fetches online features does its I/O off the loop, under a deadline; the plain one is
+        # pure CPU work and stays on the loop (a thread hop would cost more than it does).
+        fetching = getattr(state.validator, "validate_async", None)
+        parsed = await fetching(body) if fetching is not None else state.validator.validate(body)
         version = pick_version(state.table, key, random.random())
         served = state.versions[version]
         stats = self._stats[version]
