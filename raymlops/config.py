@@ -424,6 +424,16 @@ class NotificationsConfig(_Section):
         None, description="POST every controller event here as JSON (Slack-style `text` plus the event)."
     )
     timeout_s: Annotated[float, Field(gt=0)] = Field(5.0, description="Webhook request timeout.")
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list, description="Hosts the webhook may reach: exact names or `*.example.com`; empty: "
+        "any public host. Redirects are never followed.")
+    webhook_allow_private: bool = Field(
+        False, description="Allow a webhook host that resolves to a loopback, private or link-local address "
+        "(refused by default: a config must not aim the controller at internal services).")
+    webhook_secret_env: str = Field(
+        "RAYMLOPS_WEBHOOK_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable with "
+        "the key that signs each payload (header X-Raymlops-Signature: sha256=<HMAC-SHA256 of the body>); unset: "
+        "payloads go unsigned, with a warning.")
 
     @field_validator("webhook_url")
     @classmethod
@@ -433,6 +443,18 @@ class NotificationsConfig(_Section):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"webhook_url {url!r} must be an http:// or https:// URL, or null")
         return url
+
+    @model_validator(mode="after")
+    def _allowed_host(self) -> NotificationsConfig:
+        from urllib.parse import urlsplit
+
+        from raymlops.core.webhook import host_allowed
+
+        host = urlsplit(self.webhook_url).hostname or "" if self.webhook_url else None
+        if host is not None and self.webhook_allowed_hosts and not host_allowed(host, self.webhook_allowed_hosts):
+            raise ValueError(f"webhook_url's host {host!r} is not in webhook_allowed_hosts "
+                             f"{self.webhook_allowed_hosts}; add it there or fix webhook_url")
+        return self
 
 
 class ControllerConfig(_Section):

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import queue
-import threading
-import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +17,7 @@ from raymlops.control.canary import WindowStats, window_stats
 from raymlops.control.controller import DATA_VALIDATION, MonitorSignal, Ports, RunOutcome
 from raymlops.control.state import ExposureTested, LogEntry
 from raymlops.control.statefile import FileStateStore, controller_dir, state_uri
+from raymlops.control.webhook import WebhookNotifier  # the notifier port (signed, allow-listed POSTs)
 from raymlops.errors import DataError, DataValidationError
 
 __all__ = ["build_ports"]
@@ -233,39 +230,7 @@ class RayMonitor:
 
 
 # ------------------------------------------------------------------------------------------ notifications
-class WebhookNotifier:
-    """POSTs each event as JSON from a background thread (a slow endpoint never stalls the controller)."""
-
-    def __init__(self, cfg: Config, say: Callable[[str], None]):
-        self.url, self.timeout, self.name, self.say = (cfg.notifications.webhook_url, cfg.notifications.timeout_s,
-                                                       cfg.name, say)
-        self._queue: queue.Queue[LogEntry] = queue.Queue(maxsize=1000)
-        if self.url:
-            threading.Thread(target=self._send_loop, name="raymlops-webhook", daemon=True).start()
-
-    def send(self, entry: LogEntry) -> None:
-        self.say(f"[{entry.kind}] {entry.message}")
-        if self.url:
-            try:
-                self._queue.put_nowait(entry)
-            except queue.Full:
-                self.say(f"webhook queue full: event {entry.seq} not sent (it is in the event log)")
-
-    def _send_loop(self) -> None:
-        while True:
-            entry = self._queue.get()
-            body = json.dumps({"text": f"[raymlops {self.name}] {entry.kind}: {entry.message}",
-                               "pipeline": self.name, "event": vars(entry)}, default=str).encode()
-            request = urllib.request.Request(self.url, data=body, method="POST",
-                                             headers={"Content-Type": "application/json"})
-            for attempt in range(3):
-                try:
-                    with urllib.request.urlopen(request, timeout=self.timeout):
-                        break
-                except OSError as err:
-                    if attempt == 2:
-                        self.say(f"webhook {self.url} failed for event {entry.seq}: {err}")
-                    time.sleep(0.5 * (attempt + 1))
+# WebhookNotifier lives in raymlops.control.webhook (imported above): target policy, signing, redaction.
 
 
 # ------------------------------------------------------------------------------------------ schema versions

@@ -29,7 +29,8 @@ def test_events_are_posted_as_json_in_order_and_a_dead_endpoint_only_warns():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     said: list[str] = []
     try:
-        cfg = load_config(None, [f"notifications.webhook_url=http://127.0.0.1:{server.server_port}/hook"])
+        cfg = load_config(None, [f"notifications.webhook_url=http://127.0.0.1:{server.server_port}/hook",
+                                 "notifications.webhook_allow_private=true"])  # the receiver is on loopback
         notifier = WebhookNotifier(cfg, said.append)
         for seq, kind in enumerate(["trigger", "canary_started", "rolled_back"], start=1):
             notifier.send(LogEntry(seq, 1000.0 + seq, kind, f"{kind} happened", {"version": "2"}))
@@ -42,7 +43,8 @@ def test_events_are_posted_as_json_in_order_and_a_dead_endpoint_only_warns():
     assert received[0]["pipeline"] == "churn" and received[2]["text"] == "[raymlops churn] rolled_back: rolled_back happened"
     assert received[1]["event"]["data"] == {"version": "2"}
 
-    cfg = load_config(None, ["notifications.webhook_url=http://127.0.0.1:9/closed", "notifications.timeout_s=0.5"])
+    cfg = load_config(None, ["notifications.webhook_url=http://127.0.0.1:9/closed", "notifications.timeout_s=0.5",
+                             "notifications.webhook_allow_private=true"])
     dead = WebhookNotifier(cfg, said.append)
     dead.send(LogEntry(9, 1.0, "promoted", "v2 promoted"))  # never raises: the event log keeps the event
     deadline = time.monotonic() + 15
