@@ -16,6 +16,7 @@ from pathlib import Path
 
 from raymlops import storage
 from raymlops.config import Config
+from raymlops.core.redact import redact
 from raymlops.serve.urls import base_url, feedback_url, predict_url
 
 __all__ = ["DEMO_OVERRIDES", "QUICK_OVERRIDES", "Clients", "EventPrinter", "Timeline", "demo_config", "free_port",
@@ -219,7 +220,7 @@ class EventPrinter:
         for e in call(self.cfg, "events", self.seen):
             self.seen = e["seq"]
             if e["kind"] not in ("canary_hold",):
-                self.tl(f"controller: {e['kind']}: {e['message']}")
+                self.tl(redact(f"controller: {e['kind']}: {e['message']}"))
         self._run_progress()
 
     def _run_progress(self) -> None:
@@ -233,7 +234,7 @@ class EventPrinter:
             for line in lines[self.run_lines.get(log.name, 0):]:
                 msg = line.split(" ", 1)[-1]
                 if "epoch=" not in msg:  # the steps' own summaries; epochs would bury them
-                    self.tl(f"    {msg}")
+                    self.tl(redact(f"    {msg}"))
             self.run_lines[log.name] = len(lines)
 
     def wait(self, done: Callable[[dict], bool], timeout_s: float, what: str, fail_on: tuple[str, ...] = ()) -> None:

@@ -36,8 +36,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tex
 
 
 def say(msg: str) -> None:
-    """Progress and notes go to stderr, results to stdout."""
-    typer.echo(msg, err=True)
+    """Progress, notes and errors go to stderr (results to stdout), redacted: an error may quote a secret URI."""
+    from raymlops.core.redact import redact
+
+    typer.echo(redact(msg), err=True)
 
 
 def load(config: Path | None, overrides: list[str] | None, env: str | None = None):
@@ -49,5 +51,7 @@ def load(config: Path | None, overrides: list[str] | None, env: str | None = Non
 def echo_event(e: dict) -> None:
     import datetime as dt
 
+    from raymlops.core.redact import redact
+
     at = dt.datetime.fromtimestamp(e["at"]).isoformat(sep=" ", timespec="seconds")
-    typer.echo(f"{e['seq']:>5}  {at}  {e['kind']:<20} {e['message']}")
+    typer.echo(redact(f"{e['seq']:>5}  {at}  {e['kind']:<20} {e['message']}"))

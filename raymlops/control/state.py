@@ -31,6 +31,7 @@ from typing import Any
 from raymlops.control.blocking import BlockRecord, DataBlock, block_message, retry_reasons
 from raymlops.control.canary import ACTIVE_PHASES, Decision, RolloutState, apply_decision
 from raymlops.control.triggers import REQUESTED_KINDS, TriggerEvent, TriggerState
+from raymlops.core.redact import redact, redact_data
 
 __all__ = [
     "MANUAL_COMMANDS",
@@ -357,7 +358,8 @@ class _Tx:
         self.unchanged = False  # a handler that changed nothing says so: the shell then has nothing to persist
 
     def log(self, kind: str, message: str, notify: bool = False, **data: Any) -> None:
-        entry = LogEntry(self.s.next_seq, self.now, kind, message, data)
+        # Redacted here, where every event is written: an error text may quote a URI with its password.
+        entry = LogEntry(self.s.next_seq, self.now, kind, redact(message), redact_data(data))
         self.s.next_seq += 1
         self.s.events.append(entry)
         if notify:

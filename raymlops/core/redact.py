@@ -27,9 +27,10 @@ MASK = "***"
 
 # scheme://user:password@ -> scheme://user:***@ (the user part may be empty: redis://:password@host)
 _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*:)(?P<secret>[^@/?#\s]+)(?=@)")
-# name=value where the name says secret (query strings, libpq DSNs, form bodies); the name is kept
+# name=value where the name says secret, after ?, &, ; or a space (query strings, libpq DSNs, form bodies); not
+# after "/", so a hive partition directory (s3://bucket/key=1/) is left alone; the name is kept
 _PARAM = re.compile(
-    r"(?i)(?P<head>(?<![A-Za-z0-9_])(?:access_token|refresh_token|id_token|token|api[_-]?key|apikey|key|sig|"
+    r"(?i)(?P<head>(?:(?<=[?&;\s])|^)(?:access_token|refresh_token|id_token|token|api[_-]?key|apikey|key|sig|"
     r"signature|password|passwd|pwd|secret|client_secret|x-amz-signature|x-amz-credential|x-amz-security-token|"
     r"x-goog-signature)=)(?P<secret>[^\s&#;,'\"]+)"
 )

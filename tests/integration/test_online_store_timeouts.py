@@ -8,10 +8,12 @@ connection. The HTTP test drives the real ``ModelServer`` in-process over ASGI (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -23,7 +25,7 @@ import yaml
 from starlette.requests import Request
 
 from raymlops.config import load_config
-from raymlops.errors import FeatureStoreUnavailable
+from raymlops.errors import FeatureStoreError, FeatureStoreUnavailable
 from raymlops.features.serving import serving_spec
 from raymlops.features.stores import SQLiteOnlineStore, open_online_store
 from raymlops.serve.app import ModelServer
@@ -32,34 +34,36 @@ from tests.serving_helpers import build_package, free_port
 CONFIG = Path(__file__).parents[2] / "configs" / "features.yaml"
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    """A redis-server of this module (the tests pause it): ``(url, pid)``."""
+@contextlib.contextmanager
+def _redis(workdir: Path, *args: str):
+    """A redis-server started here (the tests pause it): ``(url, pid)``; ``args`` are extra server options."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: `sudo apt-get install redis-server` (make test installs it)")
-    import redis
-
     port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path_factory.mktemp("redis-timeouts"))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
+                             "--dir", str(workdir), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while True:
             try:
-                redis.Redis.from_url(url, socket_timeout=1).ping()
-                break
-            except redis.ConnectionError:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"redis-server did not start on port {port}")
                 time.sleep(0.05)
-        yield url, proc.pid
+        yield f"redis://127.0.0.1:{port}/0", proc.pid
     finally:
         os.kill(proc.pid, signal.SIGCONT)  # a paused server ignores SIGTERM until it runs again
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    with _redis(tmp_path_factory.mktemp("redis-timeouts")) as server:
+        yield server
 
 
 class _Paused:
@@ -163,3 +167,20 @@ def test_a_paused_redis_is_answered_503_with_retry_after_and_health_is_not_held(
     assert error["code"] == "feature_store_unavailable" and "Traceback" not in stalled.text
     assert health.status_code == 200 and finished == ["health", "predict"]
     assert server.info()["internal_errors"] == 0
+
+
+def test_a_redis_password_comes_from_the_replicas_environment_not_the_user_config(tmp_path, monkeypatch):
+    with _redis(tmp_path, "--requirepass", "s3cret-from-env") as (url, _):
+        doc = yaml.safe_load(CONFIG.read_text())
+        doc["online_store"] = {"type": "redis", "url": url, "password_env": "TEST_REDIS_PASSWORD"}
+        (tmp_path / "features.yaml").write_text(yaml.safe_dump(doc))
+        cfg = load_config(None, [f"features.repo={tmp_path / 'features.yaml'}", "features.service=churn_model"])
+        spec = serving_spec(cfg)  # what travels in user_config
+        assert "s3cret-from-env" not in json.dumps(spec)
+        monkeypatch.delenv("TEST_REDIS_PASSWORD", raising=False)
+        with pytest.raises(FeatureStoreError, match="TEST_REDIS_PASSWORD"):
+            open_online_store(spec["online_store"], spec["project"], serving=True)
+        monkeypatch.setenv("TEST_REDIS_PASSWORD", "s3cret-from-env")  # the replica's environment
+        store = open_online_store(spec["online_store"], spec["project"], serving=True)
+        assert store.read("customer_usage", ["C000001"]) == [None]
+        store.close()
