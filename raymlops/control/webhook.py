@@ -143,7 +143,7 @@ class WebhookNotifier:
                "event": vars(entry)}
         body = json.dumps(redact_data(doc, names=[self.secret_env]), default=str).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "raymlops-webhook"}
-        key = os.environ.get(self.secret_env)  # read per event: a rotated key applies without a restart
+        key = os.environ.get(self.secret_env)
         if key:
             headers[SIGNATURE_HEADER] = sign_payload(body, key.encode())
         return body, headers
