@@ -2,12 +2,19 @@
 
 Writes are atomic: data goes to a temporary sibling first and is renamed into place, so a crash never leaves a file
 that looks complete. (On object stores a rename is a copy; the object still appears only once it is whole.)
+
+On a local (or mounted POSIX) filesystem writes are also private and durable, whatever the process umask: files are
+created 0600 and directories this module creates 0700 (storage holds prediction logs with request features, the
+controller's state and model packages: nobody but the owner needs to read them), and a write is fsynced, then
+renamed, then its directory fsynced, so a power loss leaves either the old or the new file, never an empty one.
+``keep_previous`` keeps the replaced version beside the file as ``NAME.prev`` (a hard link: no copy).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,14 +55,99 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+FILE_MODE = 0o600  # files this module writes on a local filesystem
+DIR_MODE = 0o700  # directories it creates there
+
+
 def makedirs(uri: str) -> None:
+    """Create a directory and its missing parents (local: each created one 0700, whatever the umask)."""
     fs, path = resolve(uri)
-    fs.create_dir(path, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        private_dirs(path)
+    else:
+        fs.create_dir(path, recursive=True)
 
 
-def atomic_write_bytes(uri: str, data: bytes) -> None:
-    """Write `data` to `uri` via a temporary sibling and a rename."""
+def private_dirs(path: str) -> None:
+    """Create the local directory ``path`` and its missing parents, each created one with mode 0700.
+
+    ``os.makedirs(mode=...)`` is filtered by the umask and ignores the mode for parents; here every directory made
+    is chmodded explicitly. Directories that already exist are left as they are (they may be shared on purpose).
+    """
+    missing = []
+    p = os.path.abspath(path)
+    while not os.path.isdir(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, DIR_MODE)
+        except FileExistsError:
+            if not os.path.isdir(d):
+                raise
+            continue  # made by a concurrent writer: theirs to set
+        os.chmod(d, DIR_MODE)
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a local directory's entries (a rename into it) to disk; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and platforms) refuse fsync on a directory: the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def previous_uri(uri: str) -> str:
+    """Where ``atomic_write_bytes(..., keep_previous=True)`` keeps the version it replaced."""
+    return uri + ".prev"
+
+
+def _write_local(path: str, data: bytes, keep_previous: bool) -> None:
+    parent = os.path.dirname(path)
+    private_dirs(parent)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)  # the open mode is filtered by the umask; set it exactly
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)  # the rename must not publish a file whose bytes are still in flight
+        finally:
+            os.close(fd)
+        if keep_previous and os.path.isfile(path):
+            link = f"{path}.prev.tmp-{uuid.uuid4().hex[:8]}"
+            os.link(path, link)  # the current version under a second name, then swapped in atomically
+            os.replace(link, previous_uri(path))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(parent)
+
+
+def atomic_write_bytes(uri: str, data: bytes, *, keep_previous: bool = False) -> None:
+    """Write `data` to `uri` via a temporary sibling and a rename (local: 0600, fsynced, see the module docstring).
+
+    ``keep_previous``: the version being replaced stays readable at ``previous_uri(uri)``.
+    """
     fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        _write_local(path, data, keep_previous)
+        return
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
         fs.create_dir(parent, recursive=True)
@@ -63,10 +155,9 @@ def atomic_write_bytes(uri: str, data: bytes) -> None:
     try:
         with fs.open_output_stream(tmp) as out:
             out.write(data)
-        if isinstance(fs, pafs.LocalFileSystem):
-            os.replace(tmp, path)
-        else:
-            fs.move(tmp, path)
+        if keep_previous and fs.get_file_info(path).type == pafs.FileType.File:
+            fs.copy_file(path, previous_uri(path))
+        fs.move(tmp, path)
     except BaseException:
         try:
             fs.delete_file(tmp)
@@ -75,8 +166,43 @@ def atomic_write_bytes(uri: str, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(uri: str, text: str) -> None:
-    atomic_write_bytes(uri, text.encode("utf-8"))
+def atomic_write_text(uri: str, text: str, *, keep_previous: bool = False) -> None:
+    """`atomic_write_bytes` of UTF-8 text."""
+    atomic_write_bytes(uri, text.encode("utf-8"), keep_previous=keep_previous)
+
+
+def mode_of(uri: str) -> int | None:
+    """Permission bits of a local file or directory (None on object stores, which have none)."""
+    fs, path = resolve(uri)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return None
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def delete_file(uri: str) -> bool:
+    """Delete one file; False when it was already gone."""
+    fs, path = resolve(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def delete_dir(uri: str) -> bool:
+    """Delete a directory and everything under it; False when it was already gone."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return False
+    fs.delete_dir(path)
+    return True
+
+
+def list_dir(uri: str) -> list[pafs.FileInfo]:
+    """The direct entries of a directory (empty when it does not exist), sorted by name."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    return sorted(infos, key=lambda i: i.base_name)
 
 
 def read_bytes(uri: str) -> bytes:
@@ -124,9 +250,11 @@ def staged_dir(uri: str, marker: str = "_SUCCESS", in_place: bool | None = None)
         yield uri
         return
     parent, name = os.path.split(final)
-    os.makedirs(parent, exist_ok=True)
+    private_dirs(parent)
     tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
+        os.mkdir(tmp, DIR_MODE)
+        os.chmod(tmp, DIR_MODE)  # what the block writes inside is private whatever modes its writer uses
         yield tmp
         if os.path.exists(final):
             old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
@@ -135,6 +263,7 @@ def staged_dir(uri: str, marker: str = "_SUCCESS", in_place: bool | None = None)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final)
+        fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -111,18 +111,9 @@ def log_uris(cfg: Config) -> tuple[str, str]:
 
 
 def read_window(uri: str, schema: pa.Schema, start: float, end: float) -> pa.Table:
-    """Rows of the log at ``uri`` with ``start <= ts < end``, reading only the ``date=`` partitions that overlap."""
-    day, last = (dt.datetime.fromtimestamp(t, dt.timezone.utc).date() for t in (start, max(start, end)))
-    parts = []
-    while day <= last:
-        parts.append(read_log(storage.join(uri, f"date={day.isoformat()}"), schema))
-        day += dt.timedelta(days=1)
-    table = pa.concat_tables(parts) if parts else schema.empty_table()
-    if table.num_rows == 0:
-        return table
-    lo, hi = (pa.scalar(round(t * 1_000_000), _TS) for t in (start, end))
-    ts = pc.cast(table.column("ts"), _TS)
-    return table.filter(pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))
+    """Rows of the log at ``uri`` with ``start <= ts < end``, opening only the ``date=`` partitions and the files
+    whose names say they overlap the window (``raymlops.serve.predlog.read_log``)."""
+    return read_log(uri, schema, start, max(start, end))
 
 
 # -------------------------------------------------------------------------------------- version context

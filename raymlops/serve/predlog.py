@@ -1,15 +1,25 @@
 """The prediction log and the feedback log: buffered, batched parquet writers that never slow a request.
 
 ``append`` only puts records in a bounded in-memory buffer (a lock held for a list extend). A daemon thread
-turns the buffer into parquet parts ``{uri}/date=YYYY-MM-DD/part-{writer_id}-{seq:06d}.parquet`` when it holds
+turns the buffer into parquet parts ``{uri}/date=YYYY-MM-DD/part-{writer_id}-{seq:06d}.t{first_ms}-{last_ms}.parquet``
+(the span of the part's ``ts`` in the name: see ``raymlops.core.logparts``) when it holds
 ``flush_rows`` rows or ``flush_interval_s`` has passed, each part written atomically (temporary name, then a
 rename), so a reader never sees a partial file. JSON encoding of features and outputs happens on that thread,
 not on the request path. A failed write keeps its rows for the next try (up to ``buffer_rows``) and counts an
 error; a full buffer counts the rows it refuses in ``dropped``.
 
-Durability: ``drain()`` (called on reconfigure and shutdown) writes everything synchronously. A hard kill of the
-process loses what was still buffered: at most the last ``flush_interval_s`` of rows (or ``flush_rows``, whichever
-came first), plus rows kept back after failed writes; ``pending`` tells how many that is at any moment.
+Durability: ``drain()`` (called on reconfigure and shutdown) writes everything synchronously; rows it still cannot
+write are counted in ``lost`` and logged. A hard kill of the process loses everything not yet written: the rows
+buffered since the last flush *and* the rows kept back after failed writes (the retry backlog), so the bound is
+``buffer_rows`` rows, not one flush interval. While writes succeed that is about ``flush_interval_s`` of traffic (or
+``flush_rows`` rows, whichever comes first); while storage refuses writes it grows to ``buffer_rows``, after which new
+rows are refused and counted in ``dropped``. ``pending`` says how many rows a kill would lose at any moment; the
+serving app reports it with the other counters (``GET /v1/models/{name}``), and every refusal and loss is logged
+(``raymlops.predlog`` logger, at most one warning per ``_WARN_EVERY_S``).
+
+Reading: ``read_log`` opens only the ``date=`` partitions and the files whose names say they overlap the asked
+window, and honours compaction (``compact_partition``: a closed day's parts merged into few files, published
+atomically by a manifest). Files are written 0600 and fsynced (``raymlops.storage``).
 
 ``writer_id`` must be unique per writer instance (e.g. the replica id plus a random suffix): two writers with
 the same id would overwrite each other's parts.
@@ -19,10 +29,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -31,17 +44,23 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raymlops import storage
-from raymlops.errors import DataError, ServingError
+from raymlops import cas, storage
+from raymlops.core import logparts
+from raymlops.errors import ConcurrentUpdateError, DataError, ServingError
 
 __all__ = [
     "FEEDBACK_SCHEMA",
     "PREDICTION_SCHEMA",
+    "Compaction",
     "FeedbackLog",
     "PredictionLog",
+    "compact_partition",
     "join_feedback",
     "read_log",
 ]
+
+_log = logging.getLogger("raymlops.predlog")
+_WARN_EVERY_S = 60.0  # a storage outage must not turn the log writer into a log flood
 
 _TS = pa.timestamp("us", tz="UTC")
 PREDICTION_SCHEMA = pa.schema([
@@ -105,8 +124,10 @@ class PredictionLog:
     of the instance in its request, default 0), ``ts`` (aware datetime or epoch seconds; default: flush time),
     ``model_version``, ``role`` ('primary' | 'shadow'), ``routing_key``, ``features`` and ``outputs`` (JSON text,
     or any JSON-able value incl. numpy, encoded on the writer thread), ``latency_ms``, ``status`` ('ok' |
-    'error'). Counters: ``written``, ``dropped``, ``pending``, ``flushes``, ``errors`` (failed writes),
-    ``invalid`` (records that could not be logged, also counted in ``dropped``).
+    'error'). Counters: ``written``, ``dropped`` (refused: buffer full, appended after close, or unusable),
+    ``pending`` (not yet durable: what a hard kill would lose), ``flushes``, ``errors`` (failed writes),
+    ``invalid`` (records that could not be logged, also counted in ``dropped``), ``lost`` (still unwritten when
+    ``close`` gave up).
     """
 
     schema: pa.Schema = PREDICTION_SCHEMA
@@ -124,7 +145,9 @@ class PredictionLog:
         self.flush_rows = min(flush_rows, buffer_rows)
         self.flush_interval_s, self.buffer_rows = flush_interval_s, buffer_rows
         self.writer_id = writer_id
-        self.written = self.dropped = self.flushes = self.errors = self.invalid = 0  # see stats()
+        self.written = self.dropped = self.flushes = self.errors = self.invalid = self.lost = 0  # see stats()
+        self._warned_at = -_WARN_EVERY_S
+        self._reported = (0, 0)  # dropped, errors as of the last warning
         self._buffer: list[Mapping[str, Any]] = []
         self._inflight = 0
         self._seq = 0
@@ -145,7 +168,7 @@ class PredictionLog:
     def stats(self) -> dict[str, int]:
         """The counters as a dict (for status pages and metrics)."""
         return {"written": self.written, "dropped": self.dropped, "pending": self.pending,
-                "flushes": self.flushes, "errors": self.errors, "invalid": self.invalid}
+                "flushes": self.flushes, "errors": self.errors, "invalid": self.invalid, "lost": self.lost}
 
     def append(self, records: list[Mapping[str, Any]]) -> None:
         """Buffer records for the next flush. Never blocks on IO and never raises; rows over the buffer limit
@@ -176,7 +199,27 @@ class PredictionLog:
         self._wake.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=max(5.0, 2 * self.flush_interval_s))
-        return self.drain()
+        left = self.drain()
+        if left:
+            with self._lock:
+                self.lost += left
+                self._buffer = []  # counted once: a second close does not count them again
+            _log.warning("prediction log %s (writer %s): %d rows could not be written before close and are lost "
+                         "(%d refused earlier); check that %s is writable", self.uri, self.writer_id, left,
+                         self.dropped, self.uri)
+        self._warn(force=True)
+        return left
+
+    def _warn(self, force: bool = False) -> None:
+        """Log refused rows and failed writes since the last warning (rate-limited: see ``_WARN_EVERY_S``)."""
+        now = time.monotonic()
+        current = (self.dropped, self.errors)
+        if current == self._reported or (not force and now - self._warned_at < _WARN_EVERY_S):
+            return
+        self._warned_at, (dropped, errors), self._reported = now, self._reported, current
+        _log.warning("prediction log %s (writer %s): %d rows refused (buffer full or unusable) and %d failed writes "
+                     "since the last warning; %d rows pending (lost on a hard kill); totals dropped=%d errors=%d",
+                     self.uri, self.writer_id, current[0] - dropped, current[1] - errors, self.pending, *current)
 
     # ----------------------------------------------------------------------------------------------- writer
     def _run(self) -> None:
@@ -227,6 +270,7 @@ class PredictionLog:
                 elif batch:
                     self.flushes += 1
                 self._inflight = 0
+        self._warn()
 
     def _parts(self, batch: list[Mapping[str, Any]]) -> tuple[list[tuple[str, pa.Table, list[dict]]], int]:
         """The batch as one table per UTC date, and how many records were unusable (and left out)."""
@@ -265,7 +309,8 @@ class PredictionLog:
     def _write_part(self, date: str, table: pa.Table) -> None:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
-        name = f"part-{self.writer_id}-{self._seq:06d}.parquet"
+        first, last = _span_ms(table)
+        name = logparts.part_name(self.writer_id, self._seq, first, last)
         storage.atomic_write_bytes(storage.join(self.uri, f"date={date}", name), sink.getvalue().to_pybytes())
         self._seq += 1
 
@@ -277,20 +322,160 @@ class FeedbackLog(PredictionLog):
 
 
 # ----------------------------------------------------------------------------------------------- reading
-def read_log(uri: str, schema: pa.Schema = PREDICTION_SCHEMA) -> pa.Table:
-    """Every part under ``uri`` as one table with ``schema`` (an empty table when there are none)."""
-    fs, path = storage.resolve(uri)
+def _span_ms(table: pa.Table) -> tuple[int, int]:
+    """Smallest and largest ``ts`` of a non-empty log table, in epoch milliseconds (floor and ceiling)."""
+    us = pc.cast(pc.cast(table.column("ts"), _TS), pa.int64())
+    mm = pc.min_max(us).as_py()
+    return mm["min"] // 1000, -(-mm["max"] // 1000)
+
+
+def _ms(t: float | None, up: bool = False) -> int | None:
+    if t is None:
+        return None
+    return int(-(-t * 1000 // 1)) if up else int(t * 1000 // 1)
+
+
+def _manifest(fs: pafs.FileSystem, partition: str) -> dict | None:
     try:
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        with fs.open_input_stream(f"{partition}/{logparts.MANIFEST}") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def _partition_files(fs: pafs.FileSystem, partition: str, start_ms: int | None, end_ms: int | None) -> list[str]:
+    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(partition, allow_not_found=True))
+             if i.type == pafs.FileType.File]
+    # listed first, then the manifest: see logparts.visible
+    return [f"{partition}/{n}" for n in logparts.visible(names, _manifest(fs, partition), start_ms, end_ms)]
+
+
+def _partitions(fs: pafs.FileSystem, path: str, start: float | None, end: float | None) -> list[str]:
+    if logparts.partition_date(path.rstrip("/").rsplit("/", 1)[-1]) is not None:
+        return [path]  # the URI is one partition
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    dirs = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+    loose = [path] if any(i.type == pafs.FileType.File for i in infos) else []  # parts outside any partition
+    return loose + [f"{path}/{d}" for d in logparts.overlapping_dates(dirs, start, end)]
+
+
+def read_log(uri: str, schema: pa.Schema = PREDICTION_SCHEMA, start: float | None = None,
+             end: float | None = None) -> pa.Table:
+    """Rows of the log at ``uri`` (a log or one ``date=`` partition of it) with ``start <= ts < end``.
+
+    ``start``/``end`` are epoch seconds (None: unbounded). Only the partitions and files whose names overlap the
+    window are opened; compacted partitions are read through their manifest. An empty table when nothing matches.
+    """
+    fs, path = storage.resolve(uri)
+    start_ms, end_ms = _ms(start), _ms(end, up=True)
+    tables = []
+    try:
+        for partition in _partitions(fs, path, start, end):
+            tables.append(_read_partition(fs, partition, schema, start_ms, end_ms))
     except OSError as err:
-        raise DataError(f"cannot list the log at {uri}: {err}; check the URI and credentials") from None
-    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-")
-                   and i.base_name.endswith(".parquet"))
-    if not files:
-        return schema.empty_table()
-    # The schema is given, so the date= directories are not turned into a column and older parts missing a
-    # newer column read as nulls.
-    return ds.dataset(files, schema=schema, format="parquet", filesystem=fs).to_table()
+        raise DataError(f"cannot read the log at {uri}: {err}; check the URI and credentials") from None
+    tables = [t for t in tables if t.num_rows]
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    if table.num_rows == 0 or (start is None and end is None):
+        return table
+    ts = pc.cast(table.column("ts"), _TS)
+    mask = None
+    if start is not None:
+        mask = pc.greater_equal(ts, pa.scalar(round(start * 1_000_000), _TS))
+    if end is not None:
+        below = pc.less(ts, pa.scalar(round(end * 1_000_000), _TS))
+        mask = below if mask is None else pc.and_(mask, below)
+    return table.filter(mask)
+
+
+def _read_partition(fs: pafs.FileSystem, partition: str, schema: pa.Schema, start_ms: int | None,
+                    end_ms: int | None, attempts: int = 5) -> pa.Table:
+    for attempt in range(attempts):
+        files = _partition_files(fs, partition, start_ms, end_ms)
+        if not files:
+            return schema.empty_table()
+        try:
+            # The schema is given, so the date= directories are not turned into a column and older parts missing a
+            # newer column read as nulls.
+            return ds.dataset(files, schema=schema, format="parquet", filesystem=fs).to_table()
+        except FileNotFoundError:
+            if attempt == attempts - 1:  # a compaction replaced files between the listing and the read: list again
+                raise
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------------------------- compaction
+@dataclass(frozen=True)
+class Compaction:
+    """What ``compact_partition`` did: files read and written, files deleted, rows (equal in and out)."""
+
+    partition: str
+    inputs: int
+    outputs: list[str]
+    deleted: int
+    rows: int
+
+
+def compact_partition(uri: str, schema: pa.Schema = PREDICTION_SCHEMA, *, rows_per_file: int = 500_000,
+                      ident: str | None = None) -> Compaction | None:
+    """Merge the files of one closed ``date=`` partition into few files (a file is closed at the first input that
+    brings it to ``rows_per_file`` rows; inputs are never split).
+
+    Atomic for readers: the compacted files are written first (invisible: no manifest names them), then the
+    manifest ``_compacted.json`` is swapped in by compare-and-swap (one compactor wins; a loser deletes its files),
+    then the superseded parts are deleted. A reader sees either the old parts or the compacted files. Rows and their
+    order are kept exactly. Returns None when there is nothing to merge (at most one file) or another compactor
+    published first.
+    """
+    fs, partition = storage.resolve(uri)
+    manifest_uri = storage.join(uri, logparts.MANIFEST)
+    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(partition, allow_not_found=True))
+             if i.type == pafs.FileType.File]
+    found = cas.read(manifest_uri)
+    inputs, covered = logparts.compaction_inputs(names, found.doc)
+    if len(inputs) <= 1:  # one file (or none) is as compact as it gets
+        return None
+    ident = ident or uuid.uuid4().hex[:12]
+    outputs: list[str] = []
+    rows = 0
+    try:
+        chunk: list[pa.Table] = []
+        chunk_rows = 0
+        for name in inputs:
+            table = pq.read_table(f"{partition}/{name}", filesystem=fs, schema=schema)
+            chunk.append(table)
+            chunk_rows += table.num_rows
+            if chunk_rows >= rows_per_file:
+                rows += _write_compacted(fs, uri, chunk, f"{ident}{len(outputs):03d}", outputs)
+                chunk, chunk_rows = [], 0
+        if chunk_rows or not outputs:
+            rows += _write_compacted(fs, uri, chunk or [schema.empty_table()], f"{ident}{len(outputs):03d}",
+                                     outputs)
+        doc = {"files": outputs, "covered": covered, "rows": rows, "compacted_at": time.time(),
+               "replaced": len(inputs)}
+        cas.write(manifest_uri, doc, found.generation)
+    except BaseException as err:
+        for name in outputs:  # never published: nobody reads them
+            storage.delete_file(storage.join(uri, name))
+        if isinstance(err, ConcurrentUpdateError):
+            return None  # another compactor published first; its result stands
+        raise
+    deleted = sum(storage.delete_file(storage.join(uri, n)) for n in logparts.superseded(names, doc))
+    return Compaction(uri, len(inputs), outputs, deleted, rows)
+
+
+def _write_compacted(fs: pafs.FileSystem, uri: str, tables: list[pa.Table], ident: str, outputs: list[str]) -> int:
+    table = pa.concat_tables(tables)
+    if table.num_rows:
+        first, last = _span_ms(table)
+    else:
+        first = last = 0
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", row_group_size=64 * 1024)
+    name = logparts.compacted_name(ident, first, last)
+    storage.atomic_write_bytes(storage.join(uri, name), sink.getvalue().to_pybytes())
+    outputs.append(name)
+    return table.num_rows
 
 
 def _labels(feedback: pa.Table) -> tuple[list[str], list[int], list[Any], list[Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import threading
 import time
@@ -20,6 +21,7 @@ from raymlops.serve.predlog import (
     PREDICTION_SCHEMA,
     FeedbackLog,
     PredictionLog,
+    compact_partition,
     join_feedback,
     read_log,
 )
@@ -127,10 +129,12 @@ def test_parts_are_partitioned_by_date_and_named(make_log, tmp_path):
     log.append([record(3)])
     log.drain()
     names = [str(p.relative_to(tmp_path / "log")) for p in part_files(tmp_path)]
+    # The name carries the span of the part's ts (epoch ms), so window reads skip parts without opening them.
+    ms = [int((T0 + dt.timedelta(days=d, seconds=s)).timestamp() * 1000) for d, s in ((0, 0), (0, 2), (0, 3), (1, 0))]
     assert names == [
-        "date=2024-05-01/part-replica-a.1-000000.parquet",
-        "date=2024-05-01/part-replica-a.1-000002.parquet",
-        "date=2024-05-02/part-replica-a.1-000001.parquet",
+        f"date=2024-05-01/part-replica-a.1-000000.t{ms[0]}-{ms[1]}.parquet",
+        f"date=2024-05-01/part-replica-a.1-000002.t{ms[2]}-{ms[2]}.parquet",
+        f"date=2024-05-02/part-replica-a.1-000001.t{ms[3]}-{ms[3]}.parquet",
     ]
     assert read_log(str(tmp_path / "log")).num_rows == 4
 
@@ -198,19 +202,19 @@ def test_no_partial_file_is_ever_visible(make_log, tmp_path, monkeypatch):
     seen = []
     real = predlog.storage.atomic_write_bytes
 
-    def spy(uri, data):
+    def spy(uri, data, **kw):
         seen.append(uri)
-        real(uri, data)
+        real(uri, data, **kw)
 
     monkeypatch.setattr(predlog.storage, "atomic_write_bytes", spy)
     log = make_log()
     log.append([record(i) for i in range(5)])
     log.drain()
-    assert len(seen) == 1 and seen[0].endswith("part-w1-000000.parquet")  # written via temp name + rename
+    assert len(seen) == 1 and re.search(r"part-w1-000000\.t\d+-\d+\.parquet$", seen[0])  # temp name + rename
     partial = tmp_path / "log" / "date=2024-05-01" / "part-w1-000001.parquet.tmp-1234abcd"
     partial.write_bytes(b"PAR1 half a file")
     assert read_log(str(tmp_path / "log")).num_rows == 5
-    assert all(re.fullmatch(r"part-w1-\d{6}\.parquet", p.name) for p in part_files(tmp_path) if p != partial)
+    assert all(re.fullmatch(r"part-w1-\d{6}\.t\d+-\d+\.parquet", p.name) for p in part_files(tmp_path) if p != partial)
 
 
 def test_close_drains_is_idempotent_and_refuses_later_rows(make_log, tmp_path):
@@ -220,7 +224,8 @@ def test_close_drains_is_idempotent_and_refuses_later_rows(make_log, tmp_path):
     assert log.close() == 0
     log.append([record(1)])
     assert log.dropped == 1 and read_log(str(tmp_path / "log")).num_rows == 1
-    assert log.stats() == {"written": 1, "dropped": 1, "pending": 0, "flushes": 1, "errors": 0, "invalid": 0}
+    assert log.stats() == {"written": 1, "dropped": 1, "pending": 0, "flushes": 1, "errors": 0, "invalid": 0,
+                           "lost": 0}
 
 
 def test_bad_settings_are_refused(tmp_path):
@@ -277,3 +282,131 @@ def test_join_feedback_edge_cases():
     assert join_feedback(preds, mixed)["label"].to_pylist() == ['"yes"']  # mixed types come back as JSON
     with pytest.raises(ValueError, match="how="):
         join_feedback(preds, mixed, how="outer")
+
+
+# --------------------------------------------------------------------------------- loss bound (issue 13, item 14)
+def test_a_hard_kill_loses_the_retry_backlog_too_and_close_counts_what_is_lost(make_log, tmp_path, monkeypatch,
+                                                                             caplog):
+    def refuse(uri, data, **kw):
+        raise OSError("storage is read-only")
+
+    monkeypatch.setattr(predlog.storage, "atomic_write_bytes", refuse)
+    log = make_log(flush_rows=5, buffer_rows=12)
+    log.append([record(i) for i in range(5)])
+    assert log.drain() == 5  # a failed flush keeps its rows: more than one flush is now at stake
+    log.append([record(i) for i in range(5, 15)])
+    # Everything not yet written is what a kill would lose: the backlog plus the new rows, capped at buffer_rows.
+    assert log.pending == 12 and log.dropped == 3
+    with caplog.at_level(logging.WARNING, logger="raymlops.predlog"):
+        assert log.close() == 12
+    assert log.lost == 12 and log.stats()["lost"] == 12
+    assert log.close() == 0 and log.lost == 12  # counted once
+    assert any("12 rows could not be written before close" in r.getMessage() for r in caplog.records)
+    assert read_log(str(tmp_path / "log")).num_rows == 0
+
+
+# ------------------------------------------------------------------------------ window reads and compaction (item 8)
+def test_a_window_read_opens_only_parts_whose_names_overlap_it(make_log, tmp_path, monkeypatch):
+    log = make_log()
+    for hour in range(4):  # one part per hour of the day
+        log.append([record(i, rid=f"h{hour}-{i}", ts=T0 + dt.timedelta(hours=hour, seconds=i)) for i in range(3)])
+        log.drain()
+    log.append([record(0, rid="next-day", ts=T0 + dt.timedelta(days=1))])
+    log.drain()
+    opened = []
+    real = predlog.ds.dataset
+
+    def spy(files, **kw):
+        opened.extend(files)
+        return real(files, **kw)
+
+    monkeypatch.setattr(predlog.ds, "dataset", spy)
+    start = (T0 + dt.timedelta(hours=1)).timestamp()
+    table = read_log(str(tmp_path / "log"), start=start, end=start + 3600)
+    assert sorted(table["request_id"].to_pylist()) == ["h1-0", "h1-1", "h1-2"]
+    assert len(opened) == 1 and "date=2024-05-02" not in opened[0]
+
+
+def _rows(table):
+    return table.sort_by([("request_id", "ascending"), ("row", "ascending")]).to_pylist()
+
+
+def test_compaction_keeps_every_row_exactly_and_publishes_atomically(make_log, tmp_path):
+    log = make_log()
+    for k in range(6):
+        log.append([record(i, rid=f"k{k}-{i}", ts=T0 + dt.timedelta(minutes=k, seconds=i)) for i in range(4)])
+        log.drain()
+    day = tmp_path / "log" / "date=2024-05-01"
+    before = read_log(str(tmp_path / "log"))
+    parts_before = sorted(p.name for p in day.glob("part-*"))
+    assert len(parts_before) == 6
+    done = compact_partition(str(day), rows_per_file=10)  # a file closes at the part that reaches 10 rows: 12 + 12
+    assert done is not None and done.rows == 24 and done.inputs == 6 and len(done.outputs) == 2
+    assert done.deleted == 6 and not list(day.glob("part-*"))
+    after = read_log(str(tmp_path / "log"))
+    assert _rows(after) == _rows(before)  # every row, every value
+    assert after.schema == PREDICTION_SCHEMA
+    # A late part of the same writer lands after the compaction: read too, and folded into the next compaction.
+    log.append([record(99, rid="late", ts=T0 + dt.timedelta(hours=2))])
+    log.drain()
+    assert read_log(str(tmp_path / "log")).num_rows == 25
+    again = compact_partition(str(day), rows_per_file=1000)
+    assert again is not None and again.inputs == 3 and len(again.outputs) == 1  # 2 compacted + the late part
+    assert _rows(read_log(str(tmp_path / "log"))) == _rows(pa.concat_tables([before, read_log(
+        str(tmp_path / "log"), start=(T0 + dt.timedelta(hours=2)).timestamp())]))
+    assert [p.name for p in day.glob("*.parquet")] == again.outputs
+    assert compact_partition(str(day)) is None  # one file: nothing to do
+
+
+def test_a_reader_never_sees_both_or_neither_at_any_step_of_a_compaction(make_log, tmp_path, monkeypatch):
+    log = make_log()
+    for k in range(3):
+        log.append([record(i, rid=f"k{k}-{i}", ts=T0 + dt.timedelta(minutes=k, seconds=i)) for i in range(2)])
+        log.drain()
+    day = tmp_path / "log" / "date=2024-05-01"
+    expected = _rows(read_log(str(tmp_path / "log")))
+    seen = []
+    real_write, real_delete = predlog.storage.atomic_write_bytes, predlog.storage.delete_file
+
+    def check():
+        seen.append(_rows(read_log(str(tmp_path / "log"))) == expected)
+
+    def write(uri, data, **kw):
+        real_write(uri, data, **kw)
+        check()
+
+    def delete(uri):
+        out = real_delete(uri)
+        check()
+        return out
+
+    monkeypatch.setattr(predlog.storage, "atomic_write_bytes", write)
+    monkeypatch.setattr(predlog.storage, "delete_file", delete)
+    monkeypatch.setattr(predlog.cas.storage, "atomic_write_text",
+                        lambda uri, text, **kw: (real_write(uri, text.encode(), **kw), check()))
+    assert compact_partition(str(day), rows_per_file=4) is not None
+    assert len(seen) == 2 + 1 + 3 and all(seen)  # after each compacted file, the manifest, each deletion
+
+
+def test_a_compaction_that_fails_midway_leaves_the_parts_readable(make_log, tmp_path, monkeypatch):
+    log = make_log()
+    for k in range(3):
+        log.append([record(k, rid=f"k{k}")])
+        log.drain()
+    day = tmp_path / "log" / "date=2024-05-01"
+    expected = _rows(read_log(str(tmp_path / "log")))
+    real = predlog.storage.atomic_write_bytes
+    calls = []
+
+    def fail_second(uri, data, **kw):
+        calls.append(uri)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real(uri, data, **kw)
+
+    monkeypatch.setattr(predlog.storage, "atomic_write_bytes", fail_second)
+    with pytest.raises(OSError):
+        compact_partition(str(day), rows_per_file=1)
+    assert sorted(p.name.split(".")[0] for p in day.iterdir()) == ["part-w1-000000", "part-w1-000001",
+                                                                  "part-w1-000002"]
+    assert _rows(read_log(str(tmp_path / "log"))) == expected
