@@ -73,6 +73,7 @@ def loop(ray_session, _mlflow_template, tmp_path_factory):
     shutil.copy(_mlflow_template, root / "mlflow.db")
     cfg = serving_config(
         root, f"sqlite:///{root / 'mlflow.db'}", "name=ctl", f"data.source={root / 'landing'}",
+        "controller.allowed_pipelines=[tests.controller_helpers:fake_pipeline]",
         "controller.pipeline=tests.controller_helpers:fake_pipeline", "controller.poll_interval_s=0.3",
         "triggers.poll_interval_s=0.3", "triggers.new_data=false", "triggers.on_drift=false", "triggers.cooldown_s=0",
         "canary.steps=[50,100]", f"canary.interval_s={INTERVAL_S}", "canary.min_requests=10",

@@ -43,7 +43,8 @@ def test_a_stop_parks_the_data_until_a_schema_version_is_accepted_then_retries_i
         shutil.copy(f, landing)
     cfg = load_config(None, [
         f"storage_uri={tmp_path / 'store'}", f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "name=parked",
-        f"data.source={landing}", "controller.pipeline=tests.blocking_helpers:validating_pipeline",
+        f"data.source={landing}", "controller.allowed_pipelines=[tests.blocking_helpers:validating_pipeline]",
+        "controller.pipeline=tests.blocking_helpers:validating_pipeline",
         "controller.poll_interval_s=0.3", "triggers.poll_interval_s=0.3", "triggers.cooldown_s=0",
         "triggers.on_drift=false", "monitoring.interval_s=3600", "pre_exposure.enabled=false",
     ])
