@@ -20,7 +20,7 @@ from typing import Any
 from raymlops import storage
 from raymlops.config import Config
 from raymlops.core.outputs import prediction_fields
-from raymlops.errors import DataError, DataValidationError, ModelValidationError
+from raymlops.errors import DataValidationError, ModelValidationError
 from raymlops.pipeline.component import Artifact, Pipeline, Step, component
 from raymlops.pipeline.runner import PipelineResult, run_pipeline
 
@@ -35,13 +35,13 @@ def _on_source(cfg: Config, uri: str) -> Config:
 
 
 def _ingest(cfg: Config, snapshot_artifact: Artifact):
-    from raymlops.data.ingest import ingest_data, snapshot
+    from raymlops.data.ingest import ingest_data, pinned_identities, verify_snapshot
 
     cfg = _on_source(cfg, snapshot_artifact.uri)
-    # Steps re-read the source rather than ship data between them; refuse if it changed since validation.
-    if snapshot(cfg.data.source, cfg.data.format)[1] != snapshot_artifact.digest:
-        raise DataError(f"{cfg.data.source} changed since the validate step of this run; start a new run "
-                        "(without --resume) so the new data is validated first")
+    # Steps re-read the source rather than ship data between them; refuse (naming the file) if its content changed
+    # since validation.
+    verify_snapshot(cfg.data.source, cfg.data.format, snapshot_artifact.digest,
+                    pinned_identities(snapshot_artifact.metadata.get("identities_uri")))
     return ingest_data(cfg.data, local=True)
 
 
@@ -99,8 +99,12 @@ def validate(ctx, data_digest: str = "", source: Artifact | None = None, schema_
             report_uri=kept.report_uri,
         )
     ctx.progress(outcome.report.summary())
+    from raymlops.data.ingest import pin_snapshot
+
     snapshot = Artifact(uri=cfg.data.source, kind="dataset", digest=data_digest,
-                        metadata={"files": outcome.files, "rows": outcome.report.rows})
+                        metadata={"files": outcome.files, "rows": outcome.report.rows,
+                                  "identities_uri": pin_snapshot(cfg.data.source, cfg.data.format, data_digest,
+                                                                 ctx.path("snapshot.json"))})
     schema = Artifact(uri=outcome.schema_uri, kind="schema", digest=_digest_text(storage.read_text(outcome.schema_uri)),
                       metadata={"version": outcome.schema.version})
     meta = {"decision": outcome.decision, "schema_version": outcome.schema.version,

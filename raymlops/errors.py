@@ -25,6 +25,10 @@ class DataError(RaymlopsError):
     exit_code = 1
 
 
+class SnapshotChangedError(DataError):
+    """The data files changed between validation and a later step: the validated snapshot is not what would be read."""
+
+
 class SchemaError(RaymlopsError):
     """A schema artifact is missing, unreadable or inconsistent."""
 

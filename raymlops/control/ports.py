@@ -158,11 +158,11 @@ class LogObserver:
         self._classes: dict[str, list[Any] | None] = {}
 
     def files(self) -> frozenset[str] | None:
-        from raymlops.data.ingest import snapshot
+        from raymlops.data.ingest import data_files
 
         landing = self.cfg.triggers.landing_uri or self.cfg.data.source
         try:
-            return frozenset(snapshot(landing, self.cfg.data.format)[0])
+            return frozenset(data_files(landing, self.cfg.data.format))  # a listing: no file opened per poll
         except DataError:
             return frozenset()  # nothing landed yet (or unreadable): nothing new either
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import hashlib
+import json
 import math
 import os
 import re
@@ -26,7 +28,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raymlops.errors import ConfigError, DataError
+from raymlops.errors import ConfigError, DataError, SnapshotChangedError
 from raymlops.storage import resolve
 
 if TYPE_CHECKING:
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
 
     from raymlops.data.local import LocalDataset
 
-__all__ = ["IngestResult", "filter_window", "ingest", "ingest_data", "read_dataset"]
+__all__ = ["IngestResult", "data_files", "filter_window", "identities_digest", "ingest", "ingest_data", "pin_snapshot",
+           "pinned_identities", "read_dataset", "snapshot", "snapshot_identities", "verify_snapshot"]
 
 SUFFIXES = MappingProxyType({"parquet": (".parquet", ".pq", ".parq"), "csv": (".csv", ".csv.gz")})
 _GLOB = re.compile(r"[*?\[]")
@@ -42,6 +45,7 @@ _UTC = dt.timezone.utc
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 _TARGET_BLOCK_BYTES = 64 * 1024 * 1024
 _IO_THREADS = 16
+_HASH_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -190,19 +194,114 @@ def filter_window(batch: pa.Table, *, column: str, start_us: int | None, end_us:
 
 
 # ------------------------------------------------------------------------------------------------ files
-def snapshot(source: str, fmt: str = "auto") -> tuple[list[str], str]:
-    """The data files under `source` and a cheap digest of them (path, size, mtime): new or changed files change it.
-
-    Reads no data, so a pipeline can decide whether its ingest step is a cache hit before running it.
-    """
-    import hashlib
-
+def data_files(source: str, fmt: str = "auto") -> list[str]:
+    """The data files under `source` (URIs, sorted): a listing only, no file is opened (e.g. to watch for new files)."""
     fs, prefix, found = _list(source, fmt)
-    infos = fs.get_file_info(sorted(path for path, _ in found))
-    h = hashlib.sha256()
-    for fi in infos:
-        h.update(f"{fi.path}\0{fi.size}\0{fi.mtime_ns}\n".encode())
-    return [prefix + fi.path for fi in infos], h.hexdigest()
+    return sorted(prefix + path for path, _ in found)
+
+
+def snapshot(source: str, fmt: str = "auto") -> tuple[list[str], str]:
+    """The data files under `source` and a digest of their contents: a changed, added or removed file changes it.
+
+    A file is identified by its content, not its path, size and mtime (a file swapped for another with the same size
+    and mtime changes the digest): a parquet file by its size and the exact bytes of its footer (schema, row counts,
+    every column chunk's offsets, sizes and min/max/null statistics), which costs one small read however big the
+    file; any other file by the sha256 of its bytes. See `snapshot_identities`.
+    """
+    identities = snapshot_identities(source, fmt)
+    return sorted(identities), identities_digest(identities)
+
+
+def snapshot_identities(source: str, fmt: str = "auto") -> dict[str, str]:
+    """Each data file under `source` (URI) and its content identity (see `snapshot`); reads footers in parallel."""
+    fs, prefix, found = _list(source, fmt)
+    paths = sorted(path for path, _ in found)
+    with ThreadPoolExecutor(min(_IO_THREADS, len(paths))) as pool:  # latency-bound on object stores
+        ids = list(pool.map(lambda p: _identity(fs, p, prefix), paths))
+    return {prefix + p: i for p, i in zip(paths, ids, strict=True)}
+
+
+def identities_digest(identities: dict[str, str]) -> str:
+    """The snapshot digest of per-file identities (what `snapshot` returns)."""
+    h = hashlib.sha256(b"content-v1\n")
+    for uri in sorted(identities):
+        h.update(f"{uri}\0{identities[uri]}\n".encode())
+    return h.hexdigest()
+
+
+def verify_snapshot(source: str, fmt: str, digest: str, identities: dict[str, str] | None = None) -> None:
+    """Refuse (`SnapshotChangedError`) when the data under `source` is no longer the snapshot `digest`.
+
+    With the `identities` recorded when the snapshot was validated, the error names each added, removed or changed
+    file; without them it names the source.
+    """
+    now = snapshot_identities(source, fmt)
+    if identities_digest(now) == digest:
+        return
+    what = source
+    if identities:
+        changed = sorted(u for u in set(now) | set(identities) if now.get(u) != identities.get(u))
+        if changed:
+            def state(u: str) -> str:
+                return "added" if u not in identities else "removed" if u not in now else "changed"
+
+            what = ", ".join(f"{u} ({state(u)})" for u in changed[:5]) + (
+                f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    raise SnapshotChangedError(
+        f"the data changed since it was validated: {what}; the validated snapshot is not what would be read. Re-run "
+        "validate on the new data: start a new run (`raymlops run CONFIG`, without --resume), or restore the "
+        "validated files")
+
+
+def pin_snapshot(source: str, fmt: str, digest: str, uri: str) -> str:
+    """Record the per-file identities of the snapshot `digest` at `uri` (JSON) for `verify_snapshot`; returns `uri`.
+
+    Called when validation is done: raises `SnapshotChangedError` if the data already differs from `digest` (it
+    changed while it was being validated). An empty `digest` pins whatever is there now.
+    """
+    identities = snapshot_identities(source, fmt)
+    if digest and identities_digest(identities) != digest:
+        raise SnapshotChangedError(
+            f"the data under {source} changed while it was being validated; re-run validate on data that is no "
+            "longer being written (start a new run: `raymlops run CONFIG`)")
+    from raymlops import storage
+
+    storage.atomic_write_text(uri, json.dumps({"source": source, "files": identities}, indent=1, sort_keys=True))
+    return uri
+
+
+def pinned_identities(uri: str | None) -> dict[str, str] | None:
+    """The identities `pin_snapshot` recorded at `uri` (None when there is no record, e.g. an older run)."""
+    from raymlops import storage
+
+    if not uri or not storage.exists(uri):
+        return None
+    return dict(json.loads(storage.read_text(uri))["files"])
+
+
+def _identity(fs, path: str, prefix: str) -> str:
+    try:
+        with fs.open_input_file(path) as f:
+            size = f.size()
+            if path.endswith(SUFFIXES["parquet"]) and size >= 12:
+                tail = f.read_at(8, size - 8)
+                if tail[4:] == b"PAR1":
+                    footer_len = int.from_bytes(tail[:4], "little")
+                    if 0 < footer_len <= size - 12:
+                        footer = f.read_at(footer_len, size - 8 - footer_len)
+                        return f"parquet:{size}:{hashlib.sha256(footer).hexdigest()}"
+            h = hashlib.sha256()  # CSV, or a parquet file too damaged for a footer: hash every byte
+            offset = 0
+            while offset < size:
+                chunk = f.read_at(min(_HASH_CHUNK, size - offset), offset)
+                if not chunk:
+                    break
+                h.update(chunk)
+                offset += len(chunk)
+            return f"sha256:{size}:{h.hexdigest()}"
+    except OSError as err:
+        raise DataError(f"cannot read {prefix + path} to identify it: {err}; check permissions and that it was not "
+                        "removed meanwhile") from None
 
 
 def _list(source: str, fmt: str) -> tuple[pafs.FileSystem, str, list[tuple[str, int]]]:
