@@ -1,17 +1,79 @@
 """Pipeline implementations per environment, as pure state: which one is deployed, its history, the runs it
-produced, and when it has earned promotion to the next environment.
+produced, and when it has earned promotion to the next environment; and the pure rules of what an implementation
+may contain (which paths packaging leaves out, which zip entries may be unpacked).
 
 ``EnvPipelines`` is what one environment persists; every function returns a new one. The clock is passed in.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import ntpath
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["Deployment", "EnvPipelines", "deploy", "promotion_due", "record_run", "rollback", "tree_digest"]
+__all__ = ["IGNORE_FILE", "SECRET_PATTERNS", "Deployment", "EnvPipelines", "deploy", "exclusion", "ignore_patterns",
+           "promotion_due", "record_run", "rollback", "tree_digest", "zip_entry_problems"]
+
+# Never packaged, whatever `delivery.exclude` says: an implementation is copied into shared storage and onto every
+# node, so a working tree's local secrets must not travel with it. Matched against every path component.
+SECRET_PATTERNS: tuple[str, ...] = (
+    ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
+    ".netrc", ".pgpass", "credentials*", ".git", ".ssh", ".aws", ".gnupg",
+)
+IGNORE_FILE = ".raymlopsignore"  # at the root of the packaged tree: one pattern per line, like delivery.exclude
+
+
+def exclusion(rel: str, patterns: Iterable[str]) -> str | None:
+    """The first pattern that leaves the relative path ``rel`` out of a package (None: it is packaged).
+
+    A pattern matches the whole path, any one of its components, or a directory prefix (``benchmarks/results``).
+    """
+    parts = rel.split("/")
+    for p in patterns:
+        if fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(part, p) for part in parts) or rel.startswith(p + "/"):
+            return p
+    return None
+
+
+def ignore_patterns(text: str) -> list[str]:
+    """Patterns of an ignore file: one per line; blank lines and ``#`` comments skipped; a leading or trailing
+    ``/`` dropped (``/data/`` and ``data`` both leave out the directory ``data``)."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append(line.strip("/"))
+    return [p for p in out if p]
+
+
+def zip_entry_problems(entries: Iterable[tuple[str, int, bool]], *, top: str, max_bytes: int) -> list[str]:
+    """What makes a zip unsafe to unpack as an implementation, from its entries ``(name, unpacked size, is a
+    symlink)``: a name that is absolute, holds ``..`` or a backslash, or lies outside the ``top`` directory (zip
+    slip); a symlink; a name given twice; more than ``max_bytes`` unpacked in all. Empty: safe."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    total = 0
+    for name, size, is_link in entries:
+        if "\\" in name:
+            problems.append(f"entry '{name}' holds a backslash (a path separator on Windows)")
+        elif name.startswith("/") or ntpath.isabs(name) or ntpath.splitdrive(name)[0]:
+            problems.append(f"entry '{name}' is an absolute path")
+        elif ".." in name.split("/"):
+            problems.append(f"entry '{name}' holds '..' (it would unpack outside its directory)")
+        elif not name.startswith(top):
+            problems.append(f"entry '{name}' lies outside {top}")
+        if is_link:
+            problems.append(f"entry '{name}' is a symlink (implementations hold regular files only)")
+        if name in seen:
+            problems.append(f"entry '{name}' appears twice")
+        seen.add(name)
+        total += max(size, 0)
+    if total > max_bytes:
+        problems.append(f"it unpacks to {total / 2**20:.1f} MiB, over the bound of {max_bytes / 2**20:.1f} MiB")
+    return problems
 
 
 def tree_digest(files: Iterable[tuple[str, str]]) -> str:

@@ -1,18 +1,24 @@
 """Pipeline delivery: package a working tree as an implementation, pre-flight it, deploy it to an environment,
 count its runs there and hand it on to the next environment once it has proven itself.
 
-An implementation is a zip of the working tree (minus ``delivery.exclude``) named by its content digest, stored
-under ``{storage_uri}/pipelines/{name}/implementations/`` of each environment it is deployed to, with a manifest
-(digest, git commit, dirty flag, files). The environment's controller launches every pipeline run with that zip
-as the Ray ``runtime_env`` working directory, so triggered runs use exactly the deployed code, and the run and the
-model it registers carry the digest and commit (lineage). ``deployments.json`` is the environment's record
-(``raymlops.core.impl.EnvPipelines``).
+An implementation is a zip of the working tree (minus ``delivery.exclude``, ``.raymlopsignore`` and, always, the
+secret patterns of ``raymlops.core.impl.SECRET_PATTERNS``) named by its full content digest, stored under
+``{storage_uri}/pipelines/{name}/implementations/`` of each environment it is deployed to, with a manifest
+(digest, sha256 of the zip, git commit, dirty flag, files, what was left out). ``deployments.json`` is the
+environment's record (``raymlops.core.impl.EnvPipelines``) of which digest is deployed.
+
+Before any run uses an implementation (and before it is copied into another environment) the zip is read once and
+verified: its sha256 against the manifest, every entry against the unpacking rules (no absolute path, ``..``,
+symlink or entry outside ``impl/``; at most ``delivery.max_mb`` unpacked), and the digest of its files against the
+digest ``deployments.json`` records. Ray then fetches the zip from storage on each node (and caches it there under
+its full-digest name): whoever can write ``storage_uri`` between the check and a node's first fetch could still swap
+it, which is why write access to storage is the operator's to protect (SECURITY.md). The run and the model it
+registers carry the digest and commit (lineage).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 import hashlib
 import importlib
 import io
@@ -22,7 +28,7 @@ import subprocess
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +40,7 @@ from raymlops.errors import ConcurrentUpdateError, PipelineError
 __all__ = ["RUN_TAGS_ENV", "Implementation", "approve_into", "approve_promotion", "current_implementation",
            "deploy_implementation", "deploy_pipeline", "describe", "env_state", "get_implementation",
            "import_pipeline", "on_run_finished", "package_implementation", "preflight", "promote_current",
-           "promote_implementation", "rollback_implementation", "run_tags", "runtime_env_for"]
+           "promote_implementation", "rollback_implementation", "run_tags", "runtime_env_for", "verify_implementation"]
 
 RUN_TAGS_ENV = "RAYMLOPS_RUN_TAGS"  # JSON tags a run (and the model it registers) carries: set by the controller
 
@@ -51,6 +57,9 @@ class Implementation:
     files: int
     size_bytes: int
     uri: str  # the zip
+    zip_sha256: str = ""  # sha256 of the zip's bytes ("" in manifests written before it was recorded)
+    secrets_excluded: tuple[str, ...] = ()  # paths left out because they look like secrets (SECRET_PATTERNS)
+    excluded: int = 0  # further paths left out by delivery.exclude and .raymlopsignore
 
     @property
     def short(self) -> str:
@@ -66,13 +75,16 @@ def _state_uri(cfg: Config) -> str:
 
 
 def _zip_uri(cfg: Config, digest: str) -> str:
+    # The full digest: a 12-hex-digit name lets two trees crafted to share a prefix take each other's place.
+    return storage.join(_dir(cfg), "implementations", f"{digest}.zip")
+
+
+def _legacy_zip_uri(cfg: Config, digest: str) -> str:
+    """Where implementations packaged before full-digest names live (still readable: they are verified alike)."""
     return storage.join(_dir(cfg), "implementations", f"{digest[:12]}.zip")
 
 
-def _excluded(rel: str, patterns: list[str]) -> bool:
-    parts = rel.split("/")
-    return any(fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(part, p) for part in parts) or rel.startswith(p + "/")
-               for p in patterns)
+TOP = "impl/"  # the one top-level directory of a stored zip
 
 
 def _git(source: Path, *args: str) -> str | None:
@@ -94,48 +106,156 @@ def import_pipeline(path: str) -> Callable[..., Any]:
 
 
 # ------------------------------------------------------------------------------------------------ package
+@dataclass
+class _Walk:
+    files: list[tuple[str, bytes]]
+    secrets: list[str]
+    excluded: int
+
+
+def _walk(source: Path, patterns: list[str], max_bytes: int) -> _Walk:
+    """The files to package, what was left out, and a refusal for any symlink that leaves the tree."""
+    walk = _Walk([], [], 0)
+    size = 0
+    for root, dirs, names in os.walk(source):  # never follows directory symlinks: they are checked below
+        rel_root = Path(root).relative_to(source).as_posix()
+        kept = []
+        for name in sorted(dirs) + sorted(names):
+            rel = name if rel_root == "." else f"{rel_root}/{name}"
+            path = Path(root, name)
+            is_dir = name in dirs
+            if core.exclusion(rel, core.SECRET_PATTERNS):
+                walk.secrets.append(rel + "/" if is_dir else rel)
+                continue
+            if core.exclusion(rel, patterns):
+                walk.excluded += 1
+                continue
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(source):
+                    raise PipelineError(
+                        f"{rel} is a symlink to {target}, outside the packaged tree {source}: an implementation "
+                        f"holds the tree's own files only; replace the link with a copy, or leave it out (a line "
+                        f"`{rel}` in {core.IGNORE_FILE} or delivery.exclude)")
+                if target.is_dir():
+                    continue  # inside the tree: its files are packaged where they really are
+            if is_dir:
+                kept.append(name)
+            elif path.is_file():  # regular files (and links to them inside the tree); not sockets or fifos
+                size += path.stat().st_size
+                if size > max_bytes:
+                    raise PipelineError(
+                        f"{source} holds more than {max_bytes / 2**20:.1f} MiB after delivery.exclude; exclude "
+                        f"data and build outputs (delivery.exclude or {core.IGNORE_FILE}) or raise delivery.max_mb")
+                walk.files.append((rel, path.read_bytes()))
+        dirs[:] = kept
+    return walk
+
+
+def _zip_bytes(files: list[tuple[str, bytes]], top: str) -> bytes:
+    """A deterministic zip (fixed timestamps, sorted names): the same tree gives the same bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for rel, data in sorted(files):
+            zf.writestr(zipfile.ZipInfo(f"{top}{rel}", date_time=(2000, 1, 1, 0, 0, 0)), data,
+                        compress_type=zipfile.ZIP_DEFLATED)
+    return buf.getvalue()
+
+
+def _file_digest(files: list[tuple[str, bytes]]) -> str:
+    return core.tree_digest((rel, hashlib.sha256(data).hexdigest()) for rel, data in files)
+
+
 def package_implementation(cfg: Config, source_dir: str | Path = ".") -> Implementation:
-    """Zip the working tree under its content digest (idempotent: the same tree gives the same implementation)."""
+    """Zip the working tree under its content digest (idempotent: the same tree gives the same implementation).
+
+    Left out: ``delivery.exclude``, the patterns of ``.raymlopsignore`` at the tree's root, and always anything
+    that looks like a secret (``raymlops.core.impl.SECRET_PATTERNS``); the implementation lists the secrets left
+    out. A symlink that leaves the tree is refused (``PipelineError`` naming it).
+    """
     source = Path(source_dir).resolve()
     if not source.is_dir():
         raise PipelineError(f"{source} is not a directory; pass the pipeline's working tree (--source DIR)")
-    files: list[tuple[str, bytes]] = []
-    for root, dirs, names in os.walk(source):
-        rel_root = Path(root).relative_to(source).as_posix()
-        dirs[:] = sorted(d for d in dirs if not _excluded(f"{rel_root}/{d}".lstrip("./"), cfg.delivery.exclude))
-        for name in sorted(names):
-            rel = f"{rel_root}/{name}".lstrip("./") if rel_root != "." else name
-            if not _excluded(rel, cfg.delivery.exclude) and Path(root, name).is_file():
-                files.append((rel, Path(root, name).read_bytes()))
-    size = sum(len(b) for _, b in files)
-    if size > cfg.delivery.max_mb * 1024 * 1024:
-        raise PipelineError(f"{source} holds {size / 2**20:.1f} MB after delivery.exclude; exclude data and build "
-                            f"outputs (delivery.exclude) or raise delivery.max_mb ({cfg.delivery.max_mb:g})")
-    if not files:
-        raise PipelineError(f"{source} has no files to package (all excluded by delivery.exclude?)")
-    digest = core.tree_digest((rel, hashlib.sha256(data).hexdigest()) for rel, data in files)
+    ignore = source / core.IGNORE_FILE
+    patterns = list(cfg.delivery.exclude)
+    if ignore.is_file() and not ignore.is_symlink():
+        patterns += core.ignore_patterns(ignore.read_text())
+    walk = _walk(source, patterns, int(cfg.delivery.max_mb * 2**20))
+    if not walk.files:
+        raise PipelineError(f"{source} has no files to package (all excluded by delivery.exclude or "
+                            f"{core.IGNORE_FILE}?)")
+    digest = _file_digest(walk.files)
+    data = _zip_bytes(walk.files, TOP)
     commit = _git(source, "rev-parse", "HEAD")
     dirty = bool(_git(source, "status", "--porcelain")) if commit else False
-    impl = Implementation(digest, commit, dirty, time.time(), str(source), len(files), size, _zip_uri(cfg, digest))
-    if not storage.exists(impl.uri):
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for rel, data in files:
-                # One top-level directory: what Ray expects of a working_dir zip.
-                zf.writestr(zipfile.ZipInfo(f"impl/{rel}", date_time=(2000, 1, 1, 0, 0, 0)), data)
-        storage.atomic_write_bytes(impl.uri, buf.getvalue())
-        storage.atomic_write_text(impl.uri[:-4] + ".json", json.dumps(asdict(impl), indent=2))
+    impl = Implementation(digest, commit, dirty, time.time(), str(source), len(walk.files),
+                          sum(len(b) for _, b in walk.files), _zip_uri(cfg, digest),
+                          hashlib.sha256(data).hexdigest(), tuple(walk.secrets), walk.excluded)
+    try:
+        stored = get_implementation(cfg, digest)
+        verify_implementation(cfg, stored)
+        # Already packaged: its manifest records the first packaging; what this one left out is reported.
+        return replace(stored, secrets_excluded=impl.secrets_excluded, excluded=impl.excluded)
+    except PipelineError:
+        pass  # not packaged yet, or what is stored under this digest is not this tree: (re)write it
+    storage.atomic_write_bytes(impl.uri, data)
+    storage.atomic_write_text(impl.uri[:-4] + ".json", json.dumps(asdict(impl), indent=2))
     return get_implementation(cfg, digest)
 
 
 def get_implementation(cfg: Config, digest: str) -> Implementation:
-    """A packaged implementation by digest (or its 12-character prefix) in ``cfg``'s environment."""
-    manifest = _zip_uri(cfg, digest)[:-4] + ".json"
-    if not storage.exists(manifest):
+    """A packaged implementation by its digest in ``cfg``'s environment (its manifest; the zip is verified by
+    ``verify_implementation`` when a run is about to use it)."""
+    for uri in (_zip_uri(cfg, digest), _legacy_zip_uri(cfg, digest)):
+        manifest = uri[:-4] + ".json"
+        if storage.exists(manifest):
+            break
+    else:
         raise PipelineError(f"pipeline implementation {digest[:12]} is not in {_dir(cfg)}; list them with "
                             "`raymlops pipeline list CONFIG --env ENV`")
     doc = json.loads(storage.read_text(manifest))
-    return Implementation(**{**doc, "uri": _zip_uri(cfg, doc["digest"])})
+    if doc.get("digest") != digest:
+        raise PipelineError(f"the manifest {manifest} names implementation {str(doc.get('digest'))[:12]}, not "
+                            f"{digest[:12]}: the storage was altered; deploy the implementation again with "
+                            "`raymlops pipeline deploy`")
+    doc = {**doc, "uri": uri, "secrets_excluded": tuple(doc.get("secrets_excluded", ()))}
+    return Implementation(**{k: v for k, v in doc.items() if k in Implementation.__dataclass_fields__})
+
+
+def verify_implementation(cfg: Config, impl: Implementation) -> list[tuple[str, bytes]]:
+    """Read ``impl``'s zip once and check it before anything uses it; its files ``(relative path, bytes)``.
+
+    Checks, in order: the sha256 of the zip against the manifest; every entry against the unpacking rules
+    (``raymlops.core.impl.zip_entry_problems`` with ``delivery.max_mb`` as the bound); the digest of the files
+    against ``impl.digest`` (the digest ``deployments.json`` records). ``PipelineError`` names what failed.
+    """
+    redeploy = "deploy a good implementation again with `raymlops pipeline deploy` (and find out who can write there)"
+    data = storage.read_bytes(impl.uri)
+    sha = hashlib.sha256(data).hexdigest()
+    if impl.zip_sha256 and sha != impl.zip_sha256:
+        raise PipelineError(f"pipeline implementation {impl.short}: the sha256 of {impl.uri} ({sha[:12]}) does not "
+                            f"match its manifest ({impl.zip_sha256[:12]}); it was changed after packaging; {redeploy}")
+    max_bytes = int(cfg.delivery.max_mb * 2**20)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+            problems = core.zip_entry_problems(
+                ((i.filename, i.file_size, (i.external_attr >> 16) & 0o170000 == 0o120000) for i in infos),
+                top=TOP, max_bytes=max_bytes)
+            if problems:
+                raise PipelineError(f"pipeline implementation {impl.short} ({impl.uri}) is refused: "
+                                    + "; ".join(problems) + f" (the bound is delivery.max_mb "
+                                    f"({cfg.delivery.max_mb:g})); {redeploy}")
+            # zipfile stops at each entry's declared size and checks its CRC: the bound above holds here.
+            files = [(i.filename[len(TOP):], zf.read(i)) for i in infos if not i.is_dir()]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as err:
+        raise PipelineError(f"pipeline implementation {impl.short}: {impl.uri} is not a readable zip ({err}); "
+                            f"{redeploy}") from None
+    found = _file_digest(files)
+    if found != impl.digest:
+        raise PipelineError(f"pipeline implementation {impl.short}: the files in {impl.uri} have digest "
+                            f"{found[:12]}, not the digest deployments.json records ({impl.digest}); {redeploy}")
+    return files
 
 
 # ---------------------------------------------------------------------------------------------- environment
@@ -168,10 +288,16 @@ def current_implementation(cfg: Config) -> Implementation | None:
 
 def deploy_implementation(cfg: Config, impl: Implementation, reason: str) -> core.EnvPipelines:
     """Make ``impl`` the environment's implementation (its zip is copied into the environment's storage)."""
+    files = verify_implementation(cfg, impl)  # nothing unverified is copied into an environment
     target = _zip_uri(cfg, impl.digest)
-    if not storage.exists(target):
-        storage.atomic_write_bytes(target, storage.read_bytes(impl.uri))
-        storage.atomic_write_text(target[:-4] + ".json", json.dumps({**asdict(impl), "uri": target}, indent=2))
+    if target != impl.uri:
+        data = _zip_bytes(files, TOP)
+        moved = replace(impl, uri=target, zip_sha256=hashlib.sha256(data).hexdigest())
+        try:
+            verify_implementation(cfg, get_implementation(cfg, impl.digest))
+        except PipelineError:  # absent, or not what this digest names: write the verified bytes
+            storage.atomic_write_bytes(target, data)
+            storage.atomic_write_text(target[:-4] + ".json", json.dumps(asdict(moved), indent=2))
     return _update(cfg, lambda state: core.deploy(state, impl.digest, time.time(), reason))
 
 
@@ -196,7 +322,9 @@ def runtime_env_for(cfg: Config, impl: Implementation | None) -> dict[str, Any]:
     """The Ray runtime_env of a run: the implementation as working directory, its tags, its extra packages."""
     env: dict[str, Any] = {"env_vars": {RUN_TAGS_ENV: json.dumps(run_tags(cfg, impl))}}
     if impl is not None:
-        # Tasks take a zip URI, not a local path: file:// for local storage (one node or a shared filesystem).
+        # Verified here, each time a run is about to start. Tasks take a zip URI, not a local path (Ray uploads
+        # local files for jobs only): file:// for local storage (one node or a shared filesystem).
+        verify_implementation(cfg, impl)
         env["working_dir"] = ("file://" + storage.resolve(impl.uri)[1]) if storage.is_local(impl.uri) else impl.uri
         if cfg.delivery.pip:
             env["pip"] = list(cfg.delivery.pip)
@@ -328,7 +456,13 @@ def _preflight_task(cfg_doc: dict[str, Any]) -> dict[str, Any]:
 def describe(impl: Implementation) -> str:
     when = dt.datetime.fromtimestamp(impl.created_at).isoformat(sep=" ", timespec="seconds")
     commit = f"git {impl.commit[:10]}{' (dirty)' if impl.dirty else ''}" if impl.commit else "no git commit"
-    return f"{impl.short}  {commit}  {impl.files} files, {impl.size_bytes / 1024:.0f} KiB  packaged {when}"
+    line = f"{impl.short}  {commit}  {impl.files} files, {impl.size_bytes / 1024:.0f} KiB  packaged {when}"
+    if impl.secrets_excluded:
+        shown = ", ".join(impl.secrets_excluded[:10]) + (", ..." if len(impl.secrets_excluded) > 10 else "")
+        line += f"\n  left out as secrets (never packaged): {shown}"
+    if impl.excluded:
+        line += f"\n  {impl.excluded} more by delivery.exclude and {core.IGNORE_FILE}"
+    return line
 
 
 def deploy_pipeline(cfg: Config, source: str | Path = ".", *, run_preflight: bool = True,

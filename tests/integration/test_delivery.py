@@ -98,14 +98,14 @@ def envs(ray_session, _mlflow_template, tmp_path_factory):
     )
     overrides = [
         environments, f"tracking_uri=sqlite:///{root / 'mlflow.db'}", f"data.source={root / 'landing'}",
-        "controller.pipeline=mypipe:run", "train.hidden_sizes=[8]", "train.epochs=3", f"serving.port={free_port()}",
+        "controller.pipeline=mypipe:run", "controller.allowed_pipelines=[mypipe:run]", "train.hidden_sizes=[8]", "train.epochs=3", f"serving.port={free_port()}",
         "triggers.new_data=false", "triggers.on_drift=false", "triggers.cooldown_s=0", "triggers.poll_interval_s=0.3",
         "controller.poll_interval_s=0.3", "canary.steps=[100]", "pre_exposure.enabled=false",
         "monitoring.interval_s=3600", "delivery.preflight_rows=200",
     ]
     staging = load_config(None, overrides, env="staging")
     production = load_config(None, overrides, env="production")
-    yield SimpleNamespace(root=root, staging=staging, production=production)
+    yield SimpleNamespace(root=root, staging=staging, production=production, overrides=overrides)
     for cfg in (staging, production):
         stop_controller(cfg)
         undeploy(cfg)
@@ -180,10 +180,21 @@ def test_implementations_are_packaged_preflighted_deployed_run_promoted_and_roll
 
 
 def test_a_broken_implementation_fails_its_preflight_and_is_not_deployed(envs):
+    """The real `raymlops pipeline deploy` on a tree whose pipeline does not import: exit 3, nothing deployed."""
+    from raymlops.cli import main
+
     src = envs.root / "project-broken"
     src.mkdir()
     (src / "mypipe.py").write_text("import not_a_real_module_anywhere\n")
-    impl = delivery.package_implementation(envs.staging, src)
-    problems = delivery.preflight(envs.staging, impl, progress=lambda _m: None)
-    assert problems and "not_a_real_module_anywhere" in problems[0]
-    assert delivery.env_state(envs.staging).current != impl.digest  # the last good implementation stays
+    config = envs.root / "pipeline.yaml"
+    config.write_text("name: churn\n")  # everything else comes from the fixture's --set overrides
+    record = Path(envs.staging.storage_uri) / "pipelines" / envs.staging.name / "deployments.json"
+    before = record.read_bytes() if record.exists() else None
+
+    code = main(["pipeline", "deploy", str(config), "--env", "staging", "--source", str(src),
+                 *[a for o in envs.overrides for a in ("--set", o)]])
+
+    assert code == 3  # GateError: the pre-flight found the missing module
+    assert (record.read_bytes() if record.exists() else None) == before  # deployments.json untouched
+    broken = delivery.package_implementation(envs.staging, src)
+    assert delivery.env_state(envs.staging).current != broken.digest
