@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from raymlops._ray import apply_env_defaults
+from tests.ci_guard import pytest_runtest_makereport  # noqa: F401 - the hook: under CI a skip is a failure
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 apply_env_defaults()  # the same settings as every local Ray of the CLI and the Python API
