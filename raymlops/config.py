@@ -544,6 +544,26 @@ class DeliveryConfig(_Section):
 
 
 # ------------------------------------------------------------------------------------------------- config
+class RetentionConfig(_Section):
+    """What is deleted or compacted, and when (`raymlops gc`, or the monitor pass): null keeps forever."""
+
+    prediction_log_days: Annotated[float, Field(gt=0)] | None = Field(
+        30.0, description="Delete a day's prediction-log partition once the day is this many days old.")
+    feedback_log_days: Annotated[float, Field(gt=0)] | None = Field(
+        90.0, description="Delete a day's feedback-log partition once the day is this many days old.")
+    compact_after_s: Annotated[float, Field(ge=0)] | None = Field(
+        3600.0, description="Compact a day's log partition into few files this long after the day ended.")
+    compact_rows_per_file: PositiveInt = Field(500_000, description="Rows per compacted log file (about).")
+    reports_keep: PositiveInt | None = Field(500, description="Monitor / kept validation reports to keep (newest).")
+    reports_days: Annotated[float, Field(gt=0)] | None = Field(30.0, description="Delete reports older than this.")
+    runs_keep: PositiveInt | None = Field(
+        20, description="Pipeline runs to keep (newest), besides runs a registered model version references.")
+    runs_days: Annotated[float, Field(gt=0)] | None = Field(
+        30.0, description="Delete runs older than this, unless a registered model version references them.")
+    in_monitor: bool = Field(True, description="Collect from the controller's monitor pass (else `raymlops gc`).")
+    interval_s: Annotated[float, Field(gt=0)] = Field(3600.0, description="Monitor pass: at most one collection per.")
+
+
 class Config(_Section):
     """A whole pipeline configuration (one YAML file)."""
 
@@ -567,6 +587,7 @@ class Config(_Section):
         default_factory=dict, description="Named environments (staging, production ...); pick one with --env."
     )
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     environment: str | None = Field(None, description="Set by --env: the environment this config is for.")
     environment_base: dict[str, Any] = Field(
         default_factory=dict, description="Set by --env: what the environment's keys held before it changed them "

@@ -10,7 +10,7 @@ import traceback
 
 import typer
 
-from raymlops.cli import config, control, data, features, pipeline, schema, serve  # noqa: F401 - they register commands
+from raymlops.cli import config, control, data, features, gc, pipeline, schema, serve  # noqa: F401 - they register commands
 from raymlops.cli._common import app, say
 from raymlops.errors import RaymlopsError
 

@@ -4,7 +4,9 @@ Per version: requests, errors and latency (``canary.window_stats``, plus p50), o
 and live input drift against the version's training reference, measured with data validation's own sketches,
 policy and metrics (``core.live``). The champion's drift and quality are what the drift and degradation triggers
 read. Each pass writes an HTML report and, when ``monitoring.log_to_mlflow``, logs its figures to the long-lived
-``monitor`` run of the pipeline's experiment. Runs in whatever process calls it (the controller's Ray task).
+``monitor`` run of the pipeline's experiment. Runs in whatever process calls it (the controller's Ray task). With
+``retention.in_monitor`` a pass also applies retention (``raymlops.control.retention``) every
+``retention.interval_s``.
 
 Training reference of a version, best first (cached per version under ``{storage_uri}/monitor/{name}/references``):
 the profile of the training split its pipeline run prepared (found through the lineage in MLflow), else the frozen
@@ -29,6 +31,7 @@ import pyarrow.dataset as ds
 from raymlops import storage
 from raymlops.config import Config
 from raymlops.control.canary import window_stats
+from raymlops.control.retention import collect_garbage, gc_due
 from raymlops.control.triggers import QualitySignal
 from raymlops.core.drift import DriftResult
 from raymlops.core.live import (
@@ -342,6 +345,14 @@ def run_monitor(
                                                          champ.labels, champ.offline_quality),
         report_uri=None,
     )
+    if cfg.retention.in_monitor and gc_due(cfg, now):
+        # Retention rides on the pass (at most every retention.interval_s); a failure is a note, never a lost pass.
+        try:
+            gc = collect_garbage(cfg, now=now, registry=registry)
+            if gc.deleted_partitions or gc.deleted_reports or gc.deleted_runs or gc.compacted or gc.notes:
+                result.notes.append(f"retention: {gc.summary()}")
+        except (RaymlopsError, OSError) as err:
+            result.notes.append(f"retention not applied: {err}; run `raymlops gc CONFIG` to see why")
     passes = [h if isinstance(h, MonitorResult) else MonitorResult.from_dict(h) for h in history]
     weights = [(float(t), {_vkey(v): float(w) for v, w in ws.items()}) for t, ws in weights_timeline]
     result.report_uri = _write_report(cfg, [*passes, result], weights, result)
