@@ -25,7 +25,7 @@ def test_the_delivery_waits_for_every_tier_including_the_slow_one():
     needs = jobs["deliver"]["needs"]
     gating = [jobs[n] for n in ([needs] if isinstance(needs, str) else needs)]
     pytest_runs = [r for job in gating for r in _runs(job) if r.lstrip().startswith("pytest")]
-    markers = {_marker(r) for r in pytest_runs}
+    markers = {_marker(r) for r in pytest_runs if "tests/integration" in r or r.split() == ["pytest"]}
     # Either a run without a marker filter, or both halves of the split: `not slow` alone skips the delivery tests.
     assert None in markers or {"slow", "not slow"} <= markers, pytest_runs
     assert any("tests/unit" in r for r in pytest_runs)
