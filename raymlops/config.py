@@ -3,6 +3,10 @@
 ``load_config(path, overrides)`` is the single entry point. Every error is a ``ConfigError`` whose message names
 the key path (``train.num_workers``), the bad value and what is allowed, so a user can fix the file without
 reading this module.
+
+A config is settings, not code: the YAML is bounded (size, alias expansion), ``${ENV}`` is substituted only in
+the location keys of ``INTERPOLATED_KEYS``, and every key that names code (``train.model``, ``controller.pipeline``,
+``delivery.pip``) must be built in or on an allow-list written in the same config (see SECURITY.md).
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raymlops.core.package_trust import KEY_ENV, KEY_FILE_ENV, PackagePolicy
+from raymlops.core.safe_yaml import MAX_TEXT_BYTES, load_bounded
 from raymlops.errors import ConfigError
 
 Pct = Annotated[float, Field(ge=0, le=100)]
+CallablePath = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
@@ -242,6 +248,26 @@ class TrainConfig(_Section):
         return model
 
 
+class ModelConfig(_Section):
+    """What this config lets a model package run (training, evaluation, serving and batch prediction)."""
+
+    allowed_factories: list[CallablePath] = Field(
+        default_factory=list, description="User model factories (`package.module:factory`) that train.model may "
+        "name and that a loaded package's model_spec.json may name. Empty: built-in models (mlp, xgboost) only. "
+        "A package never chooses code: a factory it names that is not listed here is refused before any import."
+    )
+    require_signature: bool | None = Field(
+        None, description=f"Load only packages whose manifest carries a valid HMAC-SHA256 signature made with the "
+        f"key in {KEY_ENV} (or the file named by {KEY_FILE_ENV}). Null: required exactly when a key is set; true: "
+        "also refuse to load anything when no key is set; false: let unsigned packages load while a key is set "
+        "(migration; a signature that is present is still verified)."
+    )
+
+    def policy(self) -> PackagePolicy:
+        """The loading policy ``raymlops.model.package.load_package`` applies."""
+        return PackagePolicy(tuple(self.allowed_factories), self.require_signature)
+
+
 class SearchDim(_Section):
     type: Literal["uniform", "loguniform", "choice", "randint"]
     low: float | None = None
@@ -457,6 +483,9 @@ class NotificationsConfig(_Section):
         return self
 
 
+BUILTIN_PIPELINE = "raymlops.ct:run_ct_pipeline"
+
+
 class ControllerConfig(_Section):
     poll_interval_s: Annotated[float, Field(gt=0)] = Field(
         2.0, description="How often the controller checks runs, canary analysis and (at triggers.poll_interval_s) "
@@ -467,11 +496,23 @@ class ControllerConfig(_Section):
         0.1, description="CPUs the task driving a pipeline run reserves (its steps reserve their own)."
     )
     pipeline: str = Field(
-        "raymlops.ct:run_ct_pipeline",
+        BUILTIN_PIPELINE,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="What a triggered run calls, as `module:function` taking (cfg, *, run_id, resume_run_id, "
-        "progress) and returning an object with run_id, status, version and error (like run_ct_pipeline).",
+        "progress) and returning an object with run_id, status, version and error (like run_ct_pipeline). "
+        "Anything but the built-in must be listed in controller.allowed_pipelines.",
     )
+    allowed_pipelines: list[CallablePath] = Field(
+        default_factory=list, description="`module:function` paths controller.pipeline may name besides the "
+        "built-in CT pipeline (a config names code only from a list its owner wrote down)."
+    )
+
+    @model_validator(mode="after")
+    def _allowed_pipeline(self) -> ControllerConfig:
+        if self.pipeline != BUILTIN_PIPELINE and self.pipeline not in self.allowed_pipelines:
+            raise ValueError(f"pipeline {self.pipeline!r} is neither the built-in {BUILTIN_PIPELINE!r} nor in "
+                             f"controller.allowed_pipelines {self.allowed_pipelines}; add it there if you trust it")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------- features
@@ -538,9 +579,41 @@ class DeliveryConfig(_Section):
                                  "benchmarks/results", "*.egg-info", "node_modules"],
         description="Paths (globs) left out of a packaged pipeline implementation.",
     )
-    pip: list[str] = Field(default_factory=list, description="Extra packages the implementation's runs install.")
+    pip: list[str] = Field(
+        default_factory=list, description="Extra packages the implementation's runs install, as requirement "
+        "specifiers (`name[extra]>=1.2; marker`). URLs, paths and pip options (-e, --index-url ...) need "
+        "delivery.allow_pip_sources."
+    )
+    allow_pip_sources: bool = Field(
+        False, description="Let delivery.pip hold URLs (`name @ https://...`, git+https://...), local paths and pip "
+        "options such as --index-url or -e: code from wherever they point runs on the cluster."
+    )
     max_mb: Annotated[float, Field(gt=0)] = Field(100.0, description="Refuse to package a larger working tree.")
     preflight_rows: PositiveInt = Field(2000, description="Rows of the pre-flight's tiny end-to-end run.")
+
+    @model_validator(mode="after")
+    def _pip_specifiers(self) -> DeliveryConfig:
+        if self.allow_pip_sources:
+            return self
+        bad = [entry for entry in self.pip if not _is_requirement(entry)]
+        if bad:
+            raise ValueError(f"pip entries {bad} are not plain requirement specifiers (name[extra]>=version; "
+                             "marker): a URL, path or pip option (-e, --index-url, --extra-index-url ...) can "
+                             "install code from anywhere; write them as `name==version`, or set "
+                             "delivery.allow_pip_sources: true if you trust where they point")
+        return self
+
+
+def _is_requirement(entry: str) -> bool:
+    """A PEP 508 requirement from an index (no URL, no path, no pip option)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if not isinstance(entry, str) or entry.strip().startswith("-"):
+        return False
+    try:
+        return Requirement(entry).url is None
+    except InvalidRequirement:
+        return False
 
 
 # ------------------------------------------------------------------------------------------------- config
@@ -574,6 +647,9 @@ class Config(_Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    model: ModelConfig = Field(
+        default_factory=ModelConfig, description="What model packages may run: allowed factories, signatures."
+    )
     tune: TuneConfig = Field(default_factory=TuneConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
@@ -610,6 +686,15 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _train_model_allowed(self) -> Config:
+        model = self.train.model
+        if model not in TRAIN_MODELS_BUILTIN and model not in self.model.allowed_factories:
+            raise ValueError(f"train.model {model!r} is not built in {list(TRAIN_MODELS_BUILTIN)} and not in "
+                             f"model.allowed_factories {self.model.allowed_factories}; add it to "
+                             "model.allowed_factories if you trust it (serving and evaluation need it there too)")
+        return self
+
+    @model_validator(mode="after")
     def _promotions_name_environments(self) -> Config:
         for name, env in self.environments.items():
             if env.promote_to is not None and (env.promote_to == name or env.promote_to not in self.environments):
@@ -621,18 +706,42 @@ class Config(_Section):
 
 # ------------------------------------------------------------------------------------------------ loading
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# The only keys whose values take ${ENV}: locations that differ between machines and environments. Elsewhere a
+# reference is an error, so a config cannot read the environment (secrets included) into its other settings.
+INTERPOLATED_KEYS = (
+    "storage_uri", "tracking_uri", "data.source", "triggers.landing_uri", "validation.schema_uri",
+    "validation.reference_uri", "features.repo", "features.label_source", "notifications.webhook_url",
+)
+# Variables raymlops reads as keys: never copied into a config value (from where it would reach logs, tags, URLs).
+_SECRET_VARS = (KEY_ENV, KEY_FILE_ENV, "RAYMLOPS_WEBHOOK_SECRET")
+_ENV_SET = re.compile(r"^environments\.[^.]+\.set\.")
 
 
-def _interpolate(value: Any, path: str) -> Any:
+def _interpolated_key(path: str) -> bool:
+    # An environment's `set` (and the values it replaced, kept in environment_base) holds the same keys, dotted.
+    key = _ENV_SET.sub("", path)
+    key = key[len("environment_base."):] if key.startswith("environment_base.") else key
+    return key in INTERPOLATED_KEYS
+
+
+def _interpolate(value: Any, path: str, secret_vars: tuple[str, ...] = _SECRET_VARS) -> Any:
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), secret_vars) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if not isinstance(value, str):
+        return [_interpolate(v, f"{path}[{i}]", secret_vars) for i, v in enumerate(value)]
+    if not isinstance(value, str) or not _ENV.search(value):
         return value
+    if not _interpolated_key(path):
+        name = _ENV.search(value).group(1)
+        raise ConfigError(f"{path}: ${{{name}}} is not substituted here; environment variables are read only in "
+                          f"{', '.join(INTERPOLATED_KEYS)} (and the same keys under environments.*.set). Write the "
+                          "value itself, or pass it with --set")
 
     def repl(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
+        if name in secret_vars:
+            raise ConfigError(f"{path}: ${{{name}}} holds a key raymlops reads itself and is never copied into a "
+                              "config value; remove the reference")
         if name in os.environ:
             return os.environ[name]
         if default is not None:
@@ -711,7 +820,7 @@ def _apply_override(doc: dict[str, Any], override: str) -> None:
     if not all(key.strip().split(".")):
         raise ConfigError(f"--set {override!r}: empty key segment; write e.g. --set train.epochs=3")
     # YAML parsing gives numbers, booleans, lists and null their natural types ("3" -> 3, "[1,2]" -> list).
-    _set_path(doc, key, yaml.safe_load(raw) if raw.strip() else "", f"--set {key}")
+    _set_path(doc, key, load_bounded(raw, f"--set {key}") if raw.strip() else "", f"--set {key}")
 
 
 def _describe(err: ValidationError, source: str) -> str:
@@ -743,7 +852,10 @@ def config_from_dict(doc: dict[str, Any], overrides: list[str] | tuple[str, ...]
         _apply_environment(doc, probe.get("environments"), env, source)
     for override in overrides:
         _apply_override(doc, override)
-    doc = _interpolate(doc, "")
+    webhook_secret = ((doc.get("notifications") or {}).get("webhook_secret_env")
+                      if isinstance(doc.get("notifications"), dict) else None)
+    secret_vars = _SECRET_VARS + ((webhook_secret,) if isinstance(webhook_secret, str) else ())
+    doc = _interpolate(doc, "", secret_vars)
     try:
         return Config.model_validate(doc)
     except ValidationError as err:
@@ -760,17 +872,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return config_from_dict({}, overrides, source="embedded defaults", env=env)
     p = Path(path)
     try:
-        text = p.read_text()
+        with p.open("rb") as f:
+            raw = f.read(MAX_TEXT_BYTES + 1)  # never more: load_bounded refuses anything over the limit
+        # Over the limit the cut may split a character: that is reported as the size, not as bad UTF-8.
+        text = raw.decode("utf-8", "replace" if len(raw) > MAX_TEXT_BYTES else "strict")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {p} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist; pass a path like configs/churn.yaml") from None
     except OSError as err:
         raise ConfigError(f"config file {p} cannot be read: {err.strerror}") from None
-    try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config file {p} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    # Bounded: a config may come from less-trusted hands, and an alias bomb must fail here, not in validation.
+    doc = load_bounded(text, f"config file {p}") or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"config file {p} must hold a mapping of sections (name:, data:, ...), not {type(doc).__name__}")
     return config_from_dict(doc, overrides, source=str(p), env=env)

@@ -181,7 +181,7 @@ def train(ctx, prepared: Artifact):
 
 @component(outputs=("package", "evaluation"), executor="driver",
            config_keys=("name", "tracking_uri", "data.label", "data.task", "data.slices", "evaluation.threshold",
-                        "evaluation.threshold_objective", "evaluation.reference_max_rows"))
+                        "evaluation.threshold_objective", "evaluation.reference_max_rows", "model"))
 def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
     """Package the model and evaluate it (and the champion, on the same test rows) overall and per slice.
 
@@ -219,15 +219,15 @@ def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
     threshold = _decision_threshold(cfg, data, contents, splits.get("validation"))
     info = save_package(ctx.path("package"), **contents, signature=_signature(cfg, data, threshold))
     ctx.progress(f"packaged {info.size_bytes / 1e6:.2f} MB (digest {info.digest[:12]}); evaluating")
-    result = run_eval(load_package(info.uri, info.digest), splits, task=cfg.data.task, label=cfg.data.label,
-                      slices=cfg.data.slices)
+    result = run_eval(load_package(info.uri, info.digest, policy=cfg.model.policy()), splits, task=cfg.data.task,
+                      label=cfg.data.label, slices=cfg.data.slices)
     reference = _reference_model(cfg, data, splits)
     doc: dict[str, Any] = {"challenger": result.to_dict(), "champion": None, "champion_version": None,
                            "threshold": threshold.to_dict() if threshold else None, "reference": reference}
     champ = ModelRegistry(cfg.tracking_uri).get_by_alias(cfg.name, "champion")
     if champ is not None:
         ctx.progress(f"evaluating champion v{champ.version} on the same test rows")
-        champ_model = load_package(champ.package_uri, champ.digest)
+        champ_model = load_package(champ.package_uri, champ.digest, policy=cfg.model.policy())
         champ_eval = evaluate_champion_on(splits["test"], champ_model, task=cfg.data.task, label=cfg.data.label,
                                           slices=cfg.data.slices)
         doc |= {"champion": champ_eval.to_dict(), "champion_version": champ.version}
@@ -271,7 +271,7 @@ def _decision_threshold(cfg: Config, data, contents: dict[str, Any], validation:
         return ThresholdChoice(0.5, ev.threshold_objective, float("nan"), 0, "no validation split: kept 0.5")
     with tempfile.TemporaryDirectory(prefix="raymlops-draft-") as d:
         draft = save_package(f"{d}/package", **contents, signature=_signature(cfg, data))
-        scored = predict_splits(load_package(draft.uri, draft.digest), {"validation": validation},
+        scored = predict_splits(load_package(draft.uri, draft.digest, policy=cfg.model.policy()), {"validation": validation},
                                 label=cfg.data.label)["validation"]
     if scored is None:
         return ThresholdChoice(0.5, ev.threshold_objective, float("nan"), 0, "the validation split is empty: kept 0.5")
@@ -310,14 +310,15 @@ def _reference_model(cfg: Config, data, splits: dict[str, Any]) -> dict[str, Any
         return {"skipped": f"fitting failed: {type(err).__name__}: {err}"}
 
 
-@component(outputs=("infra",), executor="task", num_cpus=0.25, config_keys=())
+@component(outputs=("infra",), executor="task", num_cpus=0.25, config_keys=("model",))
 def check_package(ctx, package: Artifact, prepared: Artifact):
     """Load the package in a fresh process with the serving code path and predict on sample test rows."""
     from raymlops.data.prepare import load_prepared
     from raymlops.evaluation.infra_check import check_package_in_fresh_process
 
     rows = _sample_rows(load_prepared(prepared.uri).split_uris["test"], CHALLENGER_SAMPLE_ROWS)
-    infra = check_package_in_fresh_process(package.uri, rows, expected_rows=len(rows))
+    infra = check_package_in_fresh_process(package.uri, rows, expected_rows=len(rows), expected_digest=package.digest,
+                                           policy=ctx.config.model.policy())
     ctx.progress(f"fresh process: loaded={infra['loaded']} predicted={infra['predict_ok']} "
                  f"peak {infra.get('peak_memory_mb', 0):.0f} MB")
     return {"infra": infra}

@@ -231,7 +231,11 @@ class _Target:
 
 
 def _load_target(cfg: Config, version: str) -> _Target:
+    from raymlops.model.package import verify_package
+
     info = ModelRegistry(cfg.tracking_uri).get(cfg.name, version)
+    # Signature and digest first: nothing is read from a package that is not the one registered.
+    verify_package(info.package_uri, info.digest, policy=cfg.model.policy())
 
     def read(name: str) -> str:
         return storage.read_text(storage.join(info.package_uri, name))
@@ -250,7 +254,8 @@ def _infrastructure(cfg: Config, target: _Target, budget: _Budget) -> ExposureCh
 
     rows = synthetic_instances(target.schema, _INFRA_ROWS)
     report = check_package_in_fresh_process(target.info.package_uri, rows, len(rows),
-                                            timeout_s=budget.left("the infrastructure check"))
+                                            timeout_s=budget.left("the infrastructure check"),
+                                            expected_digest=target.info.digest, policy=cfg.model.policy())
     available, total = ray.available_resources(), ray.cluster_resources()
     figures = {
         "loads": bool(report.get("loaded") and report.get("predict_ok") and report.get("output_shape_ok")),

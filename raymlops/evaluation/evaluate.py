@@ -35,11 +35,20 @@ _OUT = "__out__"
 _SPLIT = "__split__"
 
 
-def _load(model: Any) -> Any:
+def _require_digest(model: Any, expected_digest: str | None) -> None:
+    if isinstance(model, str) and not expected_digest:
+        raise PackageError(
+            f"evaluating the package at {model} needs its expected digest (expected_digest=, from save_package "
+            "or the registry): a package is never loaded unverified; or pass a model loaded with load_package"
+        )
+
+
+def _load(model: Any, expected_digest: str | None, policy: Any) -> Any:
     if isinstance(model, str):
         from raymlops.model.package import load_package
 
-        return load_package(model)
+        _require_digest(model, expected_digest)
+        return load_package(model, expected_digest, policy=policy)
     return model
 
 
@@ -47,11 +56,13 @@ class PredictBatch:
     """``map_batches`` callable: a pyarrow batch in; its label, slice columns and model outputs out.
 
     ``model`` is a loaded model (anything with ``.predict(batch) -> dict[str, np.ndarray]``) or a package URI,
-    loaded once per actor so the weights never travel through the task arguments.
+    loaded once per actor (verified against ``expected_digest`` under ``policy``, a ``PackagePolicy``) so the
+    weights never travel through the task arguments.
     """
 
-    def __init__(self, model: Any, label: str, slices: Sequence[str] = ()):
-        self.model = _load(model)
+    def __init__(self, model: Any, label: str, slices: Sequence[str] = (), expected_digest: str | None = None,
+                 policy: Any = None):
+        self.model = _load(model, expected_digest, policy)
         self.label = label
         self.slices = list(slices)
 
@@ -93,7 +104,7 @@ def _column_numpy(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def _predict_all(model: Any, local_model: Any, splits: Mapping[str, Any], label: str, slices: Sequence[str], batch_size: int,
-                 num_cpus: float, max_actors: int) -> dict[str, pa.Table | None]:
+                 num_cpus: float, max_actors: int, load: dict[str, Any]) -> dict[str, pa.Table | None]:
     """Label, slice columns and outputs of every row of each split; ``None`` for an empty split."""
     out: dict[str, pa.Table | None] = {}
     predict = None
@@ -113,7 +124,7 @@ def _predict_all(model: Any, local_model: Any, splits: Mapping[str, Any], label:
     ds = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]
     ds = ds.map_batches(
         PredictBatch,
-        fn_constructor_kwargs={"model": model, "label": label, "slices": list(slices)},
+        fn_constructor_kwargs={"model": model, "label": label, "slices": list(slices), **load},
         batch_format="pyarrow",
         batch_size=batch_size,
         num_cpus=num_cpus,
@@ -139,11 +150,12 @@ def _model_classes(model: Any) -> list[Any] | None:
 
 
 def _prepare(model: Any, splits: Mapping[str, Any], task: str, label: str, slices: Sequence[str],
-             classes: Sequence[Any] | None) -> tuple[Any, list[Any] | None]:
+             classes: Sequence[Any] | None, load: dict[str, Any]) -> tuple[Any, list[Any] | None]:
     local_model = model
     has_local = any(isinstance(d, pa.Table) for d in splits.values())
+    _require_digest(model, load["expected_digest"])  # before any data is read or any actor starts
     if isinstance(model, str) and (has_local or (classes is None and task != "regression")):
-        local_model = _load(model)  # the driver needs the classes; actors still load from the URI themselves
+        local_model = _load(model, **load)  # the driver needs the classes; actors still load from the URI themselves
     classes = list(classes) if classes is not None else _model_classes(local_model)
     for name, data in splits.items():
         missing = [c for c in (label, *slices) if c not in _columns_of(data)]
@@ -163,14 +175,18 @@ def predict_splits(
     batch_size: int = 4096,
     num_cpus: float = 0.25,
     max_actors: int = 2,
+    expected_digest: str | None = None,
+    policy: Any = None,
 ) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]] | None]:
     """The label values and the model's outputs for every row of each split (``None`` for an empty split).
 
     Same prediction path as ``evaluate`` (``PredictBatch``, in process for tables, an actor pool for Ray
     Datasets), for callers that need the raw scores, e.g. to choose a decision threshold on validation.
+    ``expected_digest`` and ``policy``: as for ``evaluate``.
     """
-    local_model, _ = _prepare(model, splits, "regression", label, (), ())
-    tables = _predict_all(model, local_model, splits, label, (), batch_size, num_cpus, max_actors)
+    load = {"expected_digest": expected_digest, "policy": policy}
+    local_model, _ = _prepare(model, splits, "regression", label, (), (), load)
+    tables = _predict_all(model, local_model, splits, label, (), batch_size, num_cpus, max_actors, load)
     return {name: None if table is None else _unpack(table) for name, table in tables.items()}
 
 
@@ -192,22 +208,27 @@ def evaluate(
     batch_size: int = 4096,
     num_cpus: float = 0.25,
     max_actors: int = 2,
+    expected_digest: str | None = None,
+    policy: Any = None,
 ) -> EvalResult:
     """Metrics of ``model`` on each split, and per slice column on ``slice_split``.
 
-    ``model``: a loaded package (``load_package(uri)``) or its URI. ``splits``: ``{name: pa.Table | ray Dataset}``
+    ``model``: a loaded package (``load_package(uri, digest)``) or its URI, which then needs ``expected_digest``
+    (``PackageError`` without it) and is loaded under ``policy`` (a ``PackagePolicy``: the config's
+    ``model.policy()``). ``splits``: ``{name: pa.Table | ray Dataset}``
     with the raw columns (features, label, slice columns). ``classes``: label classes in the order of the model's
     probability columns; by default the model's transform's. When ``splits`` holds ``baseline_split`` (the
     training split), the naive baseline fitted on its labels is scored on ``slice_split`` too (``baseline``).
     """
-    local_model, classes = _prepare(model, splits, task, label, slices, classes)
+    load = {"expected_digest": expected_digest, "policy": policy}
+    local_model, classes = _prepare(model, splits, task, label, slices, classes, load)
     metrics: dict[str, dict[str, float]] = {}
     rows: dict[str, int] = {}
     notes: dict[str, str] = {}
     result_slices: dict[str, dict[str, dict[str, float]]] = {}
     test_fingerprint = None
     baseline: dict[str, float] = {}
-    tables = _predict_all(model, local_model, splits, label, slices, batch_size, num_cpus, max_actors)
+    tables = _predict_all(model, local_model, splits, label, slices, batch_size, num_cpus, max_actors, load)
     for name in splits:
         table = tables[name]
         if table is None:

@@ -114,11 +114,13 @@ class TabularMLP(nn.Module):
             self.head.bias.copy_(torch.from_numpy(np.log(p / p.sum())).to(self.head.bias))
 
 
-def build_model(spec: dict[str, Any]) -> nn.Module:
+def build_model(spec: dict[str, Any], *, allowed_factories: Sequence[str] = ()) -> nn.Module:
     """Build a model from a JSON-safe spec: ``{"model": "mlp", ...}`` or ``{"model": "module:factory", ...}``.
 
-    A user factory is called with the spec's other keys as keyword arguments and must return an ``nn.Module``
-    whose ``forward(x_num, x_cat)`` returns logits shaped like ``TabularMLP``'s.
+    A user factory must be in ``allowed_factories`` (the config's ``model.allowed_factories``; a spec read from a
+    model package must never choose the code that runs): otherwise ``ConfigError``, before anything is imported.
+    It is called with the spec's other keys as keyword arguments and must return an ``nn.Module`` whose
+    ``forward(x_num, x_cat)`` returns logits shaped like ``TabularMLP``'s.
     """
     kind = spec.get("model", "mlp")
     kwargs = {k: v for k, v in spec.items() if k != "model"}
@@ -128,6 +130,10 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         if unknown or missing:
             raise ConfigError(f"model spec for 'mlp': unknown keys {unknown}, missing keys {missing}")
         return TabularMLP(**kwargs)
+    if kind not in list(allowed_factories):
+        raise ConfigError(f"train.model {kind!r} is not 'mlp' and not in model.allowed_factories "
+                          f"{list(allowed_factories)}; nothing was imported. Add 'package.module:factory' to "
+                          "model.allowed_factories in the config if you trust it")
     factory = _load_factory(str(kind))
     try:
         model = factory(**kwargs)

@@ -10,6 +10,7 @@ Layout::
     schema.yaml           the frozen input schema
     signature.json        inputs and outputs, for clients and the HTTP API
     metrics.json          offline evaluation metrics
+    manifest.sig          HMAC-SHA256 of manifest.json, present when a signing key was configured at save
     manifest.json         sha256 of each file above, the package digest and lineage tags (written last)
 
 The package digest is the sha256 of the lines ``"{sha256}  {name}\\n"`` sorted by name (the output of
@@ -19,6 +20,13 @@ booster packages are format 2, which a raymlops that predates boosters refuses b
 
 ``load_package`` is the single loading path used by evaluation, batch prediction and online serving, so
 training-serving skew cannot come from two implementations.
+
+Trust (see ``raymlops.core.package_trust`` and SECURITY.md): a package never chooses code. Its ``model_spec.json``
+may name a built-in model (``mlp``, ``xgboost``) or a user factory that the *loading* side's ``PackagePolicy``
+(``model.allowed_factories`` of its config) lists; anything else is refused before any import. When a signing key is
+configured (``RAYMLOPS_SIGNING_KEY`` or ``RAYMLOPS_SIGNING_KEY_FILE``), ``save_package`` writes ``manifest.sig`` and
+loading verifies it before reading anything but the manifest's bytes. The signature is not part of the digest, so
+the digest of a package is the same signed or not.
 """
 
 from __future__ import annotations
@@ -44,6 +52,16 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_torch
 
 from raymlops import storage
+from raymlops.core.package_trust import (
+    KEY_ENV,
+    KEY_FILE_ENV,
+    SIGNATURE_FILE,
+    PackagePolicy,
+    check_factory,
+    check_key,
+    sign_manifest,
+    verify_manifest,
+)
 from raymlops.core.transform import Transform, apply_transform
 from raymlops.errors import DataError, PackageError
 from raymlops.model.gbdt import BOOSTER_FILE, XGBOOST, BoosterPredictor
@@ -158,7 +176,11 @@ def save_package(
         "files": {name: {"sha256": hashes[name], "size_bytes": len(files[name])} for name in _LAYOUTS[version]},
         "tags": {str(k): str(v) for k, v in tags.items()},
     }
-    files[MANIFEST] = _json_bytes(manifest, "manifest")
+    key = signing_key()
+    manifest_bytes = _json_bytes(manifest, "manifest")
+    if key is not None:
+        files[SIGNATURE_FILE] = sign_manifest(key, manifest_bytes)
+    files[MANIFEST] = manifest_bytes  # last: on an object store the manifest is what marks the package complete
 
     if storage.exists(storage.join(dir_uri, MANIFEST)):
         return _same_package_or_refuse(dir_uri, digest)
@@ -169,7 +191,7 @@ def save_package(
     else:
         # Object stores cannot rename a directory; each file lands whole, and the manifest, written last,
         # is what marks the package complete.
-        for name in files:  # the manifest is the last key
+        for name in files:  # the manifest is the last key, after its signature
             storage.atomic_write_bytes(storage.join(dir_uri, name), files[name])
     return PackageInfo(dir_uri, digest, sum(len(b) for b in files.values()), manifest["tags"])
 
@@ -205,7 +227,8 @@ def _same_package_or_refuse(dir_uri: str, digest: str) -> PackageInfo:
             f"{dir_uri} already exists and is not a model package (no manifest.json); "
             "delete it or save the package to a new directory"
         )
-    info = verify_package(dir_uri)
+    # Integrity (and signature) only: saving runs no model, so the factory allow-list does not apply here.
+    _, info = _read_verified(dir_uri, None, PackagePolicy())
     if info.digest != digest:
         raise PackageError(
             f"{dir_uri} already holds a different package (digest {info.digest}, new {digest}); "
@@ -262,25 +285,64 @@ def read_trained_model(dir_uri: str, model_spec: Mapping[str, Any]) -> dict[str,
 
 
 # ------------------------------------------------------------------------------------------------- load
+def signing_key() -> bytes | None:
+    """The package signing key from the environment: ``RAYMLOPS_SIGNING_KEY``, else the file named by
+    ``RAYMLOPS_SIGNING_KEY_FILE``; ``None`` when neither is set. ``PackageError`` for an unreadable file or a key
+    shorter than 32 bytes.
+    """
+    # Read on every call, never cached: a key rotated in a long-lived process takes effect at the next load.
+    value = os.environ.get(KEY_ENV)
+    if value:
+        return check_key(value.encode("utf-8"), KEY_ENV)
+    path = os.environ.get(KEY_FILE_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise PackageError(f"{KEY_FILE_ENV} names {path}, which cannot be read ({err.strerror}); fix the path or "
+                           f"its permissions, or unset {KEY_FILE_ENV}") from None
+    return check_key(raw.strip(), f"{KEY_FILE_ENV} ({path})")
+
+
 def package_digest(file_hashes: Mapping[str, str]) -> str:
     """Digest of a package from its files' sha256 (see the module docstring)."""
     lines = "".join(f"{file_hashes[name]}  {name}\n" for name in sorted(file_hashes))
     return _sha256(lines.encode("utf-8"))
 
 
-def verify_package(dir_uri: str, expected_digest: str | None = None) -> PackageInfo:
-    """Check that the package is complete and untampered (every sha256, the digest) without loading the model."""
-    _, info = _read_verified(dir_uri, expected_digest)
+def verify_package(
+    dir_uri: str, expected_digest: str | None = None, *, policy: PackagePolicy | None = None
+) -> PackageInfo:
+    """Check that the package is complete and untampered (signature, every sha256, the digest) and that the
+    model it names may run under ``policy`` (see ``load_package``), without loading the model.
+    """
+    policy = policy or PackagePolicy()
+    files, info = _read_verified(dir_uri, expected_digest, policy)
+    _model_spec(files, dir_uri, policy)
     return info
 
 
 def load_package(
-    dir_uri: str, expected_digest: str | None = None, *, version: str | None = None
+    dir_uri: str,
+    expected_digest: str | None = None,
+    *,
+    version: str | None = None,
+    policy: PackagePolicy | None = None,
 ) -> LoadedModel:
-    """Verify and load a package: weights via safetensors or a booster from its JSON model (never pickle)."""
-    files, info = _read_verified(dir_uri, expected_digest)
-    spec = _parse_json(files, "model_spec.json", dir_uri)
-    model = _load_booster(files, spec, dir_uri) if BOOSTER_FILE in files else _load_torch(files, spec, dir_uri)
+    """Verify and load a package: weights via safetensors or a booster from its JSON model (never pickle).
+
+    ``expected_digest`` is the digest recorded when the package was registered (pass it on every load: without
+    it a package swapped for another consistent one goes unnoticed). ``policy`` (default: built-in models only, a
+    signature required exactly when a signing key is configured) is the loading config's ``model`` section
+    (``ModelConfig.policy()``). ``PackageError`` when the package is refused.
+    """
+    policy = policy or PackagePolicy()
+    files, info = _read_verified(dir_uri, expected_digest, policy)
+    spec = _model_spec(files, dir_uri, policy)
+    model = (_load_booster(files, spec, dir_uri) if BOOSTER_FILE in files
+             else _load_torch(files, spec, dir_uri, policy.allowed_factories))
     try:
         transform = Transform.from_json(files["transform.json"].decode("utf-8"))
     except Exception as err:
@@ -301,6 +363,15 @@ def load_package(
     )
 
 
+def _model_spec(files: dict[str, bytes], dir_uri: str, policy: PackagePolicy) -> dict[str, Any]:
+    spec = _parse_json(files, "model_spec.json", dir_uri)
+    if not isinstance(spec, dict):
+        raise PackageError(f"model_spec.json in {dir_uri} is not a JSON object; re-create the package")
+    # Before anything is imported or called: the package names a model, the loading config decides if it may run.
+    check_factory(spec.get("model", "mlp"), policy.allowed_factories, f"model package {dir_uri}")
+    return spec
+
+
 def _load_booster(files: dict[str, bytes], spec: dict[str, Any], dir_uri: str) -> BoosterPredictor:
     if spec.get("model") != XGBOOST:
         raise PackageError(f"{dir_uri} holds {BOOSTER_FILE} but model_spec.json names model {spec.get('model')!r}, "
@@ -308,7 +379,8 @@ def _load_booster(files: dict[str, bytes], spec: dict[str, Any], dir_uri: str) -
     return BoosterPredictor.from_json(files[BOOSTER_FILE], spec, f"{BOOSTER_FILE} in {dir_uri}")
 
 
-def _load_torch(files: dict[str, bytes], spec: dict[str, Any], dir_uri: str) -> torch.nn.Module:
+def _load_torch(files: dict[str, bytes], spec: dict[str, Any], dir_uri: str,
+                allowed_factories: tuple[str, ...]) -> torch.nn.Module:
     try:
         state = load_safetensors(files[WEIGHTS])
     except Exception as err:  # safetensors raises its own SafetensorError with varied wording
@@ -316,7 +388,7 @@ def _load_torch(files: dict[str, bytes], spec: dict[str, Any], dir_uri: str) -> 
             f"{WEIGHTS} in {dir_uri} is not a readable safetensors file ({err}); re-create the package"
         ) from None
     try:
-        model = build_model(spec)
+        model = build_model(spec, allowed_factories=allowed_factories)
         model.load_state_dict(state, strict=True)
     except Exception as err:  # a missing user factory or a shape mismatch: this code cannot run the package
         raise PackageError(
@@ -328,7 +400,9 @@ def _load_torch(files: dict[str, bytes], spec: dict[str, Any], dir_uri: str) -> 
     return model
 
 
-def _read_verified(dir_uri: str, expected_digest: str | None) -> tuple[dict[str, bytes], PackageInfo]:
+def _read_verified(
+    dir_uri: str, expected_digest: str | None, policy: PackagePolicy
+) -> tuple[dict[str, bytes], PackageInfo]:
     try:
         raw = storage.read_bytes(storage.join(dir_uri, MANIFEST))
     except DataError:
@@ -336,6 +410,10 @@ def _read_verified(dir_uri: str, expected_digest: str | None) -> tuple[dict[str,
             f"{dir_uri} has no {MANIFEST}: the package is incomplete (its save was interrupted) or the path is not "
             "a model package; re-run the step that saved it, or pass the directory that holds manifest.json"
         ) from None
+    sig_uri = storage.join(dir_uri, SIGNATURE_FILE)
+    signature = storage.read_bytes(sig_uri) if storage.exists(sig_uri) else None
+    # The signature is checked against the manifest's raw bytes before the manifest is even parsed.
+    verify_manifest(signing_key(), raw, signature, policy, f"model package {dir_uri}")
     manifest = _parse_manifest(raw, dir_uri)
     names = _LAYOUTS[manifest["format_version"]]
     recorded = {name: manifest["files"][name]["sha256"] for name in names}
@@ -367,7 +445,7 @@ def _read_verified(dir_uri: str, expected_digest: str | None) -> tuple[dict[str,
             "record): the package was replaced or tampered with after registration; do not use it, re-register "
             "the package or load the version whose digest matches"
         )
-    size = len(raw) + sum(len(b) for b in files.values())
+    size = len(raw) + len(signature or b"") + sum(len(b) for b in files.values())
     return files, PackageInfo(dir_uri, digest, size, dict(manifest.get("tags") or {}))
 
 

@@ -42,6 +42,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from raymlops import storage
+from raymlops.core.package_trust import PackagePolicy
 from raymlops.core.request_validation import ParsedRequest, RequestError, RequestValidator
 from raymlops.core.routing import RoutingTable, pick_version, should_shadow
 from raymlops.core.schema import Schema
@@ -175,7 +176,8 @@ class ModelServer:
                     versions[v] = _Version(v, spec["role"], have.uri, have.digest, have.model, have.classes)
                     continue
                 # In a thread: loading takes long enough that blocking the loop would stall live requests.
-                model = await asyncio.to_thread(load_package, spec["uri"], spec["digest"], version=v)
+                model = await asyncio.to_thread(load_package, spec["uri"], spec["digest"], version=v,
+                                                policy=PackagePolicy.from_dict(config.get("package_policy")))
                 versions[v] = _Version(v, spec["role"], spec["uri"], spec["digest"], model,
                                        list(model.transform.classes))
             champion = config["champion"]

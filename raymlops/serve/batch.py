@@ -74,12 +74,12 @@ def prediction_columns(model: LoadedModel, batch: Any) -> dict[str, pa.Array]:
 class PredictPackage:
     """``map_batches`` callable: a pyarrow batch in; the same batch plus prediction columns and the version out.
 
-    The package is loaded once per actor and verified against ``expected_digest`` (``PackageError`` on a
-    mismatch), so the weights never travel through task arguments.
+    The package is loaded once per actor and verified against ``expected_digest`` under ``policy`` (the config's
+    ``model.policy()``; ``PackageError`` on a mismatch), so the weights never travel through task arguments.
     """
 
-    def __init__(self, package_uri: str, expected_digest: str, version: str):
-        self.model = load_package(package_uri, expected_digest, version=version)
+    def __init__(self, package_uri: str, expected_digest: str, version: str, policy: Any = None):
+        self.model = load_package(package_uri, expected_digest, version=version, policy=policy)
         self.version = version
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -112,7 +112,7 @@ def predict_batch(
         raise PackageError(f"version {info.version} of model '{cfg.name}' has no package digest in the registry, so "
                            "its package cannot be verified; register the package again (raymlops run)")
     # Verify and load on the driver too: a tampered package fails here, before any data is read.
-    model = load_package(info.package_uri, info.digest, version=str(info.version))
+    model = load_package(info.package_uri, info.digest, version=str(info.version), policy=cfg.model.policy())
     progress(f"model {cfg.name} v{info.version} (digest {info.digest[:12]}, {info.package_uri})")
     data = ingest(input_uri, num_cpus=_PREDICT_CPUS)
     _check_columns(model, data.schema.names, input_uri, info.version)
@@ -122,7 +122,7 @@ def predict_batch(
     scored = data.dataset.map_batches(
         PredictPackage,
         fn_constructor_kwargs={"package_uri": info.package_uri, "expected_digest": info.digest,
-                               "version": str(info.version)},
+                               "version": str(info.version), "policy": cfg.model.policy()},
         batch_format="pyarrow",
         batch_size=_BATCH_ROWS,
         num_cpus=_PREDICT_CPUS,

@@ -136,7 +136,7 @@ def plan(
     for v, info in sorted(infos.items(), key=lambda kv: int(kv[0])):
         if v != str(champion.version) and v != shadow_version and resolved.get(v, 0.0) == 0:
             continue  # named with weight 0 and not the shadow: nothing would reach it
-        _verify(info)
+        _verify(info, cfg)
         role = "champion" if v == str(champion.version) else "shadow" if v == shadow_version else "canary"
         versions[v] = {"uri": info.package_uri, "digest": info.digest, "role": role}
     resolved = {v: w for v, w in resolved.items() if v in versions}
@@ -152,6 +152,7 @@ def plan(
         "limits": {"max_body_bytes": cfg.serving.max_body_bytes, "max_instances": cfg.serving.max_instances},
         "num_replicas": cfg.serving.num_replicas,  # for GET /v1/models/{name}; scaling must not restart replicas
         "features": _features_spec(cfg),  # feature service for key-only requests (None: clients send features)
+        "package_policy": cfg.model.policy().to_dict(),  # what the packages may run: the config decides, not them
     }
 
 
@@ -168,7 +169,7 @@ def _resolve(registry: ModelRegistry, name: str, ref: str | int) -> ModelVersion
         raise ServingError(f"cannot route traffic to '{ref}': {err}") from None
 
 
-def _verify(info: ModelVersionInfo) -> None:
+def _verify(info: ModelVersionInfo, cfg: Config) -> None:
     from raymlops.model.package import verify_package
 
     if not info.digest:
@@ -176,7 +177,7 @@ def _verify(info: ModelVersionInfo) -> None:
             f"version {info.version} of model '{info.name}' has no package digest in the registry, so its package "
             "cannot be verified and will not be served; register the package again (`raymlops run CONFIG`)"
         )
-    verify_package(info.package_uri, info.digest)
+    verify_package(info.package_uri, info.digest, policy=cfg.model.policy())
 
 
 # ------------------------------------------------------------------------------------------------ the app
@@ -279,7 +280,7 @@ def is_deployed(cfg: Config) -> bool:
 
 def plan_alone(cfg: Config, info: ModelVersionInfo) -> dict[str, Any]:
     """A ``user_config`` serving ``info`` alone, as the app's champion, so that its own schema validates requests."""
-    _verify(info)  # a tampered package is refused before Serve loads it
+    _verify(info, cfg)  # a tampered package is refused before Serve loads it
     v = str(info.version)
     return {
         "revision": uuid.uuid4().hex[:12], "model": cfg.name, "champion": v,
@@ -287,6 +288,7 @@ def plan_alone(cfg: Config, info: ModelVersionInfo) -> dict[str, Any]:
         "weights": {v: 100.0}, "shadow": None, "shadow_pct": 0.0,
         "limits": {"max_body_bytes": cfg.serving.max_body_bytes, "max_instances": cfg.serving.max_instances},
         "num_replicas": cfg.serving.num_replicas, "features": _features_spec(cfg),
+        "package_policy": cfg.model.policy().to_dict(),
     }
 
 

@@ -276,7 +276,8 @@ def fit_loop(train: TrainConfig, spec: dict, batches: Callable[[str, int], Itera
     balanced = train.class_weight == "balanced" and task != "regression"
     weights = balanced_class_weights(census.class_counts) if balanced else None
     set_seed(train.seed)
-    model = build_model(spec)
+    # The spec comes from this run's config, whose train.model load_config checked against model.allowed_factories.
+    model = build_model(spec, allowed_factories=(train.model,))
     if isinstance(model, TabularMLP) and task != "regression" and census.rows:
         # Balanced weights make the classes equally likely to the loss: the neutral bias is then the right start.
         model.init_output_bias([1.0] * len(census.class_counts) if weights else census.class_counts)
@@ -662,7 +663,8 @@ def train_model(
 
     tc = resolve_train_config(cfg.train, params)
     spec = make_model_spec(tc, prepared.transform)
-    build_model(spec)  # fail on a bad spec or user factory here, before any cluster time is spent
+    # fail on a bad spec or user factory here, before any cluster time is spent
+    build_model(spec, allowed_factories=cfg.model.allowed_factories)
     datasets = split_datasets(prepared)
     callbacks, stop = [], None
     if progress is not None:

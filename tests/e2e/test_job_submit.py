@@ -96,6 +96,7 @@ def test_the_controller_cli_on_a_cluster(ray_head, tmp_path):
     store = tmp_path / "store"
     sets = [f"storage_uri={store}", f"tracking_uri=sqlite:///{store}/mlflow.db", f"data.source={store}/landing",
             "name=cli", f"serving.port={_free_port()}", "controller.pipeline=tests.controller_helpers:fake_pipeline",
+            "controller.allowed_pipelines=[tests.controller_helpers:fake_pipeline]",
             "canary.steps=[100]", "canary.interval_s=2", "triggers.new_data=false", "triggers.poll_interval_s=0.5",
             "controller.poll_interval_s=0.3", "monitoring.interval_s=3600", "pre_exposure.enabled=false"]
     args = [x for kv in sets for x in ("--set", kv)]

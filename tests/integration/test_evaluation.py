@@ -13,6 +13,7 @@ from raymlops.core.metrics import compute_metrics, metrics_for_task, naive_outpu
 from raymlops.errors import DataError
 from raymlops.evaluation.evaluate import PredictBatch, evaluate, evaluate_champion_on, predict_splits
 from raymlops.evaluation.infra_check import check_package_in_fresh_process
+from raymlops.model.package import verify_package
 
 
 class FakeModel:
@@ -146,7 +147,7 @@ class _Model:
         n = table.num_rows if self.rows_out is None else self.rows_out
         return {"probability": np.full(n, 0.5), "label": np.zeros(n, dtype=np.int64)}
 
-def load(uri):
+def load(uri, expected_digest, policy=None):
     kind = open(uri + "/kind").read().strip()
     if kind == "broken":
         raise ValueError("weights are corrupt")
@@ -178,18 +179,19 @@ def fake_packages(tmp_path, monkeypatch):
 
 
 ROWS = [{"tenure_months": 3, "plan": "basic"}, {"tenure_months": 40, "plan": "premium"}]
+FAKE = "f" * 64  # the fake loader checks no digest
 
 
 def test_infra_check_reports_a_good_fake_package(fake_packages):
-    r = check_package_in_fresh_process(fake_packages("ok"), ROWS, 2, loader="fake_loader:load")
+    r = check_package_in_fresh_process(fake_packages("ok"), ROWS, 2, expected_digest=FAKE, loader="fake_loader:load")
     assert r["loaded"] and r["predict_ok"] and r["output_shape_ok"] and r["error"] is None
     assert r["package_mb"] == pytest.approx(300_000 / 2**20, rel=0.01)
     assert r["peak_memory_mb"] > 10 and r["load_time_s"] >= 0
 
 
 def test_infra_check_measures_memory_of_the_load(fake_packages):
-    small = check_package_in_fresh_process(fake_packages("ok"), ROWS, 2, loader="fake_loader:load")
-    big = check_package_in_fresh_process(fake_packages("big"), ROWS, 2, loader="fake_loader:load")
+    small = check_package_in_fresh_process(fake_packages("ok"), ROWS, 2, expected_digest=FAKE, loader="fake_loader:load")
+    big = check_package_in_fresh_process(fake_packages("big"), ROWS, 2, expected_digest=FAKE, loader="fake_loader:load")
     assert big["peak_memory_mb"] - small["peak_memory_mb"] > 60
 
 
@@ -202,7 +204,7 @@ def test_infra_check_measures_memory_of_the_load(fake_packages):
     ],
 )
 def test_infra_check_failures_are_explained_not_raised(fake_packages, kind, expected):
-    r = check_package_in_fresh_process(fake_packages(kind), ROWS, 2, loader="fake_loader:load")
+    r = check_package_in_fresh_process(fake_packages(kind), ROWS, 2, expected_digest=FAKE, loader="fake_loader:load")
     assert expected in r["error"] and "Traceback" not in r["error"]
     assert not (r["loaded"] and r["predict_ok"] and r["output_shape_ok"])
 
@@ -210,11 +212,12 @@ def test_infra_check_failures_are_explained_not_raised(fake_packages, kind, expe
 def test_infra_check_accepts_a_relative_path(fake_packages, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     fake_packages("ok")
-    assert check_package_in_fresh_process("ok", ROWS, 2, loader="fake_loader:load")["predict_ok"]
+    assert check_package_in_fresh_process("ok", ROWS, 2, expected_digest=FAKE, loader="fake_loader:load")["predict_ok"]
 
 
 def test_infra_check_times_out(fake_packages):
-    r = check_package_in_fresh_process(fake_packages("slow"), ROWS, 2, timeout_s=3, loader="fake_loader:load")
+    r = check_package_in_fresh_process(fake_packages("slow"), ROWS, 2, timeout_s=3, expected_digest=FAKE,
+                                       loader="fake_loader:load")
     assert not r["loaded"] and "timed out after 3 s" in r["error"]
 
 
@@ -241,19 +244,20 @@ def real_package(tmp_path_factory):
         signature={"inputs": transform.feature_names, "outputs": ["probability", "label"]},
         metrics={}, tags={},
     )
-    return info.uri
+    return info
 
 
 def test_real_package_evaluates_on_ray_and_passes_the_infra_check(ray_session, real_package, splits):
     import ray.data
 
     ds = ray.data.from_arrow(splits["test"])
-    result = evaluate(real_package, {"test": ds}, task="binary", label="churned", slices=["region"])
+    result = evaluate(real_package.uri, {"test": ds}, task="binary", label="churned", slices=["region"],
+                      expected_digest=real_package.digest)
     assert result.rows["test"] == 200 and 0.0 <= result.metric("roc_auc") <= 1.0
     assert set(result.slices["region"]) == {"north", "south", "east", "west"}
 
     rows = splits["test"].slice(0, 5).to_pylist()
-    infra = check_package_in_fresh_process(real_package, rows, 5)
+    infra = check_package_in_fresh_process(real_package.uri, rows, 5, expected_digest=real_package.digest)
     assert infra["loaded"] and infra["predict_ok"] and infra["output_shape_ok"], infra["error"]
     assert infra["output_shapes"] == {"probability": [5], "label": [5]}
     decision = bless(result, None, infra, GatePolicy(min_primary=None))
@@ -290,8 +294,9 @@ def test_a_model_predicting_the_majority_class_is_refused_naming_the_baseline(ra
 
     prior = float(np.mean(splits["train"].column("churned").to_numpy()))
     datasets = {k: ray.data.from_arrow(v) for k, v in splits.items()}
-    result = evaluate(_prior_package(tmp_path / "prior", prior), datasets, task="binary", label="churned",
-                      slices=["region"])
+    uri = _prior_package(tmp_path / "prior", prior)
+    result = evaluate(uri, datasets, task="binary", label="churned", slices=["region"],
+                      expected_digest=verify_package(uri).digest)
     # the naive baseline is fitted on the training labels and scored on the test rows
     y_test = splits["test"].column("churned").to_numpy()
     expected = compute_metrics("binary", y_test, naive_outputs("binary", splits["train"].column("churned").to_numpy(),

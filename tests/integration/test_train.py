@@ -82,7 +82,7 @@ def test_torch_trainer_checkpoints_each_epoch_and_resumes_after_a_worker_failure
     cfg = config_from_dict({"train": {
         "model": f"{__name__}:fails_once", "num_workers": 2, "cpus_per_worker": 0.5, "epochs": 2,
         "batch_size": 64, "learning_rate": 0.01, "hidden_sizes": [16], "max_failures": 1,
-    }})
+    }, "model": {"allowed_factories": [f"{__name__}:fails_once"]}})
     seen = []
     try:
         result = train_model(cfg, prepared, storage_uri=str(tmp_path / "store"), run_name="run-1",
@@ -107,7 +107,7 @@ def test_torch_trainer_checkpoints_each_epoch_and_resumes_after_a_worker_failure
     assert result.best_val_loss == min(h["val_loss"] for h in result.history)
     assert result.params["num_workers"] == 2 and result.fit_time_s > 0
 
-    model = build_model(result.model_spec)  # the user factory again, in this process
+    model = build_model(result.model_spec, allowed_factories=cfg.model.allowed_factories)  # the user factory again
     model.load_state_dict({k: torch.from_numpy(v) for k, v in result.state_dict.items()})
     assert not any(k.startswith("module.") for k in result.state_dict)
     val = load_split(prepared, "validation")

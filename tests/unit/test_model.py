@@ -122,7 +122,7 @@ def user_module(tmp_path, monkeypatch):
 
 
 def test_user_factory_gets_the_spec_and_builds_a_module(user_module):
-    model = build_model({**SPEC, "model": f"{user_module}:factory"})
+    model = build_model({**SPEC, "model": f"{user_module}:factory"}, allowed_factories=[f"{user_module}:factory"])
     assert model.kwargs["task"] == "binary" and "model" not in model.kwargs
     assert model(torch.randn(4, 3), torch.zeros(4, 2, dtype=torch.long)).shape == (4,)
 
@@ -140,7 +140,7 @@ def test_user_factory_gets_the_spec_and_builds_a_module(user_module):
 )
 def test_user_factory_errors_name_the_path(user_module, path, message):
     with pytest.raises(ConfigError, match="train.model") as info:
-        build_model({**SPEC, "model": path})
+        build_model({**SPEC, "model": path}, allowed_factories=[path])  # listed: the factory itself is at fault
     assert message in str(info.value) and path in str(info.value)
 
 
