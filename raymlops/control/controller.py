@@ -263,6 +263,7 @@ class Controller:
         self._exposure: tuple[str, Future] | None = None  # the version under pre-exposure tests, and their result
         self._exposure_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raymlops-exposure")
         self._work = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raymlops-controller-work")
+        self._local = threading.local()
         self._lanes: dict[str, _Lane] = {}
         self._outbox: deque[LogEntry] = deque()  # entries to notify, in order, by the work thread
         self._retry: dict[str, _Retry] = {}  # owed effects that failed: when to try again
@@ -343,9 +344,14 @@ class Controller:
     # ------------------------------------------------------------------------------------------ threads
     def _on_work(self, fn: Callable[[], Any], wait_s: float | None) -> Any:
         self._check_fenced()
-        if threading.current_thread().name.startswith("raymlops-controller-work"):
-            return fn()  # already on the work thread
-        future = self._work.submit(fn)
+        if getattr(self._local, "on_work", False):
+            return fn()  # already on this controller's work thread
+
+        def on_work() -> Any:
+            self._local.on_work = True
+            return fn()
+
+        future = self._work.submit(on_work)
         try:
             return future.result(timeout=wait_s)
         except FutureTimeout:
