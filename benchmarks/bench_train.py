@@ -1,15 +1,22 @@
 """Training path costs: Ray Train vs a plain PyTorch loop, Ray Tune's overhead per trial, the whole CT pipeline.
 
 Questions and goals (2-core machine):
-1. Ray Train (``train_model``, DDP workers fed by Ray Data; 2 workers, and 1 worker to separate DDP's cost) against
-   the plain loop (``train_local``: the same ``_fit`` loop, model and rows, in this process, no Ray) at 1 thread and
-   at the Ray run's total thread count; the ratio is taken against the faster plain run (on a shared 2-core machine
-   two intra-op threads can be far slower than one). Fixed start-up (time to the first epoch minus one steady
-   epoch) is reported apart; goal: steady-state epoch ratio ≤ 1.10. "Epoch wall" is the gap between epoch reports
-   seen by the driver (Ray: checkpoint and report included); "in loop" is the loop's own epoch_time_s.
+1. Ray Train (``train_model``: workers fed by Ray Data; 2 workers, and 1 worker to separate DDP's cost) against
+   - the plain loop (``train_local``: the same ``fit_loop``, model and rows, in this process, no Ray) at 1 thread
+     and at the Ray run's total thread count; 1 Ray Train worker against the faster plain run (on a shared 2-core
+     machine two intra-op threads can be far slower than one): goal ≤ 1.2 per steady epoch;
+   - native torch DDP with the same N processes (``torch.distributed`` with gloo, spawned by torch.multiprocessing,
+     no Ray; the same ``fit_loop``, model, rows per rank, batches and a checkpoint per epoch): goal ≤ 1.10.
+   Fixed start-up (time to the first epoch minus one steady epoch) is reported apart; goal ≤ 5 s for Ray Train.
+   "Epoch wall" is the gap between epoch reports seen by the driver (checkpoint and report included); "in loop"
+   is the loop's own epoch_time_s.
 2. Tune overhead per trial = (tune wall time − sum of trial times) / trials, ``num_samples`` tiny trials run one at
-   a time (so the trial times can be summed). Goal ≤ 0.5 s per trial.
+   a time (so the trial times can be summed). Goal ≤ 0.3 s per trial.
 3. The CT pipeline (``run_ct_pipeline``, tune off) on N rows: wall time and the per-step breakdown.
+
+Each part prints the load average before and after it and says when the machine was too busy (1-minute load
+above the core count) for its absolute seconds to be trusted; the ratios, measured side by side, suffer less.
+``benchmarks/profile_train_startup.py`` breaks one Ray Train fit's start-up into its phases.
 
 One process, one Ray (``ray.init(num_cpus=2)``), one run; medians over epochs. The CT pipeline runs first, and
 its prepared splits feed 1 and 2, so every part trains on the same rows.
@@ -39,8 +46,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 
+def busy(load: tuple[float, float, float] | list[float]) -> bool:
+    """A 1-minute load average above the core count: other work shared the CPUs, the seconds are inflated."""
+    return load[0] > (os.cpu_count() or 1)
 
 
+def load_line(label: str, before, after) -> str:
+    warn = " — machine too busy to trust absolute seconds" if busy(before) or busy(after) else ""
+    return f"{label}: load average {before[0]:.2f} before, {after[0]:.2f} after ({os.cpu_count()} cores){warn}"
 
 
 class EpochClock:
@@ -62,6 +75,99 @@ class EpochClock:
         return {"epochs": len(self.arrivals), "time_to_first_epoch_s": first, "steady_epoch_s": steady,
                 "startup_s": first - steady, "epoch_gaps_s": gaps,
                 "in_loop_epoch_s": statistics.median(self.in_loop[1:] or self.in_loop or [float("nan")])}
+
+
+# ------------------------------------------------------------------------------------- native torch DDP
+class _DDPIO:
+    """fit_loop's io for a torch.distributed (gloo) rank spawned without Ray: DDP, all-reduce, rank 0 checkpoints
+    each epoch (as the Ray Train run does) and posts the epoch's metrics with its arrival time."""
+
+    def __init__(self, rank: int, world: int, checkpoint_dir: str, out):
+        import torch
+
+        self.device, self.rank, self.world = torch.device("cpu"), rank, world
+        self.dir, self.out = checkpoint_dir, out
+
+    def restore(self):
+        return None
+
+    def prepare(self, model):
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model) if self.world > 1 else model
+
+    def all_reduce(self, values: list[float]) -> list[float]:
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def report(self, metrics: dict, save) -> None:
+        import torch.distributed as dist
+
+        if self.rank == 0:
+            final = os.path.join(self.dir, f"epoch_{metrics['epoch']:04d}")
+            tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.dir)
+            save(tmp)
+            os.replace(tmp, final)
+            self.out.put((time.perf_counter(), dict(metrics)))
+        dist.barrier()  # every rank waits for the checkpoint, as ray.train.report does
+
+
+def _ddp_rank(rank: int, world: int, port: int, train: dict, spec: dict, arrays: dict, threads: int,
+              checkpoint_dir: str, out) -> None:
+    """One native DDP rank: the same fit_loop, model, rows (shard_arrays) and batches as a Ray Train worker."""
+    import torch
+    import torch.distributed as dist
+
+    from raymlops.config import TrainConfig
+    from raymlops.train.loop import fit_loop, in_memory_seed, numpy_batches, shard_arrays
+
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        tc = TrainConfig.model_validate(train)
+        held = {s: shard_arrays([a], rank, world, equal=s == "train") for s, a in arrays.items()}
+
+        def batches(split: str, epoch: int):
+            return numpy_batches(held[split], tc.batch_size, split == "train", in_memory_seed(tc.seed, epoch, rank))
+
+        fit_loop(tc, spec, batches, _DDPIO(rank, world, checkpoint_dir, out))
+    finally:
+        dist.destroy_process_group()
+
+
+def bench_ddp(train_cfg, spec: dict, arrays: dict, world: int, threads: int, checkpoint_dir: str) -> dict:
+    """Native torch DDP baseline: ``world`` processes spawned by torch.multiprocessing, gloo, no Ray."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    clock = EpochClock()  # from the spawn: process start and torch import count, as a Ray worker's start does
+    procs = [ctx.Process(target=_ddp_rank, args=(rank, world, port, train_cfg.model_dump(mode="json"), spec, arrays,
+                                                threads, checkpoint_dir, out)) for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    while len(clock.arrivals) < train_cfg.epochs:
+        try:
+            at, metrics = out.get(timeout=5)
+        except Exception:  # queue.Empty: a rank that died ends the run
+            if any(p.exitcode not in (None, 0) for p in procs):
+                raise SystemExit(f"native DDP rank failed: exit codes {[p.exitcode for p in procs]}") from None
+            continue
+        clock.arrivals.append(at)
+        clock.in_loop.append(float(metrics.get("epoch_time_s", "nan")))
+    for proc in procs:
+        proc.join()
+    return clock.summary() | {"workers": world, "threads": world * threads}
 
 
 # ------------------------------------------------------------------------------------------------- parts
@@ -105,16 +211,27 @@ def bench_train(cfg, prepared, store: str, workers: list[int]) -> dict:
             runs[f"plain_{n}t"] = summary | {"startup_s": summary["startup_s"] + load_s, "workers": 0, "threads": n}
     finally:
         torch.set_num_threads(before)
-    # Apart, after the runs (so it does not warm them up): the Ray Data part of Ray Train's start-up.
+    for n in workers:
+        if n > 1:
+            runs[f"native_ddp_{n}p"] = bench_ddp(cfg.train, spec, arrays, n, threads, os.path.join(store, f"ddp-{n}"))
+    # Apart, after the runs (so it does not warm them up): the driver's data part of Ray Train's start-up.
     t0 = time.perf_counter()
     split_datasets(prepared)
     datasets_s = time.perf_counter() - t0
     plain = {k: v for k, v in runs.items() if k.startswith("plain")}
     best = min(plain, key=lambda k: plain[k]["steady_epoch_s"])
     ray_main = runs[f"ray_train_{max(workers)}w"]
+    ratios = {}
+    for n in workers:
+        ray_n, other = runs[f"ray_train_{n}w"], (plain[best] if n == 1 else runs[f"native_ddp_{n}p"])
+        ratios[f"ray_train_{n}w"] = {
+            "against": best if n == 1 else f"native_ddp_{n}p", "goal": 1.2 if n == 1 else 1.10,
+            "wall": ray_n["steady_epoch_s"] / other["steady_epoch_s"],
+            "in_loop": ray_n["in_loop_epoch_s"] / other["in_loop_epoch_s"]}
     return {"cpus_per_worker": cfg.train.cpus_per_worker, "threads_per_worker": threads, "epochs": cfg.train.epochs,
             "batch_size": cfg.train.batch_size, "rows": {k: len(v["y"]) for k, v in arrays.items()},
             "runs": runs, "baseline": best, "plain_load_s": load_s, "ray_data_materialize_s": datasets_s,
+            "ratios": ratios,
             "steady_ratio": ray_main["steady_epoch_s"] / plain[best]["steady_epoch_s"],
             "in_loop_ratio": ray_main["in_loop_epoch_s"] / plain[best]["in_loop_epoch_s"]}
 
@@ -164,29 +281,38 @@ def table(res: dict) -> str:
     out = [f"1. Ray Train vs plain PyTorch loop: {tr['rows']['train']:,} train + {tr['rows']['validation']:,} "
            f"validation rows per epoch, batch {tr['batch_size']}, {tr['epochs']} epochs, medians over epochs 2..n"]
     rows = []
-    for r in tr["runs"].values():
+    for name, r in tr["runs"].items():
         what = (f"Ray Train, {r['workers']} worker(s) × {tr['cpus_per_worker']} CPU × {tr['threads_per_worker']} thread"
-                if r["workers"] else f"plain loop, 1 process × {r['threads']} thread(s)")
+                if name.startswith("ray_train") else
+                f"native torch DDP (gloo, no Ray), {r['workers']} processes × {tr['threads_per_worker']} thread"
+                if name.startswith("native_ddp") else f"plain loop, 1 process × {r['threads']} thread(s)")
         rows.append((what, f"{r['steady_epoch_s']:.2f}", f"{r['in_loop_epoch_s']:.2f}",
                      f"{r['time_to_first_epoch_s']:.2f}", f"{r['startup_s']:.2f}"))
     out += _grid(("run", "epoch wall (s)", "epoch in loop (s)", "first epoch at (s)", "fixed start-up (s)"), rows)
-    out.append(f"steady-state ratio, Ray Train {max(r['workers'] for r in tr['runs'].values())} workers / "
-               f"{tr['baseline']} (the fastest plain run): wall {tr['steady_ratio']:.2f}, in loop "
-               f"{tr['in_loop_ratio']:.2f} (goal ≤ 1.10). Ray Data read + transform + materialize of the splits: "
-               f"{tr['ray_data_materialize_s']:.1f} s (part of Ray Train's start-up)")
+    for name, r in tr.get("ratios", {}).items():
+        out.append(f"steady-state ratio {name} / {r['against']}: wall {r['wall']:.2f}, in loop {r['in_loop']:.2f} "
+                   f"(goal ≤ {r['goal']:.2f})")
+    out.append(f"the driver's part of Ray Train's start-up (splits read, transformed, put in the object store): "
+               f"{tr['ray_data_materialize_s']:.1f} s")
+    if "loadavg" in tr:
+        out.append(load_line("part 1", *tr["loadavg"]))
     out += ["", f"2. Ray Tune: {tu['trials']} trials ({tu['trial_setup']})"]
     out += _grid(("tune wall (s)", "sum of trials (s)", "overhead per trial (s)", "trial cycle (s)",
                   "steady overhead per trial (s)", "first result at (s)", "after last result (s)"),
                  [(f"{tu['tune_wall_s']:.2f}", f"{tu['sum_trial_s']:.2f}", f"{tu['overhead_per_trial_s']:.2f}",
                    f"{tu['trial_cycle_s']:.2f}", f"{tu['steady_overhead_per_trial_s']:.2f}",
                    f"{tu['to_first_result_s']:.2f}", f"{tu['after_last_result_s']:.2f}")])
-    out.append("overhead per trial = (wall − sum of trial times) / trials (goal ≤ 0.5 s); steady overhead = median gap "
+    out.append("overhead per trial = (wall − sum of trial times) / trials (goal ≤ 0.3 s); steady overhead = median gap "
                "between consecutive trial results − median trial time")
+    if "loadavg" in tu:
+        out.append(load_line("part 2", *tu["loadavg"]))
     out += ["", f"3. CT pipeline on {res['rows']:,} rows, tune off, train.epochs {ct['epochs']}: {ct['wall_s']:.1f} s wall"]
     steps = [(name, f"{s:.1f}", f"{100 * s / ct['wall_s']:.0f}%") for name, s in ct["steps_s"].items()]
     steps.append(("(outside the steps: run record, MLflow, DAG)", f"{ct['outside_steps_s']:.1f}",
                   f"{100 * ct['outside_steps_s'] / ct['wall_s']:.0f}%"))
     out += _grid(("step", "duration (s)", "share"), steps)
+    if "loadavg" in ct:
+        out.append(load_line("part 3", *ct["loadavg"]))
     return "\n".join(out)
 
 
@@ -232,7 +358,9 @@ def main() -> None:
 
     print(f"[1/3] CT pipeline on {a.rows:,} rows ...", flush=True)
     ct_cfg = load_config(None, base)
+    before = os.getloadavg()
     res["ct"], prepared_uri = bench_ct(ct_cfg)
+    res["ct"]["loadavg"] = [before, os.getloadavg()]
     res["ct"]["epochs"] = ct_cfg.train.epochs
     res["loadavg_after_ct"] = os.getloadavg()
     save(res)
@@ -240,7 +368,10 @@ def main() -> None:
 
     print(f"[2/3] Ray Train vs plain loop, {a.epochs} epochs ...", flush=True)
     train_cfg = load_config(None, [*base, f"train.epochs={a.epochs}", "train.early_stopping_patience=0"])
+    before = os.getloadavg()
     res["train"] = bench_train(train_cfg, prepared, str(root / "ckpt"), sorted(a.workers or [2, 1], reverse=True))
+    res["train"]["loadavg"] = [before, os.getloadavg()]
+    print(load_line("  Ray Train vs plain vs native DDP", *res["train"]["loadavg"]), flush=True)
     res["loadavg_after_train"] = os.getloadavg()
     save(res)
 
@@ -250,7 +381,9 @@ def main() -> None:
         "train.epochs=1", "tune.grace_period=1",
         'tune.search_space={"learning_rate": {"type": "loguniform", "low": 0.0001, "high": 0.01}}',
     ])
+    before = os.getloadavg()
     res["tune"] = bench_tune(tune_cfg, prepared, str(root / "tune"))
+    res["tune"]["loadavg"] = [before, os.getloadavg()]
     res["tune"]["trial_setup"] = (f"each {tune_cfg.train.cpus_per_worker} CPU, 1 epoch, learning_rate searched, "
                                   "max_concurrent_trials=1")
     res["loadavg_end"] = os.getloadavg()
@@ -262,8 +395,7 @@ def main() -> None:
     text = table(res)
     m = res["machine"]
     print(f"\nbench_train — one run; {m['cpu']}, {m['cores']} cores, {m['memory_mib']:,} MiB, torch {m['torch']}, "
-          f"ray {m['ray']}; load average {res['loadavg_start'][0]:.1f} at start, {res['loadavg_end'][0]:.1f} at end "
-          "(machine shared)\n")
+          f"ray {m['ray']}; {load_line('whole run', res['loadavg_start'], res['loadavg_end'])}\n")
     print(text)
     res["table"] = text
     print(f"\nwritten to {save(res | {'complete': True})}")

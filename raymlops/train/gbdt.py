@@ -48,9 +48,11 @@ from raymlops.model.nets import balanced_class_weights
 from raymlops.train.loop import (
     checkpoint_uri,
     fit_trainer,
+    in_memory_splits,
     load_split,
     progress_pump,
     resolve_train_config,
+    shard_arrays,
     split_datasets,
     storage_args,
 )
@@ -464,14 +466,23 @@ class _TrainIO:
 
 
 def _train_worker(config: dict) -> None:
-    """XGBoostTrainer per-worker function: ``config = {"train": TrainConfig dump, "spec": gbdt spec}``."""
+    """XGBoostTrainer per-worker function: ``config = {"train": TrainConfig dump, "spec": gbdt spec,
+    "in_memory": splits that arrive whole}``; of those each worker keeps its own rows (``shard_arrays``)."""
     import ray.train
 
     tc = TrainConfig.model_validate(config["train"])
     spec = config["spec"]
-    arrays = {split: _arrays(ray.train.get_dataset_shard(split).iter_batches(batch_size=_BATCH_ROWS,
-                                                                              batch_format="numpy"), spec)
-              for split in ("train", "validation")}
+    ctx = ray.train.get_context()
+    in_memory = set(config.get("in_memory", ()))
+
+    def load(split: str) -> dict[str, np.ndarray]:
+        shard = ray.train.get_dataset_shard(split)
+        if split in in_memory:
+            blocks = shard.iter_batches(batch_size=None, batch_format="numpy")
+            return shard_arrays(blocks, ctx.get_world_rank(), ctx.get_world_size(), equal=False)
+        return _arrays(shard.iter_batches(batch_size=_BATCH_ROWS, batch_format="numpy"), spec)
+
+    arrays = {split: load(split) for split in ("train", "validation")}
     fit_booster(tc, spec, arrays["train"], arrays["validation"], _TrainIO(_nthread(tc)))
 
 
@@ -496,14 +507,17 @@ def train_gbdt(
     tc = resolve_train_config(cfg.train, params)
     spec = spec_from_transform(prepared.transform)
     booster_params(tc, spec["task"], spec["n_classes"])  # a bad task or a GPU without CUDA fails before any worker
-    datasets = split_datasets(prepared)
+    small = in_memory_splits(prepared)
+    datasets = split_datasets(prepared, in_memory=small)
     callbacks, stop = [], None
     if progress is not None:
         forward, stop = progress_pump(progress)
         callbacks.append(forward)
     trainer = XGBoostTrainer(
         _train_worker,
-        train_loop_config={"train": tc.model_dump(mode="json"), "spec": spec},
+        train_loop_config={"train": tc.model_dump(mode="json"), "spec": spec, "in_memory": small},
+        # Small splits go whole to every worker: no streaming-split coordinator actor per split.
+        dataset_config=ray.train.DataConfig(datasets_to_split=[k for k in datasets if k not in small]),
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu,
             resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})},

@@ -35,6 +35,10 @@ from raymlops.model.nets import TabularMLP, balanced_class_weights, build_model,
 _GRAD_CLIP_NORM = 5.0  # keeps one outlier batch from blowing up the weights (extreme standardized inputs)
 _DATA_CPUS = 0.25  # Ray Data read/transform tasks must not starve the training workers on small machines
 _CHECKPOINTS_TO_KEEP = 2
+# A split is held in memory (read in the driver, then by each worker) when its arrays take under this share of
+# the object store and under the cap (a cluster's object store can be far larger than a driver's memory).
+_IN_MEMORY_SHARE = 0.1
+_IN_MEMORY_MAX_BYTES = 512 * 1024 * 1024
 _STATE_FILE = "state.json"
 
 
@@ -276,8 +280,7 @@ def fit_loop(train: TrainConfig, spec: dict, batches: Callable[[str, int], Itera
     balanced = train.class_weight == "balanced" and task != "regression"
     weights = balanced_class_weights(census.class_counts) if balanced else None
     set_seed(train.seed)
-    # The spec comes from this run's config, whose train.model load_config checked against model.allowed_factories.
-    model = build_model(spec, allowed_factories=(train.model,))
+    model = build_model(spec)
     if isinstance(model, TabularMLP) and task != "regression" and census.rows:
         # Balanced weights make the classes equally likely to the loss: the neutral bias is then the right start.
         model.init_output_bias([1.0] * len(census.class_counts) if weights else census.class_counts)
@@ -403,7 +406,10 @@ def read_checkpoint(checkpoint: Any, fit_time_s: float = 0.0, uri: str | None = 
 
 # ------------------------------------------------------------------------------------------ single process
 def numpy_batches(arrays: Mapping[str, np.ndarray], batch_size: int, shuffle: bool, seed: int):
-    """Batches of torch tensors from in-memory arrays (the single-process stand-in for a Ray Data shard)."""
+    """Batches of torch tensors from in-memory arrays: a seeded permutation per epoch when ``shuffle``.
+
+    The batches of ``train_local`` and of a Ray Train worker holding its shard in memory (``shard_arrays``).
+    """
     n = len(arrays["y"])
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     for start in range(0, n, batch_size):
@@ -511,15 +517,55 @@ class _TrainIO:
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{metrics['epoch']:04d}")
 
 
+def shard_arrays(blocks: Iterable[Mapping[str, np.ndarray]], rank: int, world: int, *,
+                 equal: bool) -> dict[str, np.ndarray]:
+    """Rank ``rank``'s rows of a whole split given as numpy blocks: every ``world``-th row from row ``rank``.
+
+    The same rows on every run, whatever the scheduling (``streaming_split`` hands out blocks as they come).
+    ``equal=True`` (training) gives every rank ``rows // world`` rows, as ``streaming_split(equal=True)`` does:
+    DDP ranks must take the same number of optimiser steps or the gradient all-reduce waits forever.
+    """
+    parts: dict[str, list[np.ndarray]] = {}
+    for block in blocks:
+        for key, value in block.items():
+            parts.setdefault(key, []).append(np.asarray(value))
+    if "y" not in parts:
+        raise DataError("the dataset shard holds no rows; check data.split (validation_pct, test_pct) and the "
+                        "data window")
+    whole = {key: np.concatenate(values) for key, values in parts.items()}
+    n = len(whole["y"])
+    stop = (n // world) * world if equal else n
+    return {key: np.ascontiguousarray(value[rank:stop:world]) for key, value in whole.items()}
+
+
+def in_memory_seed(seed: int, epoch: int, rank: int) -> int:
+    """Shuffle seed of a rank's in-memory epoch; rank 0's is ``train_local``'s (``seed + epoch``)."""
+    return seed + epoch + 1000 * rank
+
+
 def _train_worker(config: dict) -> None:
-    """Ray Train per-worker function: ``config = {"train": TrainConfig dump, "spec": model spec}``."""
+    """Ray Train per-worker function: ``config = {"train": TrainConfig dump, "spec": model spec,
+    "in_memory": splits read once into this worker's memory}``.
+
+    A split in ``in_memory`` arrives unsplit (``DataConfig(datasets_to_split=...)`` leaves it out): every worker
+    reads it once from the object store, keeps its own rows (``shard_arrays``) and iterates them from memory
+    each epoch, with ``train_local``'s batches for one worker. That spares the streaming-split coordinator actor
+    and a Ray Data executor start per pass (seconds each on a small machine). Other splits stream every epoch
+    through ``iter_torch_batches`` with a local shuffle buffer.
+    """
     import ray.train
 
     tc = TrainConfig.model_validate(config["train"])
     io = _TrainIO()
+    in_memory, held = set(config.get("in_memory", ())), {}
 
     def batches(split: str, epoch: int):
         shuffle = split == "train"
+        if split in in_memory:
+            if split not in held:
+                blocks = ray.train.get_dataset_shard(split).iter_batches(batch_size=None, batch_format="numpy")
+                held[split] = shard_arrays(blocks, io.rank, io.world, equal=shuffle)
+            return numpy_batches(held[split], tc.batch_size, shuffle, in_memory_seed(tc.seed, epoch, io.rank))
         return ray.train.get_dataset_shard(split).iter_torch_batches(
             batch_size=tc.batch_size,
             device=io.device,
@@ -530,32 +576,53 @@ def _train_worker(config: dict) -> None:
     fit_loop(tc, config["spec"], batches, io)
 
 
-def split_datasets(
-    prepared: Any, splits: tuple[str, ...] = ("train", "validation"), *, materialize: bool | None = None
-) -> dict[str, Any]:
-    """Ray Datasets of transformed batches (``x_num``, ``x_cat``, ``y``) read from the prepared splits.
-
-    ``materialize=None`` materializes splits whose arrays take under a tenth of the object store, so the epochs
-    do not re-read and re-transform the parquet files; larger ones stream every epoch.
-    """
+def in_memory_splits(prepared: Any, splits: tuple[str, ...] = ("train", "validation")) -> list[str]:
+    """The splits small enough to hold in memory: arrays under a tenth of the object store (and 512 MiB)."""
     import ray
-    import ray.data
-
-    from raymlops.data.prepare import TransformBatch  # the same apply_transform path as batch/online serving
 
     t = prepared.transform
     row_bytes = 4 * len(t.numeric) + 8 * len(t.categorical) + 8
-    budget = 0.1 * ray.cluster_resources().get("object_store_memory", 0)
-    out = {}
+    budget = min(_IN_MEMORY_SHARE * ray.cluster_resources().get("object_store_memory", 0), _IN_MEMORY_MAX_BYTES)
+    return [s for s in splits if prepared.rows.get(s, 0) * row_bytes < budget]
+
+
+def split_datasets(
+    prepared: Any, splits: tuple[str, ...] = ("train", "validation"), *, materialize: bool | None = None,
+    in_memory: bool | list[str] | None = None,
+) -> dict[str, Any]:
+    """Ray Datasets of transformed batches (``x_num``, ``x_cat``, ``y``) read from the prepared splits.
+
+    A split in ``in_memory`` (default: ``in_memory_splits``; ``True``: all, ``False``: none) is read and
+    transformed here, with pyarrow and ``load_split`` (the same ``apply_transform`` as the Ray Data path,
+    row for row), and put in the object store as one materialized block: no Ray Data job, whose task start-up
+    cost seconds for a few thousand rows. Other splits are read and transformed by Ray Data as they are
+    iterated; ``materialize=True`` materializes them once here (for Tune, where every trial reads them).
+    """
+    import ray
+    import ray.data
+    from ray.data.block import BlockAccessor
+
+    from raymlops.data.prepare import TransformBatch  # the same apply_transform path as batch/online serving
+
     for split in splits:
         if not prepared.rows.get(split):
             raise DataError(f"the {split} split at {prepared.split_uris[split]} has no rows; check data.split "
                             "(validation_pct, test_pct) and the data window")
+    if in_memory is None:
+        small = set(in_memory_splits(prepared, splits))
+    else:
+        small = set(splits) if in_memory is True else set(in_memory or ())
+    t = prepared.transform
+    out = {}
+    for split in splits:
+        if split in small:
+            # BlockAccessor.batch_to_block is how map_batches turns a numpy batch into a block (tensor columns).
+            out[split] = ray.data.from_arrow(BlockAccessor.batch_to_block(load_split(prepared, split)))
+            continue
         fs, path = storage.resolve(prepared.split_uris[split])
         ds = ray.data.read_parquet(path, filesystem=fs, num_cpus=_DATA_CPUS)
         ds = ds.map_batches(TransformBatch(t), batch_format="pyarrow", num_cpus=_DATA_CPUS)
-        small = prepared.rows[split] * row_bytes < budget
-        out[split] = ds.materialize() if materialize or (materialize is None and small) else ds
+        out[split] = ds.materialize() if materialize else ds
     return out
 
 
@@ -575,15 +642,19 @@ def checkpoint_uri(storage_uri: str, path: str) -> str:
 
 
 def _make_trainer(tc: TrainConfig, spec: dict, datasets: dict, *, storage_uri: str, run_name: str,
-                 callbacks: list | None = None):
-    """TorchTrainer running ``_train_worker`` with the config's scaling, failure and checkpoint settings."""
+                 callbacks: list | None = None, in_memory: tuple[str, ...] = ()):
+    """TorchTrainer running ``_train_worker`` with the config's scaling, failure and checkpoint settings.
+
+    The ``in_memory`` datasets go to every worker whole (each keeps its own rows); the others are split.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}
     return TorchTrainer(
         _train_worker,
-        train_loop_config={"train": tc.model_dump(mode="json"), "spec": spec},
+        train_loop_config={"train": tc.model_dump(mode="json"), "spec": spec, "in_memory": list(in_memory)},
+        dataset_config=ray.train.DataConfig(datasets_to_split=[k for k in datasets if k not in in_memory]),
         scaling_config=ray.train.ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
         ),
@@ -663,14 +734,15 @@ def train_model(
 
     tc = resolve_train_config(cfg.train, params)
     spec = make_model_spec(tc, prepared.transform)
-    # fail on a bad spec or user factory here, before any cluster time is spent
-    build_model(spec, allowed_factories=cfg.model.allowed_factories)
-    datasets = split_datasets(prepared)
+    build_model(spec)  # fail on a bad spec or user factory here, before any cluster time is spent
+    small = tuple(in_memory_splits(prepared))
+    datasets = split_datasets(prepared, in_memory=list(small))
     callbacks, stop = [], None
     if progress is not None:
         forward, stop = progress_pump(progress)
         callbacks.append(forward)
-    trainer = _make_trainer(tc, spec, datasets, storage_uri=storage_uri, run_name=run_name, callbacks=callbacks)
+    trainer = _make_trainer(tc, spec, datasets, storage_uri=storage_uri, run_name=run_name, callbacks=callbacks,
+                            in_memory=small)
     checkpoint, fit_time = fit_trainer(trainer, run_name, tc.max_failures, stop, "train.epochs")
     return read_checkpoint(checkpoint, fit_time, checkpoint_uri(storage_uri, checkpoint.path))
 

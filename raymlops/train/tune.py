@@ -38,10 +38,14 @@ from raymlops.train.loop import (
     TrainResult,
     checkpoint_uri,
     fit_loop,
+    in_memory_seed,
+    in_memory_splits,
     load_checkpoint_dir,
     make_model_spec,
+    numpy_batches,
     read_checkpoint,
     resolve_train_config,
+    shard_arrays,
     split_datasets,
     storage_args,
     training_error,
@@ -107,13 +111,22 @@ class _TuneIO:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def _trial(params: dict, *, train: dict, transform: Any, datasets: dict) -> None:
-    """One Tune trial: the epoch loop with the sampled ``params`` over the train config."""
+def _trial(params: dict, *, train: dict, transform: Any, datasets: dict, in_memory: tuple[str, ...] = ()) -> None:
+    """One Tune trial: the epoch loop with the sampled ``params`` over the train config.
+
+    Splits in ``in_memory`` are read once and iterated from memory, as a single Ray Train worker does.
+    """
     tc = resolve_train_config(TrainConfig.model_validate(train), params)
     io = _TuneIO(tc.use_gpu)
+    held: dict[str, dict] = {}
 
     def batches(split: str, epoch: int):
         shuffle = split == "train"
+        if split in in_memory:
+            if split not in held:
+                blocks = datasets[split].iter_batches(batch_size=None, batch_format="numpy")
+                held[split] = shard_arrays(blocks, 0, 1, equal=shuffle)
+            return numpy_batches(held[split], tc.batch_size, shuffle, in_memory_seed(tc.seed, epoch, 0))
         return datasets[split].iter_torch_batches(
             batch_size=tc.batch_size,
             device=io.device,
@@ -198,17 +211,18 @@ def tune_model(
         if "search_space" not in cfg.tune.model_fields_set:  # the default space holds the MLP's keys
             space = {k: SearchDim.model_validate(v) for k, v in DEFAULT_SEARCH_SPACE.items()}
     else:
-        # fail on a bad spec or user factory before any trial
-        build_model(make_model_spec(tc, prepared.transform), allowed_factories=cfg.model.allowed_factories)
+        build_model(make_model_spec(tc, prepared.transform))  # fail on a bad spec or user factory before any trial
     # Materialized once for every trial: Ray Data tasks started inside a trial would be confined to the trial's
     # placement group, which has no CPU to spare for them (the read would hang).
-    datasets = split_datasets(prepared, materialize=True)
+    small = tuple(in_memory_splits(prepared))
+    datasets = split_datasets(prepared, materialize=True, in_memory=list(small))
     if gbdt:
         trainable = tune.with_parameters(gbdt_trial, train=tc.model_dump(mode="json"), spec=spec, datasets=datasets)
         max_epochs = reports_per_run(tc.gbdt.num_boost_round)[1] + 1  # the periodic reports and the final one
     else:
         trainable = tune.with_parameters(
-            _trial, train=tc.model_dump(mode="json"), transform=prepared.transform, datasets=datasets
+            _trial, train=tc.model_dump(mode="json"), transform=prepared.transform, datasets=datasets,
+            in_memory=small,
         )
         max_epochs = _max_epochs(cfg)
     resources = {"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}

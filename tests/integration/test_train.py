@@ -137,3 +137,30 @@ def test_tune_runs_trials_and_keeps_the_best(ray_session, prepared, tmp_path):
     assert res.best.checkpoint_uri.startswith(str(tmp_path / "store" / "tune-1"))
     model = build_model(res.best.model_spec)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in res.best.state_dict.items()})
+
+
+def test_small_split_path_gives_the_ray_data_path_rows_and_one_worker_the_local_loops_batches(ray_session, prepared):
+    """The small-data shortcut (read in the driver, one block, held in worker memory) against the Ray Data path."""
+    from raymlops.train.loop import numpy_batches, shard_arrays, split_datasets
+
+    fast = split_datasets(prepared, in_memory=True)
+    # One split through Ray Data's read + TransformBatch (a Ray Data job costs seconds; the transform is per row)
+    streamed = split_datasets(prepared, ("validation",), in_memory=False)["validation"]
+    ray_rows = {k: np.concatenate([b[k] for b in streamed.iter_batches(batch_size=None, batch_format="numpy")])
+                for k in ("x_num", "x_cat", "y")}
+    for split, n in ROWS.items():
+        # what a worker holding the split in memory keeps (world 1), as _train_worker reads it
+        held = shard_arrays(fast[split].iterator().iter_batches(batch_size=None, batch_format="numpy"), 0, 1,
+                            equal=split == "train")
+        local = load_split(prepared, split)
+        for key in ("x_num", "x_cat", "y"):
+            assert held[key].shape[0] == n
+            np.testing.assert_array_equal(held[key], local[key])  # train_local's arrays
+            if split == "validation":
+                np.testing.assert_array_equal(held[key], ray_rows[key])  # Ray Data's read + transform, in order
+                assert held[key].dtype == ray_rows[key].dtype
+    # so one worker's epoch is train_local's epoch, batch for batch
+    held = shard_arrays(fast["train"].iterator().iter_batches(batch_size=None, batch_format="numpy"), 0, 1, equal=True)
+    for a, b in zip(numpy_batches(held, 64, True, 5), numpy_batches(load_split(prepared, "train"), 64, True, 5),
+                    strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in ("x_num", "x_cat", "y"))
