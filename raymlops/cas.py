@@ -10,6 +10,11 @@ On a local (or shared POSIX) filesystem the check and the rename happen under an
 ``.lock`` file, so two processes cannot both win. Object stores reachable through pyarrow offer neither a lock nor a
 conditional put: there the generation is checked right before the write, which narrows the window but does not close
 it. SECURITY.md says so; the controller lease (one writer of ``state.json``) is the protection there.
+
+``keep_previous`` keeps the replaced version as ``NAME.prev`` (``storage.previous_uri``): a reader that finds the
+document unreadable (a crash or a full disk on a filesystem that did not honour the fsync) falls back to it, and the
+next write, computed from that version, replaces the unreadable one (``write`` checks the generation of ``.prev``
+then, and does not keep the unreadable version as the new ``.prev``).
 """
 
 from __future__ import annotations
@@ -62,19 +67,30 @@ def _exclusive(uri: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def write(uri: str, doc: dict[str, Any], expected: int, *, indent: int | None = None) -> int:
+def write(uri: str, doc: dict[str, Any], expected: int, *, indent: int | None = None,
+          keep_previous: bool = False) -> int:
     """Write ``doc`` at ``uri`` if its generation is still ``expected``; returns the new generation.
 
     Raises ``ConcurrentUpdateError`` (naming the file and both generations) when another writer got there first.
+    ``keep_previous``: the version replaced stays readable at ``storage.previous_uri(uri)``; when the current
+    document is not valid JSON, ``expected`` is checked against that previous version (the one a reader fell back
+    to) and the unreadable document is replaced without being kept.
     """
     with _exclusive(uri):
-        current = read(uri).generation
+        try:
+            current = read(uri).generation
+        except ValueError:  # not JSON (a truncated write): only a writer that keeps versions has one to go by
+            if not keep_previous:
+                raise
+            current = read(storage.previous_uri(uri)).generation
+            keep_previous = False  # .prev stays the last readable version
         if current != expected:
             raise ConcurrentUpdateError(
                 f"{uri} changed while this change was prepared (generation {current}, expected {expected}): another "
                 "command or controller wrote it; read it again and retry (`raymlops status CONFIG` shows the state)")
         new = expected + 1
-        storage.atomic_write_text(uri, json.dumps({**doc, GENERATION: new}, indent=indent, allow_nan=False))
+        storage.atomic_write_text(uri, json.dumps({**doc, GENERATION: new}, indent=indent, allow_nan=False),
+                                  keep_previous=keep_previous)
         return new
 
 

@@ -8,10 +8,15 @@ the state), which it renews while it runs and releases when stopped. A second co
 the storage, a forgotten process) is refused at start with the holder's name, and every state write is a
 compare-and-swap on the state's generation (``raymlops.cas``), so a controller that lost its lease cannot
 overwrite what the new holder wrote: its next save fails and it stops acting.
+
+Every state write keeps the version it replaced as ``state.json.prev``: when ``state.json`` is not valid JSON (a
+crash or a full disk on a filesystem that dropped the fsync), the state loads from ``.prev`` (one transition older;
+the controller re-derives its owed effects on restart) with a warning, and the next save replaces the bad file.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -25,6 +30,8 @@ __all__ = ["FORMAT", "FileStateStore", "Lease", "LeaseInfo", "Saved", "controlle
            "read_saved", "state_uri"]
 
 FORMAT = 1
+
+logger = logging.getLogger(__name__)
 
 
 def controller_dir(cfg: Any) -> str:
@@ -59,20 +66,41 @@ class Saved:
 
 class FileStateStore:
     """The controller's ``StateStore`` port on storage: atomic writes, each a compare-and-swap on the generation
-    this store last loaded or wrote (``ConcurrentUpdateError`` when another controller wrote in between)."""
+    this store last loaded or wrote (``ConcurrentUpdateError`` when another controller wrote in between), each
+    keeping the version it replaced as ``state.json.prev``."""
 
     def __init__(self, uri: str):
         self.uri = uri
         self.generation = 0
 
     def load(self) -> dict[str, Any] | None:
-        found = cas.read(self.uri)
+        """The saved document (None before the first save); from ``state.json.prev`` when ``state.json`` is not
+        valid JSON. ``ControllerError`` naming both files when neither is readable."""
+        try:
+            found = cas.read(self.uri)
+        except ValueError as err:
+            found = self._load_previous(err)
         self.generation = found.generation
         return found.doc
 
+    def _load_previous(self, err: ValueError) -> cas.Versioned:
+        prev = storage.previous_uri(self.uri)
+        try:
+            found = cas.read(prev)
+        except ValueError:
+            found = cas.Versioned(None, 0)
+        if found.doc is None:
+            raise ControllerError(
+                f"{self.uri} is not valid JSON ({err}) and {prev} holds no readable earlier version: the "
+                "controller's state is lost; move the file aside and start the controller again (it starts from "
+                "the registry's aliases)") from None
+        logger.warning("%s is not valid JSON (%s); loaded the previous version from %s (one transition older); "
+                       "the next save replaces the unreadable file", self.uri, err, prev)
+        return found
+
     def save(self, doc: dict[str, Any]) -> None:
         try:
-            self.generation = cas.write(self.uri, doc, self.generation)
+            self.generation = cas.write(self.uri, doc, self.generation, keep_previous=True)
         except ConcurrentUpdateError as err:
             holder = read_lease_uri(lease_uri_of(self.uri))
             raise ConcurrentUpdateError(

@@ -86,7 +86,20 @@ class SQLiteOnlineStore:
         passes its short ``read_timeout_s``; a locked read then fails with ``FeatureStoreUnavailable``)."""
         self.path = str(Path(path).expanduser().resolve())
         self.busy_timeout_s = busy_timeout_s
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        from raymlops.storage import FILE_MODE, private_dirs
+
+        # SQLite would create the file 0644 (and its -wal/-shm files with the file's mode): create it 0600 first,
+        # in 0700 directories. An existing file is left as it is (it may be shared on purpose).
+        try:
+            private_dirs(os.path.dirname(self.path))
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            os.fchmod(fd, FILE_MODE)  # whatever the umask
+            os.close(fd)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise FeatureStoreError(f"cannot create the SQLite online store {self.path}: {err}; check the path "
+                                    "(online_store.path) and its permissions") from None
         self._local = threading.local()  # one connection per thread: sqlite3 connections are not thread-safe
         # The schema is created once, on a connection of its own with the long timeout: opening a store must
         # not fail because a materialisation holds the write lock for a moment.
