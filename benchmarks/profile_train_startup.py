@@ -43,6 +43,11 @@ def traced_worker(config: dict) -> None:
     import raymlops.train.loop as loop
 
     mark("worker: imports done", trace, s=time.time() - t0)
+    # Apart, so that it is not charged to whichever phase first needs it (a Ray Data pass or the optimiser):
+    # every torch optimiser step imports torch._dynamo, as much CPU again as importing torch.
+    import torch._dynamo  # noqa: F401
+
+    mark("worker: torch._dynamo imported", trace)
 
     def wrap(owner, name, label):
         fn = getattr(owner, name)
