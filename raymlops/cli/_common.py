@@ -54,4 +54,5 @@ def echo_event(e: dict) -> None:
     from raymlops.core.redact import redact
 
     at = dt.datetime.fromtimestamp(e["at"]).isoformat(sep=" ", timespec="seconds")
-    typer.echo(redact(f"{e['seq']:>5}  {at}  {e['kind']:<20} {e['message']}"))
+    by = (e.get("data") or {}).get("operator")  # who acted, on an operator command's events
+    typer.echo(redact(f"{e['seq']:>5}  {at}  {e['kind']:<20} {e['message']}" + (f"  (by {by})" if by else "")))

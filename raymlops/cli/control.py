@@ -14,12 +14,18 @@ controller_app = typer.Typer(help="The detached controller that runs the loop: t
                              "analysis, promotion and rollback.", no_args_is_help=True)
 app.add_typer(controller_app, name="controller")
 
+AsOpt = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--as", help="who is acting, recorded on the event (default: the OS user)"),
+]
+
 
 @app.command("promote")
 def promote_cmd(
     config: ConfigArg,
     version: Annotated[str, typer.Argument(help="Version number or alias to make the champion.")],
     request_id: RequestOpt = None, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None,
+    operator: AsOpt = None,
 ) -> None:
     """Make a version the champion (the old champion is kept as `previous` for rollback).
 
@@ -28,18 +34,18 @@ def promote_cmd(
     """
     from raymlops.control.operations import promote
 
-    typer.echo(promote(load(config, set_, env), version, request_id=request_id, address=address))
+    typer.echo(promote(load(config, set_, env), version, request_id=request_id, address=address, operator=operator))
 
 
 @app.command("rollback")
 def rollback_cmd(
     config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None, env: EnvOpt = None,
-    address: AddressOpt = None,
+    address: AddressOpt = None, operator: AsOpt = None,
 ) -> None:
     """Roll back: the canary in progress (through the controller), else the `previous` champion returns."""
     from raymlops.control.operations import rollback
 
-    typer.echo(rollback(load(config, set_, env), request_id=request_id, address=address))
+    typer.echo(rollback(load(config, set_, env), request_id=request_id, address=address, operator=operator))
 
 
 @controller_app.command("start")
@@ -102,24 +108,26 @@ def controller_status_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = 
     typer.echo(json.dumps(call(cfg, "status"), indent=2, default=str))
 
 
-def _command(config, set_, env, address, name: str, request_id: str | None, version: str | None = None) -> None:
+def _command(config, set_, env, address, name: str, request_id: str | None, operator: str | None,
+             version: str | None = None) -> None:
     from raymlops.control.operations import command
 
-    typer.echo(command(load(config, set_, env), name, request_id=request_id, version=version, address=address))
+    typer.echo(command(load(config, set_, env), name, request_id=request_id, version=version, address=address,
+                       operator=operator))
 
 
 @controller_app.command("pause")
 def controller_pause_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None, env: EnvOpt = None,
-                         address: AddressOpt = None) -> None:
+                         address: AddressOpt = None, operator: AsOpt = None) -> None:
     """Pause: no new runs start and no canary decision is taken (the split stays as it is)."""
-    _command(config, set_, env, address, "pause", request_id)
+    _command(config, set_, env, address, "pause", request_id, operator)
 
 
 @controller_app.command("resume")
 def controller_resume_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None, env: EnvOpt = None,
-                          address: AddressOpt = None) -> None:
+                          address: AddressOpt = None, operator: AsOpt = None) -> None:
     """Resume after `pause`: queued runs and waiting canaries go on."""
-    _command(config, set_, env, address, "resume", request_id)
+    _command(config, set_, env, address, "resume", request_id, operator)
 
 
 @app.command("approve")
@@ -127,20 +135,21 @@ def approve_cmd(
     config: ConfigArg,
     version: Annotated[Optional[str], typer.Argument(help="The canary version (checked if given).")] = None,  # noqa: UP045
     request_id: RequestOpt = None, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None,
+    operator: AsOpt = None,
 ) -> None:
     """Promote the canary waiting at its last step (canary.require_approval: true)."""
-    _command(config, set_, env, address, "approve", request_id, version)
+    _command(config, set_, env, address, "approve", request_id, operator, version)
 
 
 @app.command("trigger")
 def trigger_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None, env: EnvOpt = None,
-                address: AddressOpt = None) -> None:
+                address: AddressOpt = None, operator: AsOpt = None) -> None:
     """Ask the controller for a pipeline run now (queued behind a run in flight)."""
     from raymlops.control.actor import call
+    from raymlops.control.operations import trigger
 
     cfg = load(config, set_, env)
-    connect_cluster(cfg, address)
-    rid = call(cfg, "trigger", request_id)
+    rid = trigger(cfg, request_id=request_id, address=address, operator=operator)
     run = (call(cfg, "status")["run"] or {}).get("run_id")
     typer.echo(f"trigger {rid} accepted: " + (f"run {run} in flight" if run else "queued") +
                "; follow it with `raymlops events CONFIG --follow`")

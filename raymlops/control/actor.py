@@ -178,11 +178,12 @@ class ControllerActor:
     def status(self) -> dict[str, Any]:
         return {**self._controller().status(), "actor": self.ping()}
 
-    def trigger(self, request_id: str | None = None) -> str:
-        return self._controller().trigger(request_id)
+    def trigger(self, request_id: str | None = None, operator: str | None = None) -> str:
+        return self._controller().trigger(request_id, operator)
 
-    def command(self, command: str, request_id: str | None = None, version: str | None = None) -> dict | None:
-        entry = self._controller().command(command, request_id, version)
+    def command(self, command: str, request_id: str | None = None, version: str | None = None,
+                operator: str | None = None) -> dict | None:
+        entry = self._controller().command(command, request_id, version, operator)
         return None if entry is None else vars(entry)
 
     def events(self, since_seq: int = 0) -> list[dict[str, Any]]:

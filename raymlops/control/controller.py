@@ -292,15 +292,28 @@ class Controller:
             lane.close()
 
     # ------------------------------------------------------------------------------------------- commands
-    def trigger(self, request_id: str | None = None) -> str:
-        """An on-demand run request (honoured once per ``request_id``); returns the request id."""
+    def trigger(self, request_id: str | None = None, operator: str | None = None) -> str:
+        """An on-demand run request (honoured once per ``request_id``); returns the request id.
+
+        ``operator`` (who asked) is recorded as a ``trigger_requested`` event, once per request id.
+        """
         self._check_fenced()
         rid = request_id or f"req-{uuid.uuid4().hex[:10]}"
+        if operator:
+            with self._lock:
+                seen = rid in self.state.triggers.handled_requests or any(
+                    e.kind == "trigger_requested" and e.data.get("request_id") == rid for e in self.state.events)
+                if not seen:
+                    self._handle(Observed("trigger_requested", f"run requested by {operator} ({rid})",
+                                          {"request_id": rid, "operator": operator}))
         self._on_work(lambda: self._tick([rid]), self.command_wait_s)
         return rid
 
-    def command(self, command: str, request_id: str | None = None, version: str | None = None) -> LogEntry | None:
+    def command(self, command: str, request_id: str | None = None, version: str | None = None,
+                operator: str | None = None) -> LogEntry | None:
         """An operator command (promote, rollback, pause, resume, approve); returns the first event it logged.
+
+        Every event it logs names ``operator`` (who acted; "unknown" when not given).
 
         The decision is taken and persisted at once; its effects (registry, serving) are carried out by the work
         thread, waited for up to ``command_wait_s``. An operator's rollback also retries at once every owed
@@ -308,7 +321,7 @@ class Controller:
         """
         with self._lock:
             before = self.state.next_seq
-            self._handle(Manual(command, request_id or f"op-{uuid.uuid4().hex[:10]}", version))
+            self._handle(Manual(command, request_id or f"op-{uuid.uuid4().hex[:10]}", version, operator or ""))
             new = [e for e in self.state.events if e.seq >= before]
         if command == "rollback":
             self._retry.clear()

@@ -6,10 +6,15 @@ set the split behind its back (``deploy``, ``serve weights``, ``undeploy``) are 
 (``ensure_no_controller``), with the controller command to use instead. A controller is known to run when its
 actor is on the cluster, or when its lease is live (a controller on another cluster sharing the storage). The CLI
 and the Python API both call these functions.
+
+Every command records who acted (``operator``: the CLI's ``--as``, else the OS user): on the controller's events,
+or, without a controller, as a tag on the model version whose alias moved.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import getpass
 import time
 from typing import Any
 
@@ -18,12 +23,25 @@ from raymlops.config import Config
 from raymlops.control.statefile import LeaseInfo, read_lease
 from raymlops.errors import ControllerError
 
-__all__ = ["command", "controller_running", "ensure_no_controller", "events", "lease_holder", "promote", "rollback"]
+__all__ = ["command", "controller_running", "ensure_no_controller", "events", "lease_holder", "operator_name",
+           "promote", "rollback", "trigger"]
+
+OPERATOR_TAG = "raymlops.operator"  # version tag prefix: who moved an alias without a controller, and when
 
 # What to run instead of a traffic command while a controller owns the split.
 INSTEAD = ("`raymlops promote CONFIG VERSION`, `raymlops rollback CONFIG` and `raymlops approve CONFIG` go through "
            "the controller; `raymlops controller pause CONFIG` holds the split as it is; or stop the controller with "
            "`raymlops controller stop CONFIG` first")
+
+
+def operator_name(operator: str | None = None) -> str:
+    """Who is acting: ``operator`` when given (``--as``), else the OS user, else "unknown" (never fails)."""
+    if operator:
+        return operator
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name for this uid (a container): a command must not fail for it
+        return "unknown"
 
 
 def lease_holder(cfg: Config) -> LeaseInfo | None:
@@ -69,15 +87,16 @@ def _elsewhere(cfg: Config, what: str) -> None:
 
 
 def command(cfg: Config, name: str, *, request_id: str | None = None, version: str | None = None,
-            address: str | None = None) -> str:
+            address: str | None = None, operator: str | None = None) -> str:
     """Send an operator command (promote, rollback, pause, resume, approve) to the running controller.
 
     Returns what it did; raises ``ControllerError`` when the controller refused it (the message says why).
+    ``operator`` (default: the OS user) is recorded on every event the command logs.
     """
     from raymlops.control.actor import call
 
     connect_cluster(cfg, address)
-    entry = call(cfg, "command", name, request_id, version)
+    entry = call(cfg, "command", name, request_id, version, operator_name(operator))
     if entry is None:
         return f"{name}: nothing to do"
     if entry["kind"] == "rejected":
@@ -85,29 +104,62 @@ def command(cfg: Config, name: str, *, request_id: str | None = None, version: s
     return f"{entry['kind']}: {entry['message']}"
 
 
-def promote(cfg: Config, version: str, *, request_id: str | None = None, address: str | None = None) -> str:
-    """Make ``version`` (number or alias) the champion; the old one is kept as ``previous`` for rollback."""
+def trigger(cfg: Config, *, request_id: str | None = None, address: str | None = None,
+            operator: str | None = None) -> str:
+    """Ask the running controller for a pipeline run (honoured once per ``request_id``); returns the request id.
+
+    ``operator`` (default: the OS user) is recorded as a ``trigger_requested`` event.
+    """
+    from raymlops.control.actor import call
+
+    connect_cluster(cfg, address)
+    return call(cfg, "trigger", request_id, operator_name(operator))
+
+
+def _record(reg: Any, cfg: Config, version: int | str, what: str, operator: str) -> None:
+    # Without a controller there is no event log: the version's tags keep who moved the alias, beside the
+    # controller's decisions (raymlops.decision.*) in the version's lineage.
+    now = dt.datetime.now(dt.timezone.utc)
+    reg.tag_version(cfg.name, version, f"{OPERATOR_TAG}.{now.strftime('%Y%m%dT%H%M%S%f')}",
+                    f"{now.isoformat(timespec='seconds')} {what} by {operator}")
+
+
+def promote(cfg: Config, version: str, *, request_id: str | None = None, address: str | None = None,
+            operator: str | None = None) -> str:
+    """Make ``version`` (number or alias) the champion; the old one is kept as ``previous`` for rollback.
+
+    ``operator`` (default: the OS user) is recorded on the controller's events, or on the version's tags.
+    """
     from raymlops.registry.models import ModelRegistry
 
+    who = operator_name(operator)
     reg = ModelRegistry(cfg.tracking_uri)
     resolved = str(reg.resolve(cfg.name, version).version)
     if controller_running(cfg, address):
-        return command(cfg, "promote", request_id=request_id, version=resolved, address=address)
+        return command(cfg, "promote", request_id=request_id, version=resolved, address=address, operator=who)
     _elsewhere(cfg, "promote")
     info = reg.promote(cfg.name, resolved)
-    return f"{cfg.name} v{info.version} is the champion; aliases: {reg.aliases(cfg.name)}"
+    _record(reg, cfg, info.version, "promote", who)
+    return f"{cfg.name} v{info.version} is the champion (promoted by {who}); aliases: {reg.aliases(cfg.name)}"
 
 
-def rollback(cfg: Config, *, request_id: str | None = None, address: str | None = None) -> str:
-    """Roll back the canary in progress (through the controller), else bring the ``previous`` champion back."""
+def rollback(cfg: Config, *, request_id: str | None = None, address: str | None = None,
+             operator: str | None = None) -> str:
+    """Roll back the canary in progress (through the controller), else bring the ``previous`` champion back.
+
+    ``operator`` (default: the OS user) is recorded on the controller's events, or on the version's tags.
+    """
     from raymlops.registry.models import ModelRegistry
 
+    who = operator_name(operator)
     if controller_running(cfg, address):
-        return command(cfg, "rollback", request_id=request_id, address=address)
+        return command(cfg, "rollback", request_id=request_id, address=address, operator=who)
     _elsewhere(cfg, "rollback")
     reg = ModelRegistry(cfg.tracking_uri)
     info = reg.rollback(cfg.name)
-    return f"rolled back: {cfg.name} v{info.version} is the champion; aliases: {reg.aliases(cfg.name)}"
+    _record(reg, cfg, info.version, "rollback", who)
+    return (f"rolled back by {who}: {cfg.name} v{info.version} is the champion; aliases: "
+            f"{reg.aliases(cfg.name)}")
 
 
 def events(cfg: Config, since: int = 0) -> list[dict[str, Any]] | None:

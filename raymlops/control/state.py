@@ -150,11 +150,13 @@ class CanaryAnalysis:
 
 @dataclass(frozen=True)
 class Manual:
-    """An operator command (``MANUAL_COMMANDS``); ``request_id`` makes a retried command count once."""
+    """An operator command (``MANUAL_COMMANDS``); ``request_id`` makes a retried command count once; every event
+    it logs names ``operator`` (who acted: ``--as`` or the OS user; "unknown" when not given)."""
 
     command: str
     request_id: str
     version: str | None = None
+    operator: str = ""
 
     @property
     def key(self) -> str:
@@ -356,10 +358,11 @@ class _Tx:
     def __init__(self, state: ControllerState, now: float):
         self.s, self.now, self.actions = state, now, []
         self.unchanged = False  # a handler that changed nothing says so: the shell then has nothing to persist
+        self.tags: dict[str, Any] = {}  # added to every event this transition logs (a manual command's operator)
 
     def log(self, kind: str, message: str, notify: bool = False, **data: Any) -> None:
         # Redacted here, where every event is written: an error text may quote a URI with its password.
-        entry = LogEntry(self.s.next_seq, self.now, kind, redact(message), redact_data(data))
+        entry = LogEntry(self.s.next_seq, self.now, kind, redact(message), redact_data({**data, **self.tags}))
         self.s.next_seq += 1
         self.s.events.append(entry)
         if notify:
@@ -561,6 +564,7 @@ def _canary_analysis(tx: _Tx, e: CanaryAnalysis) -> None:
 
 
 def _manual(tx: _Tx, e: Manual) -> None:
+    tx.tags["operator"] = e.operator or "unknown"  # who acted, on the refusal as on every effect
     s, r, cmd = tx.s, tx.s.rollout, e.command
     version = None if e.version is None else str(e.version)
     busy = r.phase in ("promoting", "rolling_back")
