@@ -280,7 +280,8 @@ def fit_loop(train: TrainConfig, spec: dict, batches: Callable[[str, int], Itera
     balanced = train.class_weight == "balanced" and task != "regression"
     weights = balanced_class_weights(census.class_counts) if balanced else None
     set_seed(train.seed)
-    model = build_model(spec)
+    # The spec comes from this run's config, whose train.model load_config checked against model.allowed_factories.
+    model = build_model(spec, allowed_factories=(train.model,))
     if isinstance(model, TabularMLP) and task != "regression" and census.rows:
         # Balanced weights make the classes equally likely to the loss: the neutral bias is then the right start.
         model.init_output_bias([1.0] * len(census.class_counts) if weights else census.class_counts)
@@ -734,7 +735,8 @@ def train_model(
 
     tc = resolve_train_config(cfg.train, params)
     spec = make_model_spec(tc, prepared.transform)
-    build_model(spec)  # fail on a bad spec or user factory here, before any cluster time is spent
+    # fail on a bad spec or user factory here, before any cluster time is spent
+    build_model(spec, allowed_factories=cfg.model.allowed_factories)
     small = tuple(in_memory_splits(prepared))
     datasets = split_datasets(prepared, in_memory=list(small))
     callbacks, stop = [], None

@@ -211,7 +211,8 @@ def tune_model(
         if "search_space" not in cfg.tune.model_fields_set:  # the default space holds the MLP's keys
             space = {k: SearchDim.model_validate(v) for k, v in DEFAULT_SEARCH_SPACE.items()}
     else:
-        build_model(make_model_spec(tc, prepared.transform))  # fail on a bad spec or user factory before any trial
+        # fail on a bad spec or user factory before any trial
+        build_model(make_model_spec(tc, prepared.transform), allowed_factories=cfg.model.allowed_factories)
     # Materialized once for every trial: Ray Data tasks started inside a trial would be confined to the trial's
     # placement group, which has no CPU to spare for them (the read would hang).
     small = tuple(in_memory_splits(prepared))
