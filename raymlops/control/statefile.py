@@ -6,7 +6,7 @@ The controller writes its state after every transition (through ``FileStateStore
 One controller at a time may write a pipeline's state: the one holding its lease (``Lease``, ``lease.json`` beside
 the state), which it renews while it runs and releases when stopped. A second controller (another cluster sharing
 the storage, a forgotten process) is refused at start with the holder's name, and every state write is a
-compare-and-swap on the state's generation (``raymlops.cas``), so a controller that lost its lease cannot
+compare-and-swap on the state's generation (``raymlops.storage.cas``), so a controller that lost its lease cannot
 overwrite what the new holder wrote: its next save fails and it stops acting.
 
 Every state write keeps the version it replaced as ``state.json.prev``: when ``state.json`` is not valid JSON (a
@@ -23,8 +23,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from raymlops import cas, storage
+from raymlops import storage
 from raymlops.errors import ConcurrentUpdateError, ControllerError
+from raymlops.storage import cas
 
 __all__ = ["FORMAT", "FileStateStore", "Lease", "LeaseInfo", "Saved", "controller_dir", "lease_uri", "read_lease",
            "read_saved", "state_uri"]

@@ -32,10 +32,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from raymlops import cas, storage
+from raymlops import storage
 from raymlops.config import Config, for_environment
 from raymlops.core import impl as core
 from raymlops.errors import ConcurrentUpdateError, PipelineError
+from raymlops.storage import cas
 
 __all__ = ["RUN_TAGS_ENV", "Implementation", "approve_into", "approve_promotion", "current_implementation",
            "deploy_implementation", "deploy_pipeline", "describe", "env_state", "get_implementation",
@@ -260,7 +261,7 @@ def verify_implementation(cfg: Config, impl: Implementation) -> list[tuple[str, 
 
 # ---------------------------------------------------------------------------------------------- environment
 # deployments.json is written by the CLI and by controllers (run counts, promotions): every write is a
-# compare-and-swap on its generation (raymlops.cas), so a concurrent writer's update is never lost.
+# compare-and-swap on its generation (raymlops.storage.cas), so a concurrent writer's update is never lost.
 def _read(cfg: Config) -> tuple[core.EnvPipelines, int]:
     found = cas.read(_state_uri(cfg))
     return (core.EnvPipelines() if found.doc is None else core.EnvPipelines.from_dict(found.doc)), found.generation

@@ -44,9 +44,10 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raymlops import cas, storage
+from raymlops import storage
 from raymlops.core import logparts
 from raymlops.errors import ConcurrentUpdateError, DataError, ServingError
+from raymlops.storage import cas
 
 __all__ = [
     "FEEDBACK_SCHEMA",

@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from raymlops import cas
 from raymlops.config import Config
 from raymlops.control.statefile import FileStateStore, Lease, lease_uri, read_lease, state_uri
 from raymlops.errors import ConcurrentUpdateError, ControllerError
 from raymlops.pipeline import delivery
+from raymlops.storage import cas
 from tests.unit.test_controller_shell import POLICY, TRIGGERS, Clock, World
 
 

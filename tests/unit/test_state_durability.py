@@ -9,10 +9,11 @@ import stat
 
 import pytest
 
-from raymlops import cas, storage
+from raymlops import storage
 from raymlops.config import Config
 from raymlops.control.statefile import FileStateStore, read_saved, state_uri
 from raymlops.errors import ControllerError
+from raymlops.storage import cas
 from tests.unit.test_controller_shell import POLICY, TRIGGERS, Clock, World
 
 
