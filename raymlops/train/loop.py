@@ -731,6 +731,7 @@ def train_model(
     One checkpoint per epoch under ``{storage_uri}/{run_name}/``; a worker failure resumes from the latest one
     (up to ``train.max_failures`` times). A ``run_name`` that already holds checkpoints resumes that run.
     ``progress`` gets each epoch's metrics as they are reported. Returns the best epoch's weights.
+    Splits that ``in_memory_splits`` finds small are held in each worker's memory (see ``_train_worker``).
     """
 
     tc = resolve_train_config(cfg.train, params)
