@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from raymlops.core.schema import ColumnSpec, Schema
+from raymlops.core.transform import CategoricalColumn, NumericColumn, Transform
 
 IDS, TS, LABEL = ["customer_id"], "event_ts", "churned"
 
@@ -30,6 +31,16 @@ CHURN_SCHEMA = Schema("churn", 1, "binary", [
     ColumnSpec("zone", "feature", "categorical", "string", domain=["3", "a"]),
     ColumnSpec("rate", "feature", "categorical", "double", domain=["0.5", "1"]),
 ])
+
+
+# The smallest package spec and transform a hand-built package needs (tests of loading rules, not of predictions).
+TINY_SPEC = {"model": "mlp", "n_numeric": 2, "cardinalities": [4], "embedding_dim": 3, "hidden_sizes": [8],
+             "dropout": 0.0, "task": "binary", "n_classes": 2}
+TINY_TRANSFORM = Transform(
+    numeric=[NumericColumn("tenure_months", 12.0, 20.0, 10.0), NumericColumn("monthly_charges", 50.0, 60.0, 15.0)],
+    categorical=[CategoricalColumn("plan", ["basic", "standard", "premium"])],
+    label="churned", task="binary", classes=[0, 1],
+)
 
 
 def instances(n: int, *, seed: int = 5, with_id: bool = False) -> list[dict[str, Any]]:

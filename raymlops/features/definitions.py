@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from raymlops import storage
 from raymlops.core.fingerprint import digest_bytes
+from raymlops.core.safe_yaml import load_bounded
 from raymlops.errors import ConfigError
 
 __all__ = ["FeatureRepo", "ResolvedView", "load_feature_repo", "parse_feature_repo"]
@@ -260,10 +261,5 @@ def load_feature_repo(path: str | Path) -> FeatureRepo:
     except Exception:
         raise ConfigError(f"feature repo {p} cannot be read; pass a path like configs/features.yaml "
                           "(--repo, or features.repo in the pipeline config)") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"feature repo {p} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
-    return parse_feature_repo(doc, p)
+    # The same bounds as a pipeline config: a feature repo may come from less-trusted hands (SECURITY.md).
+    return parse_feature_repo(load_bounded(text, f"feature repo {p}"), p)

@@ -12,18 +12,12 @@ import pytest
 import torch
 
 from raymlops.core.package_trust import KEY_ENV, PackagePolicy
-from raymlops.core.transform import CategoricalColumn, NumericColumn, Transform
 from raymlops.evaluation.infra_check import check_package_in_fresh_process
 from raymlops.model import package as pkg
 from raymlops.model.nets import build_model
+from tests.data_helpers import TINY_SPEC as SPEC
+from tests.data_helpers import TINY_TRANSFORM as TRANSFORM
 
-SPEC = {"model": "mlp", "n_numeric": 2, "cardinalities": [4], "embedding_dim": 3, "hidden_sizes": [8],
-        "dropout": 0.0, "task": "binary", "n_classes": 2}
-TRANSFORM = Transform(
-    numeric=[NumericColumn("tenure_months", 12.0, 20.0, 10.0), NumericColumn("monthly_charges", 50.0, 60.0, 15.0)],
-    categorical=[CategoricalColumn("plan", ["basic", "standard", "premium"])],
-    label="churned", task="binary", classes=[0, 1],
-)
 ROWS = [{"tenure_months": 3, "monthly_charges": 20.0, "plan": "basic"},
         {"tenure_months": 40, "monthly_charges": 80.0, "plan": "premium"}]
 

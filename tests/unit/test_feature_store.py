@@ -230,3 +230,12 @@ def test_cli_lists_describes_and_materialises(example, capsys):
     assert "full from the beginning to 2026-01-05" in capsys.readouterr().out
     assert main(["features", "describe", "nope", "--repo", repo]) == 2
     assert main(["features", "materialize", "--repo", repo, "--end", "yesterday"]) == 2
+
+
+def test_a_feature_repo_gets_the_config_bounds_on_yaml(tmp_path):
+    # A feature repo may come from less-trusted hands: an alias bomb is refused before anything walks it.
+    levels = ['  - &l0 "lol"'] + [f"  - &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    p = tmp_path / "features.yaml"
+    p.write_text("entities:\n" + "\n".join(levels) + "\n")
+    with pytest.raises(ConfigError, match=r"feature repo .*features\.yaml.*expand to more than"):
+        load_feature_repo(p)

@@ -27,22 +27,16 @@ from raymlops.core.package_trust import (
     sign_manifest,
     verify_manifest,
 )
-from raymlops.core.transform import CategoricalColumn, NumericColumn, Transform
 from raymlops.errors import ConfigError, PackageError
 from raymlops.evaluation.evaluate import evaluate
 from raymlops.evaluation.infra_check import child_env
 from raymlops.model import package as pkg
 from raymlops.model.nets import build_model
+from tests.data_helpers import TINY_SPEC as SPEC
+from tests.data_helpers import TINY_TRANSFORM as TRANSFORM
 
 KEY = "k" * 40
 OTHER_KEY = "o" * 40
-SPEC = {"model": "mlp", "n_numeric": 2, "cardinalities": [4], "embedding_dim": 3, "hidden_sizes": [8],
-        "dropout": 0.0, "task": "binary", "n_classes": 2}
-TRANSFORM = Transform(
-    numeric=[NumericColumn("tenure_months", 12.0, 20.0, 10.0), NumericColumn("monthly_charges", 50.0, 60.0, 15.0)],
-    categorical=[CategoricalColumn("plan", ["basic", "standard", "premium"])],
-    label="churned", task="binary", classes=[0, 1],
-)
 BATCH = pa.table({"tenure_months": [1, 24, 60, 5], "monthly_charges": [20.5, 70.0, 99.9, 30.0],
                   "plan": ["basic", "premium", "standard", "basic"], "churned": [0, 1, 1, 0]})
 
