@@ -11,8 +11,8 @@ from typing import Any
 
 from raymlops.errors import ControllerError
 
-__all__ = ["ENV_DEFAULTS", "apply_env_defaults", "cluster_address", "connect", "connect_cluster", "init_ray",
-           "quiet_ray_data"]
+__all__ = ["ENV_DEFAULTS", "apply_env_defaults", "cluster_address", "connect", "connect_cluster", "ensure_ray",
+           "init_ray", "init_ray_later", "quiet_ray_data"]
 
 ENV_DEFAULTS = {
     "RAY_TRAIN_V2_ENABLED": "1",
@@ -51,6 +51,26 @@ def init_ray(address: str | None = None) -> None:
         ray.init(include_dashboard=False, object_store_memory=512 * 1024 * 1024, configure_logging=False,
                  log_to_driver=False)
     quiet_ray_data()
+
+
+_later: dict[str, str | None] = {}
+
+
+def init_ray_later(address: str | None = None) -> None:
+    """Remember where ``ensure_ray`` starts or joins Ray, without starting it now.
+
+    For commands whose small inputs are handled in this process (``data.local_max_rows``): starting a local Ray costs
+    seconds that a small validation does not need.
+    """
+    _later["address"] = address
+
+
+def ensure_ray() -> None:
+    """Start or join Ray, where ``init_ray_later`` said (else as ``init_ray()``), unless it is running."""
+    import ray
+
+    if not ray.is_initialized():
+        init_ray(_later.get("address"))
 
 
 def connect(cfg: Any = None, address: str | None = None) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from raymlops._ray import init_ray
+from raymlops._ray import init_ray_later
 from raymlops.cli._common import AddressOpt, ConfigArg, EnvOpt, SetOpt, app, load, say
 
 data_app = typer.Typer(help="Synthetic data for demos, tests and benchmarks.", no_args_is_help=True)
@@ -73,9 +73,12 @@ def validate_cmd(
     env: EnvOpt = None,
     address: AddressOpt = None,
 ) -> None:
-    """Profile a dataset and check it against the frozen schema (schema skew → exit 3) and reference (drift)."""
+    """Profile a dataset and check it against the frozen schema (schema skew → exit 3) and reference (drift).
+
+    Parquet data of at most data.local_max_rows rows is validated in this process without starting Ray.
+    """
     cfg = load(config, set_, env)
-    init_ray(address)
+    init_ray_later(address)  # Ray starts only if the data is too big to validate here (data.local_max_rows)
     from raymlops.data.validate import validate_data
 
     outcome = validate_data(cfg, data_uri=data, progress=say)

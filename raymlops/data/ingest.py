@@ -508,6 +508,9 @@ def _read(kind: str, fs, paths: list[str], schema: pa.Schema, columns: list[str]
           num_cpus: float) -> ray.data.Dataset:
     import ray
 
+    from raymlops._ray import ensure_ray
+
+    ensure_ray()  # our settings (or --address), not Ray Data's default auto-start
     slots = (ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else os.cpu_count() or 1) / num_cpus
     # Many small files: group them into a few read tasks (task overhead dominates); big data: ~64 MiB per block.
     blocks = max(1, min(len(paths), max(math.ceil(nbytes / _TARGET_BLOCK_BYTES), int(slots))))

@@ -31,3 +31,17 @@ def test_write_parquet_partitions_like_ray_data_in_several_files(tmp_path):
     assert len(train) == 2 and len(list((tmp_path / "split=test").glob("*.parquet"))) == 1
     rows = pa.concat_tables([pq.read_table(f) for f in train])
     assert rows.schema.names == ["id"] and rows.num_rows == 30_000 and rows["id"].to_pylist()[:3] == [1, 2, 3]
+
+
+def test_small_parquet_is_read_here_without_starting_ray_and_large_asks_for_ray(tmp_path, monkeypatch):
+    # `raymlops validate` defers Ray (init_ray_later): only a read through Ray Data may start it.
+    import raymlops._ray
+    from raymlops.data.ingest import ingest
+
+    started: list[bool] = []
+    monkeypatch.setattr(raymlops._ray, "ensure_ray", lambda: started.append(True))
+    monkeypatch.setattr("ray.data.read_parquet", lambda *a, **k: "a Ray dataset")  # stands in for the read only
+    pq.write_table(pa.table({"x": list(range(100))}), tmp_path / "part.parquet")
+    small = ingest(str(tmp_path), local_max_rows=1000)
+    assert isinstance(small.dataset, LocalDataset) and small.rows == 100 and started == []
+    assert ingest(str(tmp_path), local_max_rows=10).dataset == "a Ray dataset" and started == [True]
