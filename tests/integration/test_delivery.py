@@ -161,7 +161,9 @@ def test_implementations_are_packaged_preflighted_deployed_run_promoted_and_roll
     assert delivery.env_state(production).current is None  # one blessed model is not enough (after_runs: 2)
     run_once(staging, "b-2")
     wait_for(lambda: delivery.env_state(production).current == impl_b.digest, 30, "B promoted to production")
-    assert any(e["kind"] == "pipeline_promoted" for e in call(staging, "events", 0))
+    # The controller logs the promotion when its delivery port call returns, a moment after deployments.json moved.
+    wait_for(lambda: any(e["kind"] == "pipeline_promoted" for e in call(staging, "events", 0)), 30,
+             "the pipeline_promoted event")
 
     p1 = run_once(production, "prod-1")
     tags = lineage_tags(production, p1)
