@@ -371,6 +371,45 @@ class PredictionLogConfig(_Section):
     flush_rows: PositiveInt = Field(1000, description="Flush the prediction log after this many rows ...")
     flush_interval_s: Annotated[float, Field(gt=0)] = Field(2.0, description="... or after this many seconds.")
     buffer_rows: PositiveInt = Field(100_000, description="Rows buffered before new rows are counted as dropped.")
+    buffer_bytes: PositiveInt = Field(
+        64 * 1024 * 1024, description="Bytes (about: the request bodies) buffered per replica before new rows are "
+        "counted as dropped (`dropped_over_bytes` in GET /v1/models/{name}): large bodies cannot grow it unbounded.")
+
+
+class TokenConfig(_Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Shown in logs; names the client.")
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="Hex sha256 of the token, never the token.")
+    scopes: list[Literal["predict", "feedback", "admin"]] = Field(..., min_length=1)
+
+
+class ServingAuthConfig(_Section):
+    """Bearer tokens for the HTTP API (see SECURITY.md, "Serving authentication")."""
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="auto: on whenever serving.host is not loopback. With it on, every route but the health "
+        "checks needs a token, request ids are issued and signed by the server, and :feedback takes only those.")
+    tokens: list[TokenConfig] = Field(
+        default_factory=list, description="Token hashes with scopes (predict, feedback, admin). More come from "
+        "RAYMLOPS_SERVING_TOKENS / RAYMLOPS_SERVING_TOKENS_FILE (NAME:SCOPES:TOKEN lines), hashed at deploy.")
+    feedback_rate_per_s: Annotated[float, Field(gt=0)] = Field(
+        100.0, description="Feedback requests per second per token (or client address without auth), per replica.")
+    feedback_burst: PositiveInt = Field(1000, description="Feedback requests a token may send at once.")
+
+
+class AutoscalingConfig(_Section):
+    """Serve's replica autoscaling (its ``autoscaling_config``), instead of a fixed ``serving.num_replicas``."""
+
+    min_replicas: PositiveInt = Field(1, description="Replicas kept at the lowest load (>= 1: one stays ready).")
+    max_replicas: PositiveInt = Field(4, description="Most replicas under load.")
+    target_ongoing_requests: Annotated[float, Field(gt=0)] = Field(
+        2.0, description="Requests in flight per replica that Serve scales toward (below max_ongoing_requests).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas}); "
+                             "set serving.autoscaling.max_replicas >= min_replicas")
+        return self
 
 
 class ServingConfig(_Section):
@@ -378,15 +417,40 @@ class ServingConfig(_Section):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     app_name: str | None = Field(None, description="Serve application name. Null: the pipeline name.")
     route_prefix: str = "/"
-    num_replicas: PositiveInt = 1
+    ingress: Literal["auto", "haproxy", "direct", "proxy"] = Field(
+        "auto", description="How HTTP reaches the replicas, decided when Serve starts: haproxy (Serve's HAProxy on "
+        "host:port balancing over every replica's own port), direct (Serve's Python proxy on host:port plus each "
+        "replica's own port, 30000+), proxy (the Python proxy only). auto: haproxy where its binary is found.")
+    num_replicas: PositiveInt = Field(1, description="Fixed replica count (leave unset with serving.autoscaling).")
+    autoscaling: AutoscalingConfig | None = Field(
+        None, description="Scale replicas with load between min_replicas and max_replicas (replaces num_replicas).")
     num_cpus: Annotated[float, Field(gt=0)] = Field(0.25, description="CPUs reserved per replica.")
     max_ongoing_requests: PositiveInt = 64
     max_queued_requests: Annotated[int, Field(ge=-1)] = Field(256, description="-1: unbounded (not advised).")
     max_body_bytes: PositiveInt = Field(1_048_576, description="Larger request bodies get 413.")
     max_instances: PositiveInt = Field(1000, description="Instances per request; more gets 422.")
+    max_string_length: PositiveInt = Field(1024, description="Characters per string value in a request; more gets "
+                                           "422 naming the field.")
+    body_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        10.0, description="Deadline for reading a request body; a slower client gets 408 and frees its slot.")
+    request_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="Serve's end-to-end request timeout (408), set when Serve starts.")
+    auth: ServingAuthConfig = Field(default_factory=ServingAuthConfig)
     challenger_weight_pct: Pct = Field(0.0, description="Traffic share of `challenger` when deployed by hand.")
     shadow_pct: Pct = Field(0.0, description="Share of traffic mirrored to the shadow version.")
     prediction_log: PredictionLogConfig = Field(default_factory=PredictionLogConfig)
+
+    @model_validator(mode="after")
+    def _replicas(self) -> ServingConfig:
+        a = self.autoscaling
+        if a is not None and "num_replicas" in self.model_fields_set:
+            raise ValueError("serving.num_replicas and serving.autoscaling are both set; give a fixed count "
+                             "(num_replicas) or autoscaling bounds (autoscaling.min_replicas/max_replicas), not both")
+        if a is not None and a.target_ongoing_requests > self.max_ongoing_requests:
+            raise ValueError(f"serving.autoscaling.target_ongoing_requests ({a.target_ongoing_requests:g}) is above "
+                             f"serving.max_ongoing_requests ({self.max_ongoing_requests}): replicas would never be "
+                             "busy enough to scale up; lower the target")
+        return self
 
 
 # ------------------------------------------------------------------------------------------------- canary
@@ -397,6 +461,9 @@ class CanaryConfig(_Section):
     interval_s: Annotated[float, Field(gt=0)] = Field(60.0, description="Analysis window length.")
     min_requests: PositiveInt = Field(100, description="Requests per version in a window before judging.")
     min_labels: PositiveInt = Field(50, description="Joined feedback labels per version before judging quality.")
+    min_label_keys: PositiveInt = Field(
+        5, description="Distinct routing keys (X-Routing-Key; none counts as one) the labels of each version must come "
+        "from before quality is judged, so a few clients cannot force a rollback or a promotion.")
     max_error_rate_pct: Pct = 1.0
     max_p99_ratio: Annotated[float, Field(gt=0)] = Field(1.5, description="Canary p99 / champion p99 limit.")
     max_quality_drop: Annotated[float, Field(ge=0)] = Field(0.02, description="Allowed drop of the quality metric.")
@@ -713,7 +780,8 @@ INTERPOLATED_KEYS = (
     "validation.reference_uri", "features.repo", "features.label_source", "notifications.webhook_url",
 )
 # Variables raymlops reads as keys: never copied into a config value (from where it would reach logs, tags, URLs).
-_SECRET_VARS = (KEY_ENV, KEY_FILE_ENV, "RAYMLOPS_WEBHOOK_SECRET")
+_SECRET_VARS = (KEY_ENV, KEY_FILE_ENV, "RAYMLOPS_WEBHOOK_SECRET", "RAYMLOPS_SERVING_TOKENS",
+                "RAYMLOPS_SERVING_TOKENS_FILE", "RAYMLOPS_SERVING_SECRET_FILE")
 _ENV_SET = re.compile(r"^environments\.[^.]+\.set\.")
 
 

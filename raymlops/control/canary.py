@@ -58,6 +58,7 @@ class CanaryPolicy:
     interval_s: float = 60.0
     min_requests: int = 100
     min_labels: int = 50
+    min_label_keys: int = 5  # distinct routing keys behind the labels (a few clients must not decide the rollout)
     max_error_rate_pct: float = 1.0
     max_p99_ratio: float = 1.5
     max_quality_drop: float = 0.02
@@ -71,8 +72,10 @@ class CanaryPolicy:
         rising = all(b > a for a, b in zip(steps, steps[1:], strict=False))
         if not steps or not rising or any(not 0 < s <= 100 for s in steps):
             raise ConfigError(f"canary.steps {list(steps)}: give a strictly rising list of percents in (0, 100]")
-        if self.interval_s <= 0 or self.failure_limit < 1 or self.min_requests < 1 or self.min_labels < 1:
-            raise ConfigError("canary.interval_s, failure_limit, min_requests and min_labels must be positive")
+        if (self.interval_s <= 0 or self.failure_limit < 1 or self.min_requests < 1 or self.min_labels < 1
+                or self.min_label_keys < 1):
+            raise ConfigError("canary.interval_s, failure_limit, min_requests, min_labels and min_label_keys must "
+                              "be positive")
 
     @classmethod
     def from_config(cls, section: Any) -> CanaryPolicy:
@@ -84,7 +87,9 @@ class CanaryPolicy:
 @dataclass
 class WindowStats:
     """What one version did in one window: requests, errors, p99 latency (ms, ok requests), prediction
-    histogram on fixed bins, joined labels and the quality metric on them (None when undefined or no labels)."""
+    histogram on fixed bins, joined labels and the quality metric on them (None when undefined or no labels).
+    ``label_keys``: distinct routing keys of the labelled rows (requests without a key count as one key); None when
+    not measured (then ``min_label_keys`` is not applied)."""
 
     version: str
     requests: int
@@ -94,6 +99,7 @@ class WindowStats:
     labels: int
     quality: float | None
     metric: str
+    label_keys: int | None = None
 
     @property
     def error_rate_pct(self) -> float:
@@ -209,7 +215,16 @@ def window_stats(
     joined = _window(feedback_joined, version, start if labels_since is None else labels_since, end, roles)
     joined = joined.filter(pc.invert(pc.fill_null(pc.equal(joined.column("status"), "error"), False)))
     labels, quality = _quality(task, quality_metric, joined, classes)
-    return WindowStats(version, int(requests), int(errors), p99, hist, labels, quality, quality_metric)
+    return WindowStats(version, int(requests), int(errors), p99, hist, labels, quality, quality_metric,
+                       _label_keys(joined))
+
+
+def _label_keys(joined: pa.Table) -> int | None:
+    """Distinct routing keys among labelled rows; a null key (no X-Routing-Key) is one key, not a free pass."""
+    if "routing_key" not in joined.column_names:
+        return None
+    labelled = joined.filter(pc.is_valid(joined.column("label"))) if "label" in joined.column_names else joined
+    return int(pc.count_distinct(labelled.column("routing_key"), mode="all").as_py()) if labelled.num_rows else 0
 
 
 # ----------------------------------------------------------------------------------------- rollout state
@@ -355,9 +370,16 @@ def _checks(p: CanaryPolicy, canary: WindowStats, champion: WindowStats) -> list
     if canary.quality is not None and champion.quality is not None:
         sign = 1.0 if metric_direction(canary.metric) == "max" else -1.0
         drop = sign * (champion.quality - canary.quality)
-    checks.append(_check("quality_drop", drop, p.max_quality_drop, min(canary.labels, champion.labels),
-                         p.min_labels, "joined labels on the smaller side (min_labels)",
-                         f"{canary.metric} undefined on the labels so far (e.g. one class only)"))
+    quality = _check("quality_drop", drop, p.max_quality_drop, min(canary.labels, champion.labels),
+                     p.min_labels, "joined labels on the smaller side (min_labels)",
+                     f"{canary.metric} undefined on the labels so far (e.g. one class only)")
+    keys = [s.label_keys for s in (canary, champion) if s.label_keys is not None]
+    if quality.verdict != INSUFFICIENT and keys and min(keys) < p.min_label_keys:
+        # Labels from a handful of clients could force a rollback (or a promotion): wait for more of them.
+        quality = Check("quality_drop", drop, p.max_quality_drop, INSUFFICIENT, min(keys), p.min_label_keys,
+                        f"labels from {min(keys)} distinct routing keys on the smaller side of {p.min_label_keys} "
+                        "needed (min_label_keys)")
+    checks.append(quality)
     return checks
 
 
