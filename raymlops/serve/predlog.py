@@ -128,12 +128,14 @@ class PredictionLog:
     'error'). Counters: ``written``, ``dropped`` (refused: buffer full, appended after close, or unusable),
     ``pending`` (not yet durable: what a hard kill would lose), ``flushes``, ``errors`` (failed writes),
     ``invalid`` (records that could not be logged, also counted in ``dropped``), ``lost`` (still unwritten when
-    ``close`` gave up).
+    ``close`` gave up), ``dropped_over_bytes`` (refused because the buffer held ``buffer_bytes``, also counted in
+    ``dropped``), ``buffered_bytes`` (about: what the caller said the pending rows weigh).
     """
 
     schema: pa.Schema = PREDICTION_SCHEMA
 
-    def __init__(self, uri: str, *, flush_rows: int, flush_interval_s: float, buffer_rows: int, writer_id: str):
+    def __init__(self, uri: str, *, flush_rows: int, flush_interval_s: float, buffer_rows: int, writer_id: str,
+                 buffer_bytes: int = 64 * 1024 * 1024):
         if not _WRITER_ID.match(writer_id or ""):
             raise ServingError(f"writer_id {writer_id!r} must be 1-100 letters, digits, '.', '_' or '-'; use the "
                                "replica id")
@@ -147,6 +149,10 @@ class PredictionLog:
         self.flush_interval_s, self.buffer_rows = flush_interval_s, buffer_rows
         self.writer_id = writer_id
         self.written = self.dropped = self.flushes = self.errors = self.invalid = self.lost = 0  # see stats()
+        # Rows are bounded in number and, as the caller weighs them (append's nbytes), in bytes: a few huge
+        # requests must not hold the replica's memory while storage is slow.
+        self.buffer_bytes, self.dropped_over_bytes = buffer_bytes, 0
+        self._bytes = self._inflight_bytes = 0
         self._warned_at = -_WARN_EVERY_S
         self._reported = (0, 0)  # dropped, errors as of the last warning
         self._buffer: list[Mapping[str, Any]] = []
@@ -169,18 +175,29 @@ class PredictionLog:
     def stats(self) -> dict[str, int]:
         """The counters as a dict (for status pages and metrics)."""
         return {"written": self.written, "dropped": self.dropped, "pending": self.pending,
-                "flushes": self.flushes, "errors": self.errors, "invalid": self.invalid, "lost": self.lost}
+                "flushes": self.flushes, "errors": self.errors, "invalid": self.invalid, "lost": self.lost,
+                "dropped_over_bytes": self.dropped_over_bytes, "buffered_bytes": self._bytes + self._inflight_bytes,
+                "buffer_bytes": self.buffer_bytes}
 
-    def append(self, records: list[Mapping[str, Any]]) -> None:
-        """Buffer records for the next flush. Never blocks on IO and never raises; rows over the buffer limit
-        (or appended after ``close``) are counted in ``dropped``."""
+    def append(self, records: list[Mapping[str, Any]], nbytes: int = 0) -> None:
+        """Buffer records for the next flush. Never blocks on IO and never raises; rows over the buffer limits
+        (``buffer_rows``, and ``buffer_bytes`` with the records weighing ``nbytes`` together, e.g. the request
+        body's size) or appended after ``close`` are counted in ``dropped``."""
         try:
             n = len(records)
+            per_row = nbytes / n if n else 0.0
             with self._lock:
                 room = 0 if self._closed else max(0, self.buffer_rows - len(self._buffer) - self._inflight)
+                if per_row:
+                    free = self.buffer_bytes - self._bytes - self._inflight_bytes
+                    fits = max(0, int(free // per_row))
+                    if fits < min(n, room):
+                        self.dropped_over_bytes += min(n, room) - fits
+                        room = fits
                 if n > room:
                     self.dropped += n - room
                     records = records[:room]
+                self._bytes += round(per_row * len(records))
                 self._buffer.extend(records)
                 due = len(self._buffer) >= self.flush_rows
             if due:
@@ -205,6 +222,7 @@ class PredictionLog:
             with self._lock:
                 self.lost += left
                 self._buffer = []  # counted once: a second close does not count them again
+                self._bytes = 0
             _log.warning("prediction log %s (writer %s): %d rows could not be written before close and are lost "
                          "(%d refused earlier); check that %s is writable", self.uri, self.writer_id, left,
                          self.dropped, self.uri)
@@ -242,6 +260,7 @@ class PredictionLog:
             with self._lock:
                 batch, self._buffer = self._buffer, []
                 self._inflight = len(batch)
+                batch_bytes, self._bytes, self._inflight_bytes = self._bytes, 0, self._bytes
             self._last_flush = time.monotonic()
             written, invalid, failed = 0, 0, batch
             try:
@@ -267,10 +286,12 @@ class PredictionLog:
                     kept = failed + self._buffer
                     self.dropped += max(0, len(kept) - self.buffer_rows)
                     self._buffer = kept[: self.buffer_rows]
+                    # Rows are not weighed one by one: the kept share of the batch keeps its share of the bytes.
+                    self._bytes += round(batch_bytes * min(len(failed), self.buffer_rows) / max(1, len(batch)))
                     self._retry_at = time.monotonic() + self.flush_interval_s
                 elif batch:
                     self.flushes += 1
-                self._inflight = 0
+                self._inflight = self._inflight_bytes = 0
         self._warn()
 
     def _parts(self, batch: list[Mapping[str, Any]]) -> tuple[list[tuple[str, pa.Table, list[dict]]], int]:

@@ -225,7 +225,7 @@ def test_close_drains_is_idempotent_and_refuses_later_rows(make_log, tmp_path):
     log.append([record(1)])
     assert log.dropped == 1 and read_log(str(tmp_path / "log")).num_rows == 1
     assert log.stats() == {"written": 1, "dropped": 1, "pending": 0, "flushes": 1, "errors": 0, "invalid": 0,
-                           "lost": 0}
+                           "lost": 0, "dropped_over_bytes": 0, "buffered_bytes": 0, "buffer_bytes": 64 * 1024 * 1024}
 
 
 def test_bad_settings_are_refused(tmp_path):
