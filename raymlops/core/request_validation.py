@@ -16,7 +16,9 @@ Rules (decisions documented here, one place):
   ``label_not_allowed`` (labels go to ``:feedback``), ``missing_feature`` (absent and not nullable; an absent
   nullable feature is null), ``null_value`` (explicit null for a non-nullable feature), ``wrong_type``,
   ``non_finite`` (JSON ``NaN``/``Infinity``/``-Infinity`` literals, numbers that overflow such as ``1e400``),
-  ``outside_domain`` (only for features whose domain is declared closed: see below).
+  ``outside_domain`` (only for features whose domain is declared closed: see below), ``string_too_long`` (a
+  string value, categorical or passed through, over ``max_string_length`` characters: it would be served, logged
+  and profiled whole). An unknown feature's name is shown cut to ``_MAX_NAME_SHOWN`` characters.
 * Numeric features take JSON numbers only: ``true``/``false`` and numeric strings are ``wrong_type`` (a typo never
   silently becomes a number); an integer column accepts ``2.5`` (the model sees floats). Values outside the
   frozen [min, max] are served (models must extrapolate) and counted in ``ParsedRequest.out_of_range``.
@@ -50,6 +52,8 @@ from raymlops.errors import RaymlopsError
 __all__ = ["MAX_DETAILS", "ParsedRequest", "RequestError", "RequestValidator", "validate_request"]
 
 MAX_DETAILS = 100
+DEFAULT_MAX_STRING_LENGTH = 1024
+_MAX_NAME_SHOWN = 64
 
 
 class RequestError(RaymlopsError):
@@ -165,10 +169,11 @@ class RequestValidator:
     """Validates request bodies against one frozen schema; build it once per model version."""
 
     def __init__(self, schema: Schema, *, max_body_bytes: int, max_instances: int,
-                 closed_domains: Collection[str] = ()):
+                 closed_domains: Collection[str] = (), max_string_length: int = DEFAULT_MAX_STRING_LENGTH):
         closed = set(closed_domains)
         self.max_body_bytes = max_body_bytes
         self.max_instances = max_instances
+        self.max_string_length = max_string_length
         self._features = [_Feature(c, c.name in closed) for c in schema.features]
         self._passthrough = [c.name for c in schema.columns if c.role in ("id", "timestamp", "ignored")]
         self._label = schema.label_name
@@ -247,6 +252,8 @@ class RequestValidator:
             elif not features.issuperset(row):  # rare: cheap C-level check first, set arithmetic only here
                 sent.update(k for k in row if k in known and k not in features)
                 for name in sorted(k for k in row if k not in known):
+                    if len(name) > _MAX_NAME_SHOWN:  # never echo a megabyte key back
+                        name = name[:_MAX_NAME_SHOWN - 3] + "..."
                     if name == label:
                         bad.append(_detail(i, name, "label_not_allowed", f"'{name}' is the label; leave it out "
                                            "and send labels to the :feedback endpoint"))
@@ -295,6 +302,7 @@ class RequestValidator:
     def _categorical(self, f: _Feature, values: list[Any], bad: list, out: ParsedRequest) -> list[Any]:
         if set(map(type, values)) != {str}:
             values = [self._category(f, i, v, bad) for i, v in enumerate(values)]
+        self._check_lengths(f.name, values, bad)
         if f.domain is not None:
             unseen = [v for v in values if v is not None and v not in f.domain]
             if unseen and f.closed:
@@ -333,8 +341,7 @@ class RequestValidator:
                            f"{_json_type(v)} ({_show(v)}); send the category as a string"))
         return None
 
-    @staticmethod
-    def _scalars(name: str, values: list[Any], bad: list, f: _Feature | None) -> list[Any]:
+    def _scalars(self, name: str, values: list[Any], bad: list, f: _Feature | None) -> list[Any]:
         """Single JSON values passed as sent (``f`` is the feature, or None for a passthrough column)."""
         out: list[Any] = []
         for i, v in enumerate(values):
@@ -349,7 +356,17 @@ class RequestValidator:
                 out.append(None)
             else:
                 out.append(v)
+        self._check_lengths(name, out, bad)
         return out
+
+    def _check_lengths(self, name: str, values: list[Any], bad: list) -> None:
+        limit = self.max_string_length
+        if max((len(v) for v in values if type(v) is str), default=0) <= limit:  # the common case: one pass
+            return
+        for i, v in enumerate(values):
+            if type(v) is str and len(v) > limit:
+                bad.append(_detail(i, name, "string_too_long", f"'{name}' has {len(v)} characters, over the limit "
+                                   f"of {limit} (serving.max_string_length); send a shorter value"))
 
     @staticmethod
     def _violation(bad: list[dict[str, Any]]) -> RequestError:
@@ -368,7 +385,8 @@ class _SkipRow(dict):
 
 
 def validate_request(body: bytes, schema: Schema, *, max_body_bytes: int, max_instances: int,
-                     closed_domains: Collection[str] = ()) -> ParsedRequest:
+                     closed_domains: Collection[str] = (),
+                     max_string_length: int = DEFAULT_MAX_STRING_LENGTH) -> ParsedRequest:
     """One-off ``RequestValidator(schema, ...).validate(body)``; servers should keep a validator per version."""
     return RequestValidator(schema, max_body_bytes=max_body_bytes, max_instances=max_instances,
-                            closed_domains=closed_domains).validate(body)
+                            closed_domains=closed_domains, max_string_length=max_string_length).validate(body)
