@@ -6,13 +6,18 @@ Nothing happens at import. ``ENV_DEFAULTS`` are the environment settings every l
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from raymlops.errors import ControllerError
 
-__all__ = ["ENV_DEFAULTS", "apply_env_defaults", "cluster_address", "connect", "connect_cluster", "ensure_ray",
-           "init_ray", "init_ray_later", "quiet_ray_data"]
+__all__ = ["ENV_DEFAULTS", "LogFile", "apply_env_defaults", "cli_output", "cluster_address", "connect",
+           "connect_cluster", "ensure_ray", "init_ray", "init_ray_later", "log_under", "quiet_ray_data",
+           "raylet_message"]
 
 ENV_DEFAULTS = {
     "RAY_TRAIN_V2_ENABLED": "1",
@@ -44,13 +49,19 @@ def init_ray(address: str | None = None) -> None:
         return
     apply_env_defaults()
     address = address or os.environ.get("RAY_ADDRESS")
+    verbose = _output["verbose"]
+    _route_ray()  # before ray.init, which logs (token authentication ...) and starts the raylet listener
     if address:
-        ray.init(address=address, log_to_driver=True)
+        # Workers' prints reach the driver (the job's log) unless the CLI runs quiet (then they stay in Ray's logs).
+        ray.init(address=address, log_to_driver=verbose is not False)
     else:
         # Worker logs stay in /tmp/ray/session_latest/logs: the steps report progress (and errors) themselves.
         ray.init(include_dashboard=False, object_store_memory=512 * 1024 * 1024, configure_logging=False,
-                 log_to_driver=False)
-    quiet_ray_data()
+                 log_to_driver=bool(verbose))
+    if verbose is False:
+        _note_session_logs()
+    if not verbose:
+        quiet_ray_data()
 
 
 _later: dict[str, str | None] = {}
@@ -103,3 +114,152 @@ def quiet_ray_data() -> None:
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled": we know
+
+
+# ------------------------------------------------------------------------------------------------- CLI output
+# The CLI prints its own lines only. Ray's logger, Python warnings (pkg_resources / setuptools deprecations ...)
+# and the raylet's messages (which Ray prints to stdout, where they would break `--json | jq`) go to a log file
+# under the storage dir; `raymlops -v` shows them on stderr instead. None: not the CLI, Ray's own behaviour.
+_output: dict[str, Any] = {"verbose": None, "handler": None}
+LOG_NAME = "raymlops.log"
+
+
+class LogFile(logging.Handler):
+    """Appends records to a file opened at the first record, so a command that logs nothing writes nothing.
+
+    The path can change until then (``log_under``, once the config names the storage dir).
+    """
+
+    def __init__(self, path: str):
+        super().__init__(logging.DEBUG)
+        self.path = path
+        self._stream: Any = None
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def retarget(self, path: str) -> None:
+        with self.lock:
+            if self._stream is not None and path != self.path:
+                self._stream.close()
+                self._stream = None
+            self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self._stream is None:
+                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+                self._stream = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across records
+            self._stream.write(self.format(record) + "\n")
+            self._stream.flush()
+        except Exception:  # a log file must never fail a command
+            self.handleError(record)
+
+    def close(self) -> None:
+        with self.lock:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
+        super().close()
+
+
+def _log_path(storage_uri: str | None) -> str:
+    from raymlops import storage
+
+    root = storage_uri or os.environ.get("RAYMLOPS_STORAGE") or "./.raymlops"
+    if not storage.is_local(root):  # s3:// and the like: a log file is a local thing
+        import tempfile
+
+        root = os.path.join(tempfile.gettempdir(), "raymlops")
+    return os.path.join(root.removeprefix("file://"), "logs", LOG_NAME)
+
+
+def log_under(storage_uri: str) -> str | None:
+    """Point the CLI's log file at ``{storage_uri}/logs/raymlops.log`` (a temp dir for remote storage); its path,
+    or None when output is not quiet."""
+    handler = _output["handler"]
+    if handler is None:
+        return None
+    handler.retarget(_log_path(storage_uri))
+    return handler.path
+
+
+def raylet_message(line: str) -> None:
+    """A message the raylet sends the driver (e.g. "N worker processes have been started"): logged when quiet,
+    else on stderr (never stdout, which carries the command's results)."""
+    if _output["verbose"] is False:
+        logging.getLogger("ray.raylet").warning(line)
+    else:
+        print(f"(raylet) {line}", file=sys.stderr)
+
+
+def _route_raylet(original: Any) -> Any:
+    def route(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            for line in data.get("lines", []):
+                raylet_message(line)
+        else:
+            original(data, ignore_prefix)
+
+    return route
+
+
+@contextmanager
+def cli_output(verbose: bool = False) -> Iterator[LogFile | None]:
+    """Inside: Ray's logs, Python warnings and raylet messages go to the log file (``verbose=False``) or stderr.
+
+    Restores what it changed on exit, so a command run in process (tests) leaves no trace on the next one.
+    """
+    saved = dict(_output)
+    handler = None if verbose else LogFile(_log_path(None))
+    _output.update(verbose=verbose, handler=handler, restore=[])
+    warn_logger = logging.getLogger("py.warnings")
+    kept = (list(warn_logger.handlers), warn_logger.propagate)
+    if handler is not None:
+        warn_logger.handlers[:], warn_logger.propagate = [handler], False
+        logging.captureWarnings(True)
+    if "ray" in sys.modules:  # else init_ray does it: importing Ray installs its own stderr handler
+        _route_ray()
+    try:
+        yield handler
+    finally:
+        for undo in reversed(_output["restore"]):
+            undo()
+        if handler is not None:
+            logging.captureWarnings(False)
+            handler.close()
+        warn_logger.handlers[:], warn_logger.propagate = kept
+        _output.clear()
+        _output.update(saved)
+
+
+def _route_ray() -> None:
+    """Inside ``cli_output``: Ray's logger to the log file when quiet, and the raylet's messages off stdout."""
+    if _output["verbose"] is None or _output.get("ray_routed"):
+        return
+    import ray._private.worker as ray_worker  # the raylet's messages are printed here, to stdout
+
+    ray_logger = logging.getLogger("ray")
+    kept = (list(ray_logger.handlers), ray_logger.propagate, ray_worker.print_to_stdstream)
+
+    def undo() -> None:
+        ray_logger.handlers[:], ray_logger.propagate, ray_worker.print_to_stdstream = kept
+        _output["ray_routed"] = False
+
+    if _output["handler"] is not None:
+        ray_logger.handlers[:], ray_logger.propagate = [_output["handler"]], False
+    # Ray's module-level printer, looked up on each message by its listener thread; guarded: a Ray without it
+    # just prints as before.
+    if callable(kept[2]):
+        ray_worker.print_to_stdstream = _route_raylet(kept[2])
+    _output["restore"].append(undo)
+    _output["ray_routed"] = True
+
+
+def _note_session_logs() -> None:
+    """Say in the log file where the workers' own logs are (Ray keeps them in its session dir)."""
+    try:
+        import ray
+
+        logging.getLogger("ray").info("Ray session logs (workers, raylet): %s",
+                                      ray._private.worker._global_node.get_logs_dir_path())
+    except Exception:  # only a hint; a Ray without this private path is fine
+        pass

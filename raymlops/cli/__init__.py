@@ -10,7 +10,7 @@ import traceback
 
 import typer
 
-from raymlops.cli import config, control, data, features, gc, pipeline, schema, serve  # noqa: F401 - they register commands
+from raymlops.cli import config, control, data, features, gc, init, pipeline, schema, serve  # noqa: F401 - they register commands
 from raymlops.cli._common import app, say
 from raymlops.errors import RaymlopsError
 
@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         # standalone_mode=False: click hands us exit codes and errors instead of calling sys.exit itself.
-        rv = app(args=argv, standalone_mode=False)
+        # prog_name: also under `python -m raymlops.cli`, completion scripts and usage lines say `raymlops`.
+        rv = app(args=argv, prog_name="raymlops", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except typer.Exit as e:
         return e.exit_code

@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from raymlops._ray import init_ray
-from raymlops.cli._common import AddressOpt, ConfigArg, EnvOpt, SetOpt, app, load
+from raymlops.cli._common import AddressOpt, ConfigArg, EnvOpt, JsonOpt, SetOpt, app, emit, load
 
 config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 
 @config_app.command("schema")
-def config_schema() -> None:
-    """Print the JSON schema of the pipeline config."""
+def config_schema(as_json: JsonOpt = False) -> None:
+    """Print the JSON schema of the pipeline config (JSON either way; --json is accepted like everywhere)."""
     from raymlops.config import config_json_schema
 
-    typer.echo(json.dumps(config_json_schema(), indent=2))
+    emit(config_json_schema(), True)
 
 
 @config_app.command("show")
-def config_show(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None) -> None:
-    """Print the fully resolved config (defaults, environment, overrides and ${ENV} filled in) as YAML."""
+def config_show(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the fully resolved config (defaults, environment, overrides and ${ENV} filled in) as YAML or JSON."""
     import yaml
 
-    cfg = load(config, set_, env)
-    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    doc = load(config, set_, env).model_dump(mode="json")
+    emit(doc, as_json, lambda: yaml.safe_dump(doc, sort_keys=False))
 
 
 @app.command("demo")

@@ -8,7 +8,19 @@ from typing import Annotated, Optional
 import typer
 
 from raymlops._ray import cluster_address, connect_cluster, init_ray
-from raymlops.cli._common import AddressOpt, ConfigArg, EnvOpt, RequestOpt, SetOpt, app, echo_event, load, say
+from raymlops.cli._common import (
+    AddressOpt,
+    ConfigArg,
+    EnvOpt,
+    JsonOpt,
+    RequestOpt,
+    SetOpt,
+    app,
+    echo_event,
+    emit,
+    load,
+    say,
+)
 
 controller_app = typer.Typer(help="The detached controller that runs the loop: triggers, retraining, canary "
                              "analysis, promotion and rollback.", no_args_is_help=True)
@@ -99,13 +111,15 @@ def controller_stop_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = No
 
 
 @controller_app.command("status")
-def controller_status_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None) -> None:
-    """The live controller's state as JSON: run in flight, queue, rollout, weights, last monitor pass."""
+def controller_status_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None,
+                          as_json: JsonOpt = False) -> None:
+    """The live controller's state as JSON (either way; --json is accepted like everywhere): run in flight, queue,
+    rollout, weights, last monitor pass."""
     from raymlops.control.actor import call
 
     cfg = load(config, set_, env)
     connect_cluster(cfg, address)
-    typer.echo(json.dumps(call(cfg, "status"), indent=2, default=str))
+    emit(call(cfg, "status"), True)
 
 
 def _command(config, set_, env, address, name: str, request_id: str | None, operator: str | None,
@@ -143,7 +157,7 @@ def approve_cmd(
 
 @app.command("trigger")
 def trigger_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt = None, env: EnvOpt = None,
-                address: AddressOpt = None, operator: AsOpt = None) -> None:
+                address: AddressOpt = None, operator: AsOpt = None, as_json: JsonOpt = False) -> None:
     """Ask the controller for a pipeline run now (queued behind a run in flight)."""
     from raymlops.control.actor import call
     from raymlops.control.operations import trigger
@@ -151,8 +165,9 @@ def trigger_cmd(config: ConfigArg, request_id: RequestOpt = None, set_: SetOpt =
     cfg = load(config, set_, env)
     rid = trigger(cfg, request_id=request_id, address=address, operator=operator)
     run = (call(cfg, "status")["run"] or {}).get("run_id")
-    typer.echo(f"trigger {rid} accepted: " + (f"run {run} in flight" if run else "queued") +
-               "; follow it with `raymlops events CONFIG --follow`")
+    emit({"request_id": rid, "run_id": run, "queued": run is None}, as_json,
+         f"trigger {rid} accepted: " + (f"run {run} in flight" if run else "queued") +
+         "; follow it with `raymlops events CONFIG --follow`")
 
 
 @app.command("events")
@@ -161,7 +176,8 @@ def events_cmd(
     since: Annotated[int, typer.Option("--since", help="Only events after this sequence number.")] = 0,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many (the newest).")] = 50,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line (JSON lines: `| jq .kind`), "
+                                          "on stdout alone.")] = False,
     set_: SetOpt = None, env: EnvOpt = None,
 ) -> None:
     """The controller's event log: triggers, runs, canary decisions with their checks, promotions, rollbacks.
@@ -172,18 +188,19 @@ def events_cmd(
 
     from raymlops.control.operations import events
     from raymlops.control.statefile import state_uri
+    from raymlops.core.redact import redact_data
 
     cfg = load(config, set_, env)
     shown = events(cfg, since)
     if shown is None and not follow:
-        typer.echo(f"no controller events for {cfg.name!r} yet ({state_uri(cfg)} does not exist); start one with "
+        (say if as_json else typer.echo)(f"no controller events for {cfg.name!r} yet ({state_uri(cfg)} does not exist); start one with "
                    "`raymlops controller start CONFIG`")
         return
     shown = (shown or [])[-limit:]
     try:
         while True:
             for e in shown:
-                typer.echo(json.dumps(e, default=str)) if as_json else echo_event(e)
+                typer.echo(json.dumps(redact_data(e), default=str)) if as_json else echo_event(e)
                 since = e["seq"]
             if not follow:
                 return
@@ -194,13 +211,9 @@ def events_cmd(
 
 
 @app.command("status")
-def status_cmd(
-    config: ConfigArg,
-    as_json: Annotated[bool, typer.Option("--json", help="Everything as one JSON document.")] = False,
-    set_: SetOpt = None, env: EnvOpt = None,
-) -> None:
+def status_cmd(config: ConfigArg, as_json: JsonOpt = False, set_: SetOpt = None, env: EnvOpt = None) -> None:
     """Where the loop stands: model versions and aliases, controller rollout and run, live serving, monitoring."""
     from raymlops.control.status import gather_status, render_status
 
     doc = gather_status(load(config, set_, env))
-    typer.echo(json.dumps(doc, indent=2, default=str) if as_json else render_status(doc))
+    emit(doc, as_json, lambda: render_status(doc))

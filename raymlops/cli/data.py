@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from raymlops._ray import init_ray_later
-from raymlops.cli._common import AddressOpt, ConfigArg, EnvOpt, SetOpt, app, load, say
+from raymlops.cli._common import AddressOpt, ConfigArg, EnvOpt, JsonOpt, SetOpt, app, emit, load, progress
 
 data_app = typer.Typer(help="Synthetic data for demos, tests and benchmarks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -41,6 +41,7 @@ def data_generate(
     corrupt_pct: Annotated[
         float, typer.Option("--corrupt-pct", min=0, max=100, help="Corrupt values (negative, NaN, Inf, outliers), %.")
     ] = 0.0,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write churn-like synthetic data as daily parquet files."""
     from raymlops.data.synthetic import DriftSpec, generate, parse_drift_option
@@ -59,7 +60,8 @@ def data_generate(
         null_pct=null_pct,
         corrupt_pct=corrupt_pct,
     )
-    typer.echo(f"wrote {result.rows:,} rows in {len(result.files)} files under {out}")
+    emit({"out": out, "rows": result.rows, "files": result.files}, as_json,
+         f"wrote {result.rows:,} rows in {len(result.files)} files under {out}")
 
 
 @app.command("validate")
@@ -72,6 +74,7 @@ def validate_cmd(
     set_: SetOpt = None,
     env: EnvOpt = None,
     address: AddressOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Profile a dataset and check it against the frozen schema (schema skew → exit 3) and reference (drift).
 
@@ -81,9 +84,12 @@ def validate_cmd(
     init_ray_later(address)  # Ray starts only if the data is too big to validate here (data.local_max_rows)
     from raymlops.data.validate import validate_data
 
-    outcome = validate_data(cfg, data_uri=data, progress=say)
-    typer.echo(outcome.report.summary())
-    typer.echo(f"report: {outcome.report_uri}\nhtml:   {outcome.html_uri}")
+    with progress("validating", enabled=not as_json) as step:
+        outcome = validate_data(cfg, data_uri=data, progress=step)
+    emit({"decision": outcome.decision, "source": outcome.source, "schema_version": outcome.schema.version,
+          "schema_uri": outcome.schema_uri, "frozen_now": outcome.frozen_now, "report_uri": outcome.report_uri,
+          "html_uri": outcome.html_uri, "report": outcome.report.to_dict()}, as_json,
+         f"{outcome.report.summary()}\nreport: {outcome.report_uri}\nhtml:   {outcome.html_uri}")
     if outcome.decision == "STOP":
         raise typer.Exit(3)
 

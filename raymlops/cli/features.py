@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from raymlops.cli._common import app
+from raymlops.cli._common import JsonOpt, app, emit
 from raymlops.errors import ConfigError
 
 features_app = typer.Typer(
@@ -39,7 +39,7 @@ def list_(
     repo: RepoOpt = _DEFAULT_REPO,
     search: Annotated[Optional[str], typer.Option(  # noqa: UP045 - typer needs Optional
         "--search", "-s", help="Show only definitions whose name, description, owner or tags contain this text.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """List entities, feature views (with their features) and feature services."""
     r = _repo(repo)
@@ -56,8 +56,8 @@ def list_(
         needle = search.lower()
         rows = [row for row in rows if needle in json.dumps(row, default=str).lower()]
     if as_json:
-        typer.echo(json.dumps([dict(zip(("kind", "name", "summary", "description", "owner", "tags"), row,
-                                        strict=True)) for row in rows], indent=1))
+        emit([dict(zip(("kind", "name", "summary", "description", "owner", "tags"), row, strict=True))
+              for row in rows], True)
         return
     typer.echo(f"feature repo {repo} (project {r.project}, digest {r.digest[7:19]})")
     for kind, name, summary, description, owner, _ in rows:
@@ -69,8 +69,9 @@ def list_(
 def describe(
     name: Annotated[str, typer.Argument(help="An entity, feature view or feature service name.")],
     repo: RepoOpt = _DEFAULT_REPO,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Show one definition in full (defaults filled in), as YAML."""
+    """Show one definition in full (defaults filled in), as YAML or JSON."""
     import yaml
 
     r = _repo(repo)
@@ -80,7 +81,7 @@ def describe(
             doc = {kind: {name: table[name].model_dump(mode="json")}}
             if kind == "feature_service":
                 doc["resolved"] = {v.name: list(v.features) for v in r.service(name)}
-            typer.echo(yaml.safe_dump(doc, sort_keys=False).rstrip())
+            emit(doc, as_json, lambda: yaml.safe_dump(doc, sort_keys=False).rstrip())  # noqa: B023 - called now
             return
     known = sorted([*r.entities, *r.feature_views, *r.feature_services])
     raise ConfigError(f"{repo}: no entity, feature view or service named '{name}'; known: {known}")
@@ -96,6 +97,7 @@ def materialize(
                                        "on the first run).")] = False,
     end: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--end", help="Materialise events up to this ISO-8601 time (naive = UTC). Default: now.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Load the latest feature values per entity into the online store (SQLite by default, or Redis)."""
     from raymlops.features.materialize import materialize as run
@@ -107,10 +109,10 @@ def materialize(
         except ValueError:
             raise ConfigError(f"--end {end!r} is not an ISO-8601 time; write e.g. 2026-01-31T00:00:00Z") from None
     r = _repo(repo)
-    for result in run(r, views=view or None, full=full, end=until):
-        typer.echo(result.summary())
-    typer.echo(f"online store: {r.online_store.type} "
-               f"{r.online_store.path if r.online_store.type == 'sqlite' else r.online_store.url}")
+    results = run(r, views=view or None, full=full, end=until)
+    where = r.online_store.path if r.online_store.type == "sqlite" else r.online_store.url
+    emit({"views": results, "online_store": {"type": r.online_store.type, "where": where}}, as_json,
+         lambda: "\n".join([*(x.summary() for x in results), f"online store: {r.online_store.type} {where}"]))
 
 
 @features_app.command()
@@ -120,9 +122,10 @@ def generate(
     customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 500,
     days: Annotated[int, typer.Option(min=3, help="Days of daily usage rows.")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same files.")] = 0,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write the example data that configs/features.yaml reads: profiles, daily usage and churn labels."""
     from raymlops.features.example import generate_example
 
-    for name, uri in generate_example(out, customers=customers, days=days, seed=seed).items():
-        typer.echo(f"{name}: {uri}")
+    written = generate_example(out, customers=customers, days=days, seed=seed)
+    emit(written, as_json, lambda: "\n".join(f"{name}: {uri}" for name, uri in written.items()))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
-from raymlops.cli._common import ConfigArg, EnvOpt, JsonOpt, SetOpt, app, load, say
+from raymlops.cli._common import ConfigArg, EnvOpt, JsonOpt, SetOpt, app, emit, load, say
 
 
 @app.command("gc")
@@ -27,7 +26,7 @@ def gc_cmd(
     cfg = load(config, set_, env)
     report = collect_garbage(cfg, dry_run=dry_run)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=1, default=str))
+        emit(report.to_dict(), True)
         return
     for kind, names in (("log partition", report.deleted_partitions), ("report", report.deleted_reports),
                         ("run", report.deleted_runs)):

@@ -8,7 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 from raymlops._ray import init_ray
-from raymlops.cli._common import AddressOpt, ConfigArg, EnvOpt, SetOpt, app, load, say
+from raymlops.cli._common import (
+    AddressOpt,
+    ConfigArg,
+    EnvOpt,
+    JsonOpt,
+    SetOpt,
+    app,
+    emit,
+    load,
+    progress,
+    say,
+)
 
 pipeline_app = typer.Typer(help="Deliver the pipeline's own code: package, pre-flight, deploy per environment, "
                            "promote, roll back.", no_args_is_help=True)
@@ -25,14 +36,20 @@ def run_cmd(
         typer.Option("--resume", help="Resume a failed run: only steps that did not complete run again."),
     ] = None,
     address: AddressOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run the continuous-training pipeline: validate → prepare → train (+tune) → evaluate → bless → register."""
     cfg = load(config, set_, env)
-    init_ray(address)
-    from raymlops.ct import run_ct_pipeline
+    with progress(f"pipeline {cfg.name!r}", enabled=not as_json) as step:
+        step("starting Ray")
+        init_ray(address)
+        from raymlops.ct import run_ct_pipeline
 
-    result = run_ct_pipeline(cfg, resume_run_id=resume, progress=say)
-    typer.echo(result.summary())
+        result = run_ct_pipeline(cfg, resume_run_id=resume, progress=step)
+    emit({"run_id": result.run_id, "status": result.status, "version": result.version, "error": result.error,
+          "steps": {name: {"status": r.status, "duration_s": r.duration_s, "cache_hit": r.cache_hit,
+                           "error": r.error} for name, r in result.pipeline.steps.items()},
+          "mlflow_run_id": result.pipeline.mlflow_run_id}, as_json, result.summary())
     result.raise_for_status()
 
 
@@ -40,13 +57,18 @@ def run_cmd(
 def runs_cmd(
     config: ConfigArg,
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many runs, newest first.")] = 20,
-    set_: SetOpt = None, env: EnvOpt = None,
+    set_: SetOpt = None, env: EnvOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """List pipeline runs with their status and step states."""
+    import dataclasses
+
     from raymlops.registry.client import runs
 
     cfg = load(config, set_, env)
     found = runs(cfg, limit=limit)
+    if as_json:
+        emit([dataclasses.asdict(r) | {"duration_s": r.duration_s} for r in found], True)
+        return
     if not found:
         typer.echo(f"no runs of pipeline {cfg.name!r} yet; start one with `raymlops run {config}`")
     for r in found:
@@ -57,12 +79,13 @@ def runs_cmd(
 def lineage_cmd(
     config: ConfigArg,
     version: Annotated[str, typer.Argument(help="Model version number or alias (champion, challenger).")],
-    set_: SetOpt = None, env: EnvOpt = None,
+    set_: SetOpt = None, env: EnvOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Walk from a model version back to its pipeline run, steps, artifacts and data."""
     from raymlops.registry.client import lineage
 
-    typer.echo(lineage(load(config, set_, env), version).render())
+    found = lineage(load(config, set_, env), version)
+    emit(found.to_dict(), as_json, found.render)
 
 
 @pipeline_app.command("deploy")
@@ -85,7 +108,7 @@ def pipeline_deploy_cmd(
 
 
 @pipeline_app.command("list")
-def pipeline_list_cmd(config: ConfigArg, set_: SetOpt = None) -> None:
+def pipeline_list_cmd(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     """Implementations deployed to each environment: current, history, runs and blessed models per implementation."""
     import datetime as dt
 
@@ -93,10 +116,14 @@ def pipeline_list_cmd(config: ConfigArg, set_: SetOpt = None) -> None:
 
     base = load(config, set_)
     if not base.environments:
-        typer.echo("no environments in the config; add `environments:` (see configs/churn.yaml)")
+        say("no environments in the config; add `environments:` (see configs/churn.yaml)")
+        emit({}, as_json)
         return
-    for name in base.environments:
-        state = delivery.env_state(load(config, set_, name))
+    states = {name: delivery.env_state(load(config, set_, name)) for name in base.environments}
+    if as_json:
+        emit({name: st.to_dict() for name, st in states.items()}, True)
+        return
+    for name, state in states.items():
         typer.echo(f"{name}: current {state.current[:12] if state.current else '(installed code)'}"
                    + (f"; awaiting approval to promote {state.pending_approval[:12]}" if state.pending_approval else ""))
         for d in reversed(state.history):

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from raymlops.cli._common import ConfigArg, EnvOpt, SetOpt, app, load, say
+from raymlops.cli._common import ConfigArg, EnvOpt, JsonOpt, SetOpt, app, emit, load, say
 
 schema_app = typer.Typer(
     help="Schema versions: show one, propose the next from a validation report (diff), accept it.",
@@ -49,14 +49,18 @@ def _show_plan(plan) -> None:
 
 
 @schema_app.command("show")
-def schema_show(config: ConfigArg, version: VersionOpt = None, set_: SetOpt = None, env: EnvOpt = None) -> None:
-    """Print a schema version as YAML (default: the one validation uses now)."""
+def schema_show(config: ConfigArg, version: VersionOpt = None, set_: SetOpt = None, env: EnvOpt = None,
+                as_json: JsonOpt = False) -> None:
+    """Print a schema version as YAML or JSON (default: the one validation uses now)."""
     from raymlops.data.schemas import load_schema_version, schema_versions
 
     cfg = load(config, set_, env)
     frozen = load_schema_version(cfg, version)
     kept = ", ".join(f"v{v}" for v in sorted(schema_versions(cfg)))
     say(f"schema {frozen.schema.name} v{frozen.schema.version} ({frozen.uri}); versions kept: {kept or 'none'}")
+    if as_json:
+        emit(frozen.schema.to_dict() | {"uri": frozen.uri}, True)
+        return
     typer.echo(frozen.schema.to_yaml(), nl=False)
 
 
@@ -72,6 +76,7 @@ def schema_diff_cmd(
     ] = None,
     set_: SetOpt = None,
     env: EnvOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show the next version proposed from a report (or an edited file) against the current one; without either,
     what version N (default: the current) changed from N-1. Refuses (exit 2) to drop a feature the champion needs."""
@@ -83,9 +88,11 @@ def schema_diff_cmd(
         new = load_schema_version(cfg, version)
         if new.schema.version == 1:
             say(f"v1 is the first version ({new.uri}); nothing to compare it with")
+            emit({"base_version": None, "version": 1, "diff": None}, as_json)
             return
         old = load_schema_version(cfg, new.schema.version - 1)
-        typer.echo(schema_diff(old.schema, new.schema), nl=False)
+        text = schema_diff(old.schema, new.schema)
+        emit({"base_version": old.schema.version, "version": new.schema.version, "diff": text}, as_json, text.rstrip("\n"))
         return
     plan = _plan(cfg, from_report, file)
     _show_plan(plan)
@@ -93,7 +100,10 @@ def schema_diff_cmd(
         out.write_text(plan.schema.to_yaml())
         say(f"wrote the proposal to {out}: edit it, then `raymlops schema accept {config} --file {out}"
             + (f" --from-report {from_report}`" if from_report else "`"))
-    typer.echo(schema_diff(plan.base.schema, plan.schema), nl=False)
+    text = schema_diff(plan.base.schema, plan.schema)
+    emit({"base_version": plan.base.schema.version, "version": plan.schema.version, "diff": text,
+          "changes": plan.proposal.changes, "unresolved": plan.proposal.unresolved, "notes": plan.notes}, as_json,
+         text.rstrip("\n"))
 
 
 @schema_app.command("accept")
@@ -103,6 +113,7 @@ def schema_accept(
     file: FileOpt = None,
     set_: SetOpt = None,
     env: EnvOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write the next schema version: proposed from a report's anomalies, or a file you edited (with the report,
     its data's statistics become the version's reference). Earlier versions are kept; nothing is written on error."""
@@ -114,4 +125,4 @@ def schema_accept(
     accepted = accept_schema(cfg, plan)
     for note in accepted.notes[len(plan.notes):]:
         say(note)
-    typer.echo(f"accepted schema v{accepted.version}: {accepted.uri}")
+    emit(accepted, as_json, f"accepted schema v{accepted.version}: {accepted.uri}")

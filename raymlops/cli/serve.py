@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 import typer
 
 from raymlops._ray import cluster_address, connect, init_ray
-from raymlops.cli._common import AddressOpt, ConfigArg, EnvOpt, SetOpt, app, load, say
+from raymlops.cli._common import (
+    AddressOpt,
+    ConfigArg,
+    EnvOpt,
+    JsonOpt,
+    SetOpt,
+    app,
+    emit,
+    load,
+    progress,
+    say,
+)
 
 serve_app = typer.Typer(help="Inspect and steer the running serving app.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
@@ -47,7 +57,10 @@ def _parse_weights(text: str | None) -> dict[str, float] | None:
     return weights
 
 
-def _echo_deploy(info) -> None:
+def _echo_deploy(info, as_json: bool = False) -> None:
+    if as_json:
+        emit(info, True)
+        return
     split = ", ".join(f"v{v} {w:g}%" for v, w in info.weights.items())
     shadow = f"; shadow v{info.shadow} mirrors {info.shadow_pct:g}%" if info.shadow else ""
     typer.echo(f"serving app '{info.app_name}' at {info.url} ({split}{shadow})")
@@ -65,6 +78,7 @@ def deploy_cmd(
     ] = True,
     set_: SetOpt = None, env: EnvOpt = None,
     address: AddressOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """(Re)deploy the serving app from the registry's aliases; a running app is reconfigured in place.
 
@@ -80,7 +94,7 @@ def deploy_cmd(
 
     info = deploy(cfg, weights=_parse_weights(weights), shadow=shadow, shadow_pct=shadow_pct,
                   direct_ingress=direct_ingress)
-    _echo_deploy(info)
+    _echo_deploy(info, as_json)
     if address is None:
         import time
 
@@ -94,7 +108,8 @@ def deploy_cmd(
 
 
 @app.command("undeploy")
-def undeploy_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None) -> None:
+def undeploy_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, address: AddressOpt = None,
+                 as_json: JsonOpt = False) -> None:
     """Delete the serving app (its replicas drain their prediction logs first)."""
     from raymlops.control.operations import ensure_no_controller
 
@@ -104,17 +119,21 @@ def undeploy_cmd(config: ConfigArg, set_: SetOpt = None, env: EnvOpt = None, add
     from raymlops.serve.deploy import app_name, undeploy
 
     name = app_name(cfg)
-    typer.echo(f"deleted serving app '{name}'" if undeploy(cfg) else f"serving app '{name}' was not deployed")
+    deleted = undeploy(cfg)
+    emit({"app_name": name, "deleted": deleted}, as_json,
+         f"deleted serving app '{name}'" if deleted else f"serving app '{name}' was not deployed")
 
 
 @serve_app.command("status")
-def serve_status_cmd(config: ConfigArg, set_: SetOpt = None, address: AddressOpt = None) -> None:
-    """Serve's view of the app plus the app's own model info (versions, weights, roles, counters) as JSON."""
+def serve_status_cmd(config: ConfigArg, set_: SetOpt = None, address: AddressOpt = None,
+                     as_json: JsonOpt = False) -> None:
+    """Serve's view of the app plus the app's own model info (versions, weights, roles, counters) as JSON (either
+    way; --json is accepted like everywhere)."""
     cfg = load(config, set_)
     connect(cfg, address)
     from raymlops.serve.deploy import status
 
-    typer.echo(json.dumps(status(cfg), indent=2, default=str))
+    emit(status(cfg), True)
 
 
 @serve_app.command("weights")
@@ -125,6 +144,7 @@ def serve_weights_cmd(
     shadow_pct: ShadowPctOpt = None,
     set_: SetOpt = None,
     address: AddressOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Change the live split (and shadow) of the RUNNING app in place: no replica restarts, no dropped request.
 
@@ -137,7 +157,7 @@ def serve_weights_cmd(
     connect(cfg, address)
     from raymlops.serve.deploy import set_weights
 
-    _echo_deploy(set_weights(cfg, _parse_weights(weights) or {}, shadow=shadow, shadow_pct=shadow_pct))
+    _echo_deploy(set_weights(cfg, _parse_weights(weights) or {}, shadow=shadow, shadow_pct=shadow_pct), as_json)
 
 
 
@@ -152,13 +172,15 @@ def predict_cmd(
     ] = None,
     set_: SetOpt = None,
     address: AddressOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Score a dataset with a registered model version on Ray Data (same package and transform as serving)."""
     cfg = load(config, set_)
-    init_ray(address)
-    from raymlops.serve.batch import predict_batch
+    with progress("batch prediction", enabled=not as_json) as step:
+        init_ray(address)
+        from raymlops.serve.batch import predict_batch
 
-    result = predict_batch(cfg, input_uri, output_uri, version=version, progress=say)
-    typer.echo(f"wrote {result.rows:,} predictions of {cfg.name} v{result.version} to {result.output_uri}")
+        result = predict_batch(cfg, input_uri, output_uri, version=version, progress=step)
+    emit(result, as_json, f"wrote {result.rows:,} predictions of {cfg.name} v{result.version} to {result.output_uri}")
 
 
