@@ -18,6 +18,14 @@ feature_services:
   churn_model: {features: [customer_profile, "customer_usage:usage_gb"]}   # a whole view, or view:feature
 ```
 
+Feast's spellings are accepted too, so a Feast user's habits carry over (each maps onto the key above; giving
+both spellings with different values is an error naming both): named lists (``entities: [{name: customer, ...}]``,
+likewise ``feature_views`` and ``feature_services``); an entity's ``join_keys: [customer_id]`` with ``value_type:
+STRING``; a view's ``entities: [customer]`` (one entity), ``ttl`` (seconds, or ``3d``, ``12h``, ``1d12h``),
+``schema: [{name: usage_gb, dtype: Float32}]`` (Float32/Float64, Int32/Int64, String, Bool) and a source's
+``path``, ``file_format``, ``timestamp_field`` and ``created_timestamp_column``; ``provider: local`` and
+``offline_store: {type: file}`` (what raymlops does).
+
 Relative paths are relative to the working directory, like every raymlops config. The validated document has a
 content digest (``FeatureRepo.digest``): a training set, a materialisation and a served model record the digest
 of the definitions they used, and ``save_copy`` keeps that exact document under the storage root.
@@ -27,6 +35,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -51,6 +61,144 @@ class _Def(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# ------------------------------------------------------------------------------------ Feast's spellings
+_FEAST_DTYPES = {"float32": "float64", "float64": "float64", "int32": "int64", "int64": "int64",
+                 "string": "string", "bool": "bool"}
+_FEAST_KEY_TYPES = {"string": "string", "int32": "int64", "int64": "int64"}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
+_UNIT_S = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def _take(data: dict[str, Any], ours: str, feast: str, convert: Callable[[Any], Any] = lambda v: v,
+          shown: str | None = None) -> dict[str, Any]:
+    """``data`` with Feast's key renamed to ours (converted); both spellings with different values is an error."""
+    if feast not in data:
+        return data
+    data = dict(data)
+    value = convert(data.pop(feast))
+    if ours in data and data[ours] != value:
+        raise ValueError(f"both `{ours}` and `{shown or feast}` (Feast's name for it) are set, to different "
+                         "values; keep one of them")
+    data[ours] = value
+    return data
+
+
+def _named(items: Any, key: str) -> Any:
+    """Feast's list of ``{name: ..., ...}`` as our mapping of name -> definition (anything else unchanged)."""
+    if not isinstance(items, list):
+        return items
+    out: dict[str, Any] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ValueError(f"{key}[{i}]: a list entry needs `name:` (or write {key} as a mapping of name -> "
+                             "definition)")
+        name = item["name"]
+        if name in out:
+            raise ValueError(f"{key}: '{name}' is defined twice; rename or remove one")
+        out[name] = {k: v for k, v in item.items() if k != "name"}
+    return out
+
+
+def _ttl_s(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value  # a number of seconds (or null), validated as ttl_s
+    text = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = _DURATION.findall(text)
+    if not parts or _DURATION.sub("", text).strip():
+        raise ValueError(f"`ttl` {value!r} is not a duration; write seconds (259200) or units: 3d, 12h, 1d12h, 90m")
+    return float(sum(float(n) * _UNIT_S[u] for n, u in parts))
+
+
+def _entity_name(value: Any) -> Any:
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise ValueError(f"`entities` {value}: a raymlops feature view has one entity; define one entity whose "
+                             "join_keys hold all the keys of the view")
+        return value[0]
+    return value
+
+
+def _schema(value: Any) -> Any:
+    if not isinstance(value, list):
+        raise ValueError("`schema` must be a list of {name:, dtype:} fields (Feast's Field)")
+    out: dict[str, Any] = {}
+    for i, field in enumerate(value):
+        if not isinstance(field, dict) or "name" not in field:
+            raise ValueError(f"schema[{i}]: a field needs `name:` and `dtype:`")
+        field = dict(field)
+        name, dtype = field.pop("name"), field.pop("dtype", None)
+        ours = _FEAST_DTYPES.get(str(dtype).lower())
+        if ours is None:
+            raise ValueError(f"schema[{i}] '{name}': dtype {dtype!r} is not supported; use one of Float32, Float64, "
+                             "Int32, Int64, String, Bool")
+        out[name] = {"type": ours, **field}
+    return out
+
+
+def _join_keys(data: dict[str, Any]) -> dict[str, Any]:
+    keys = data.get("join_keys")
+    if "value_type" not in data and not isinstance(keys, list):
+        return data
+    data = dict(data)
+    value_type = data.pop("value_type", None)
+    if not isinstance(keys, list):
+        raise ValueError("`value_type` (Feast) types a `join_keys` list; with a mapping give each key its type "
+                         "(join_keys: {customer_id: string})")
+    kind = _FEAST_KEY_TYPES.get(str(value_type).lower())
+    if kind is None:
+        raise ValueError(f"`join_keys` {keys} as a list needs `value_type: STRING` or `INT64` (got {value_type!r}), "
+                         "or write a mapping of key -> type (join_keys: {customer_id: string})")
+    data["join_keys"] = {k: kind for k in keys}
+    return data
+
+
+def _feast_view(data: dict[str, Any]) -> dict[str, Any]:
+    data = _take(data, "entity", "entities", _entity_name)
+    data = _take(data, "ttl_s", "ttl", _ttl_s)
+    data = _take(data, "features", "schema", _schema)
+    source = data.get("source")
+    if isinstance(source, dict):
+        source = _take(_take(source, "uri", "path", shown="source.path"), "format", "file_format",
+                       shown="source.file_format")
+        for feast, ours in (("timestamp_field", "event_timestamp"), ("created_timestamp_column", "created_timestamp")):
+            if feast in source:
+                data = _take({**data, feast: source[feast]}, ours, feast, shown=f"source.{feast}")
+                source = {k: v for k, v in source.items() if k != feast}
+        data = {**data, "source": source}
+    return data
+
+
+_FEAST_ONLY = {
+    "registry": "raymlops keeps no registry file: this YAML is the registry (its digest is recorded with each "
+                "training set and materialisation); remove `registry`",
+    "entity_key_serialization_version": "raymlops encodes entity keys one way; remove "
+                                        "`entity_key_serialization_version`",
+}
+
+
+def _feast_repo(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    for key, why in _FEAST_ONLY.items():
+        if key in data:
+            raise ValueError(why)
+    if "provider" in data:
+        if data["provider"] != "local":
+            raise ValueError(f"provider {data['provider']!r}: raymlops reads sources through pyarrow filesystems "
+                             "and runs on Ray wherever it is; remove `provider` (or write local)")
+        del data["provider"]
+    if "offline_store" in data:
+        if data["offline_store"] not in ({"type": "file"}, "file"):
+            raise ValueError("offline_store: raymlops reads each view's source files (parquet/csv) itself; remove "
+                             "`offline_store` (or write {type: file})")
+        del data["offline_store"]
+    for key in ("entities", "feature_views", "feature_services"):
+        if key in data:
+            data[key] = _named(data[key], key)
+    return data
+
+
 class OnlineStoreDef(_Def):
     type: Literal["sqlite", "redis"] = Field("sqlite", description="sqlite (embedded, default) or redis.")
     path: str = Field("./.raymlops/features/online.sqlite", description="SQLite file (local path).")
@@ -65,6 +213,14 @@ class OnlineStoreDef(_Def):
         0.5, description="Serving path: Redis socket timeout and SQLite busy timeout (s). A request's lookup "
         "slower than connect_timeout_s + read_timeout_s is answered 503 with Retry-After.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _feast(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "connection_string" in data:
+            raise ValueError("`connection_string` is Feast's; write url: redis://host:6379/0 and put the password "
+                             "in the variable password_env names")
+        return data
+
     @model_validator(mode="after")
     def _complete(self) -> OnlineStoreDef:
         if self.type == "redis" and not self.url:
@@ -77,6 +233,11 @@ class OnlineStoreDef(_Def):
 class EntityDef(_Def):
     join_keys: dict[Name, KeyType] = Field(min_length=1, description="Key column -> string | int64.")
     description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _feast(cls, data: Any) -> Any:
+        return _join_keys(data) if isinstance(data, dict) else data
 
 
 class SourceDef(_Def):
@@ -101,6 +262,11 @@ class FeatureViewDef(_Def):
     owner: str = ""
     tags: dict[str, str] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _feast(cls, data: Any) -> Any:
+        return _feast_view(data) if isinstance(data, dict) else data
+
 
 class FeatureServiceDef(_Def):
     features: list[str] = Field(min_length=1, description="View names, or `view:feature` for single features.")
@@ -118,6 +284,11 @@ class FeatureRepo(_Def):
     feature_views: dict[Name, FeatureViewDef] = Field(min_length=1)
     feature_services: dict[Name, FeatureServiceDef] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _feast(cls, data: Any) -> Any:
+        return _feast_repo(data) if isinstance(data, dict) else data
+
     @model_validator(mode="after")
     def _references(self) -> FeatureRepo:
         for name, view in self.feature_views.items():
@@ -130,22 +301,33 @@ class FeatureRepo(_Def):
                 raise ValueError(f"feature_views.{name}.features: {clash} are keys or timestamps of the view, not "
                                  "features; remove them from `features`")
         for name, service in self.feature_services.items():
-            seen: dict[str, str] = {}
-            for ref in service.features:
-                view_name, _, feature = ref.partition(":")
-                view = self.feature_views.get(view_name)
-                if view is None:
-                    raise ValueError(f"feature_services.{name}.features: unknown view '{view_name}' in {ref!r}; "
-                                     f"use one of {sorted(self.feature_views)}")
-                if feature and feature not in view.features:
-                    raise ValueError(f"feature_services.{name}.features: view '{view_name}' has no feature "
-                                     f"'{feature}'; its features are {sorted(view.features)}")
-                for f in [feature] if feature else view.features:
-                    if f in seen and seen[f] != view_name:
-                        raise ValueError(f"feature_services.{name}.features: feature '{f}' comes from both "
-                                         f"'{seen[f]}' and '{view_name}'; list only one of them")
-                    seen[f] = view_name
+            try:
+                self._choose(service.features)
+            except ValueError as err:
+                raise ValueError(f"feature_services.{name}.features: {err}") from None
         return self
+
+    def _choose(self, refs: Sequence[str]) -> dict[str, list[str]]:
+        """View -> chosen features for ``view`` / ``view:feature`` refs, in listed order (ValueError says why not)."""
+        chosen: dict[str, list[str]] = {}
+        seen: dict[str, str] = {}
+        for ref in refs:
+            view_name, _, feature = str(ref).partition(":")
+            view = self.feature_views.get(view_name)
+            if view is None:
+                raise ValueError(f"unknown view '{view_name}' in {ref!r}; use one of {sorted(self.feature_views)}")
+            if feature and feature not in view.features:
+                raise ValueError(f"view '{view_name}' has no feature '{feature}'; its features are "
+                                 f"{sorted(view.features)}")
+            names = chosen.setdefault(view_name, [])
+            for f in [feature] if feature else view.features:
+                if f in seen and seen[f] != view_name:
+                    raise ValueError(f"feature '{f}' comes from both '{seen[f]}' and '{view_name}'; list only one "
+                                     "of them")
+                seen[f] = view_name
+                if f not in names:
+                    names.append(f)
+        return chosen
 
     # ---------------------------------------------------------------------------------------------- use
     @property
@@ -177,13 +359,20 @@ class FeatureRepo(_Def):
         if name not in self.feature_services:
             raise ConfigError(f"unknown feature service '{name}'; known services: {sorted(self.feature_services)} "
                               "(see `raymlops features list`)")
-        chosen: dict[str, list[str]] = {}
-        for ref in self.feature_services[name].features:
-            view_name, _, feature = ref.partition(":")
-            names = chosen.setdefault(view_name, [])
-            for f in [feature] if feature else self.feature_views[view_name].features:
-                if f not in names:
-                    names.append(f)
+        return [self._resolve(v, fs) for v, fs in self._choose(self.feature_services[name].features).items()]
+
+    def select(self, features: str | Sequence[str]) -> list[ResolvedView]:
+        """The views for a feature service name, or for a list of ``view:feature`` (or whole ``view``) refs as
+        Feast writes them; each view limited to the chosen features, in listed order (``ConfigError`` if unknown)."""
+        if isinstance(features, str):
+            return self.service(features)
+        if not features:
+            raise ConfigError("no features requested; pass at least one `view:feature` ref (see `raymlops features "
+                              "list`) or a feature service name")
+        try:
+            chosen = self._choose(features)
+        except ValueError as err:
+            raise ConfigError(f"features {list(features)}: {err}") from None
         return [self._resolve(v, fs) for v, fs in chosen.items()]
 
     def _resolve(self, name: str, features: list[str]) -> ResolvedView:

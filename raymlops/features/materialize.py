@@ -5,6 +5,12 @@ with ``watermark < event time <= end``, where the watermark is the ``end`` of th
 and committed with the data; the first incremental run has no watermark and covers ALL history (not "now - TTL":
 the TTL is applied when values are read). Rows that arrive later with an event time at or before the watermark
 are only picked up by a full run. Within a run, the latest event per key wins, ties by the created timestamp.
+
+A range (``start`` given, Feast's ``materialize(start_date, end_date)``): rows with ``start <= event time <= end``
+are upserted (nothing dropped; a stored newer event is kept). The watermark moves to ``end`` only when the range
+starts at or before it, so an incremental run never skips rows between the watermark and a later range; before
+any incremental or full run there is no watermark, and a range leaves none (the next incremental reads all
+history).
 """
 
 from __future__ import annotations
@@ -58,12 +64,27 @@ def _end_us(end: dt.datetime | None) -> int:
 
 
 def materialize_view(view: ResolvedView, store: OnlineStore, *, full: bool = False,
-                     end: dt.datetime | None = None) -> MaterializeResult:
-    """Materialise one view (see the module docstring)."""
+                     end: dt.datetime | None = None, start: dt.datetime | None = None) -> MaterializeResult:
+    """Materialise one view: incremental, ``full``, or the range ``start``..``end`` (see the module docstring)."""
     end_us = _end_us(end)
-    start_us = None if full else store.watermark(view.name)
-    if start_us is not None and start_us >= end_us:
-        return MaterializeResult(view.name, "incremental", start_us, start_us, 0, 0)
+    watermark = store.watermark(view.name)
+    if start is not None:
+        if full:
+            raise FeatureStoreError("a materialisation is either full or a range from start; pass one of them")
+        start_us = _end_us(start)
+        if start_us > end_us:
+            raise FeatureStoreError(f"start_date {_iso(start_us)} is after end_date {_iso(end_us)}; swap them")
+        mode = "range"
+        lower_inclusive = True
+        # Contiguous with the watermark: the store is complete up to `end`. After a gap: it is not.
+        new_watermark = max(watermark, end_us) if watermark is not None and start_us <= watermark else watermark
+    else:
+        start_us = None if full else watermark
+        mode = "full" if full else "incremental"
+        lower_inclusive = False
+        new_watermark = end_us
+        if start_us is not None and start_us >= end_us:
+            return MaterializeResult(view.name, "incremental", start_us, start_us, 0, 0)
     unit = time_unit(*source_time_types(view))
     scale = 1000 if unit == "ns" else 1
     rows = prepare_feature_rows(read_view_rows(view), join_keys=list(view.join_keys),
@@ -71,7 +92,7 @@ def materialize_view(view: ResolvedView, store: OnlineStore, *, full: bool = Fal
                                 features=list(view.features), unit=unit, view=view.name)
     keep = pl.col(TIME) <= end_us * scale
     if start_us is not None:
-        keep &= pl.col(TIME) > start_us * scale
+        keep &= (pl.col(TIME) >= start_us * scale) if lower_inclusive else (pl.col(TIME) > start_us * scale)
     rows = rows.filter(keep & pl.all_horizontal([pl.col(k).is_not_null() for k in view.join_keys]))
     # Sorted by (time, created): the last row per key is its latest value.
     latest = rows.unique(subset=list(view.join_keys), keep="last").select(
@@ -80,21 +101,23 @@ def materialize_view(view: ResolvedView, store: OnlineStore, *, full: bool = Fal
         pl.struct(list(view.features)).struct.json_encode().alias("value"),
     )
     store.write(view.name, latest["key"].to_list(), latest["event_us"].to_list(), latest["value"].to_list(),
-                watermark_us=end_us, replace=full)
-    return MaterializeResult(view.name, "full" if full else "incremental", start_us, end_us, rows.height,
-                             latest.height)
+                watermark_us=new_watermark, replace=full)
+    return MaterializeResult(view.name, mode, start_us, end_us, rows.height, latest.height)
 
 
 def materialize(repo: FeatureRepo, *, views: Sequence[str] | None = None, full: bool = False,
-                end: dt.datetime | None = None, store: OnlineStore | None = None) -> list[MaterializeResult]:
-    """Materialise ``views`` (default: every view with ``online: true``) into the repo's online store."""
+                end: dt.datetime | None = None, start: dt.datetime | None = None,
+                store: OnlineStore | None = None) -> list[MaterializeResult]:
+    """Materialise ``views`` (default: every view with ``online: true``) into the repo's online store.
+
+    Incremental by default, ``full``, or the range ``start``..``end`` (see the module docstring)."""
     names = list(views) if views else [n for n, v in repo.feature_views.items() if v.online]
     if not names:
         raise FeatureStoreError("no feature view is marked online; set `online: true` on a view or name views")
     owned = store is None
     store = store if store is not None else open_online_store(repo.online_store, repo.project)
     try:
-        return [materialize_view(repo.view(n), store, full=full, end=end) for n in names]
+        return [materialize_view(repo.view(n), store, full=full, end=end, start=start) for n in names]
     finally:
         if owned:
             store.close()

@@ -22,7 +22,7 @@ from raymlops.core.pit import ROW, point_in_time_join, prepare_feature_rows, tim
 from raymlops.errors import FeatureStoreError
 from raymlops.features.definitions import FeatureRepo, ResolvedView
 
-__all__ = ["get_historical_features", "read_view_rows", "source_files", "source_time_types"]
+__all__ = ["entity_frame", "get_historical_features", "read_view_rows", "source_files", "source_time_types"]
 
 POLARS_TYPES = {"int64": pl.Int64, "float64": pl.Float64, "string": pl.Utf8, "bool": pl.Boolean}
 _PART = "__raymlops_part"
@@ -100,7 +100,8 @@ def source_time_types(view: ResolvedView) -> list[pl.DataType]:
 
 
 # ------------------------------------------------------------------------------------------- retrieval
-def _entity_frame(entity_rows: Any) -> pl.DataFrame:
+def entity_frame(entity_rows: Any) -> pl.DataFrame:
+    """Entity rows as a polars DataFrame: from pyarrow, polars, pandas, a Ray Dataset, or a parquet/csv URI."""
     if isinstance(entity_rows, pl.DataFrame):
         return entity_rows
     if isinstance(entity_rows, pa.Table | pa.RecordBatch):
@@ -120,7 +121,7 @@ def _entity_frame(entity_rows: Any) -> pl.DataFrame:
 
 def get_historical_features(
     repo: FeatureRepo,
-    service: str,
+    service: str | Sequence[str],
     entity_rows: Any,
     *,
     timestamp: str = "event_ts",
@@ -128,23 +129,25 @@ def get_historical_features(
 ) -> pa.Table:
     """``entity_rows`` with the features of ``service`` as of each row's ``timestamp`` (see the module docstring).
 
-    Every row is kept in order with its columns untouched; a feature with no value at or before the row's time
-    within the view's TTL is null. ``partitions > 1`` runs on Ray (which must be initialised).
+    ``service``: a feature service name, or a list of ``view:feature`` (or whole ``view``) refs. Every row is kept
+    in order with its columns untouched; a feature with no value at or before the row's time within the view's TTL
+    is null. ``partitions > 1`` runs on Ray (which must be initialised).
     """
-    entity = _entity_frame(entity_rows)
-    views = repo.service(service)
+    entity = entity_frame(entity_rows)
+    views = repo.select(service)
+    what = f"service '{service}'" if isinstance(service, str) else f"features {list(service)}"
     keys: dict[str, str] = {}
     for v in views:
         keys.update(v.join_keys)
     need = [*keys, timestamp]
     missing = [c for c in need if c not in entity.columns]
     if missing:
-        raise FeatureStoreError(f"entity rows lack column(s) {missing}; service '{service}' joins on {list(keys)} "
+        raise FeatureStoreError(f"entity rows lack column(s) {missing}; {what} join(s) on {list(keys)} "
                                 f"as of '{timestamp}' (pass timestamp= to name another column)")
     features = [f for v in views for f in v.features]
     clash = [f for f in features if f in entity.columns]
     if clash:
-        raise FeatureStoreError(f"entity rows already have column(s) {clash} that service '{service}' serves; "
+        raise FeatureStoreError(f"entity rows already have column(s) {clash} that {what} serve(s); "
                                 "drop or rename them, so no value is silently replaced")
     work = cast_declared(entity.select(need), keys, "entity rows").with_row_index(ROW)
     unit = time_unit(entity.schema[timestamp], *[d for v in views for d in source_time_types(v)])

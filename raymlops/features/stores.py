@@ -38,8 +38,9 @@ class OnlineStore(Protocol):
     """What materialisation writes and serving reads (see the module docstring)."""
 
     def write(self, view: str, keys: Sequence[str], event_us: Sequence[int], values: Sequence[str], *,
-              watermark_us: int, replace: bool) -> None:
-        """Upsert rows (newer events win) and set the view's watermark; ``replace`` first drops the view's rows."""
+              watermark_us: int | None, replace: bool) -> None:
+        """Upsert rows (newer events win) and set the view's watermark (None: leave it as it is); ``replace``
+        first drops the view's rows."""
 
     def read(self, view: str, keys: Sequence[str]) -> list[tuple[int, str] | None]:
         """``(event_us, values_json)`` per key, None for a key the store does not have."""
@@ -65,7 +66,8 @@ class MemoryOnlineStore:
             if old is None or t >= old[0]:
                 table[k] = (int(t), v)
         self.rows[view] = table
-        self.watermarks[view] = int(watermark_us)
+        if watermark_us is not None:
+            self.watermarks[view] = int(watermark_us)
 
     def read(self, view, keys):
         table = self.rows.get(view, {})
@@ -151,8 +153,9 @@ class SQLiteOnlineStore:
                 "WHERE excluded.event_us >= online.event_us",
                 ((view, k, int(t), v) for k, t, v in zip(keys, event_us, values, strict=True)),
             )
-            db.execute("INSERT INTO watermarks (view, end_us) VALUES (?, ?) ON CONFLICT (view) DO UPDATE SET "
-                       "end_us = excluded.end_us", (view, int(watermark_us)))
+            if watermark_us is not None:
+                db.execute("INSERT INTO watermarks (view, end_us) VALUES (?, ?) ON CONFLICT (view) DO UPDATE SET "
+                           "end_us = excluded.end_us", (view, int(watermark_us)))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -243,7 +246,8 @@ class RedisOnlineStore:
             pipe.delete(key)
         if new:
             pipe.hset(key, mapping={k: f"{t}|{v}" for k, (t, v) in new.items()})
-        pipe.hset(f"{self.prefix}:__watermarks", view, int(watermark_us))
+        if watermark_us is not None:
+            pipe.hset(f"{self.prefix}:__watermarks", view, int(watermark_us))
         self._call(pipe.execute)
 
     def read(self, view, keys):

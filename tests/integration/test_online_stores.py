@@ -74,6 +74,8 @@ def test_store_keeps_newer_events_and_commits_the_watermark(store):
     assert store.watermark("v") == 200
     store.write("v", ["c"], [1], ['{"x":4}'], watermark_us=300, replace=True)
     assert store.read("v", ["a", "c"]) == [None, (1, '{"x":4}')]
+    store.write("v", ["d"], [2], ['{"x":5}'], watermark_us=None, replace=False)  # a range after a gap
+    assert store.read("v", ["c", "d"]) == [(1, '{"x":4}'), (2, '{"x":5}')] and store.watermark("v") == 300
 
 
 def test_redis_and_sqlite_serve_the_same_values(redis_url, tmp_path):
