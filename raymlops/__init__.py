@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import warnings
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
+# The one place the version is written: pyproject.toml reads it (`dynamic = ["version"]`, setuptools `attr`).
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -42,11 +44,22 @@ _EXPORTS = {
     "Artifact": "raymlops.pipeline",
     "ModelRegistry": "raymlops.registry.models",
     "load_package": "raymlops.model.package",
+    "FeatureStore": "raymlops.features.store",
 }
 # Old names kept for one release: name -> (new name, when it goes).
 _DEPRECATED = {"run_pipeline": ("run_ct", "0.3")}
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "example_configs"])
+
+
+def example_configs() -> dict[str, Path]:
+    """The example configs shipped in the package: file name -> path (``churn.yaml``, ``features.yaml``).
+
+    They are the repository's ``configs/``: a checkout links ``raymlops/configs/*`` to them, a wheel holds copies.
+    Read them, or copy them to start a project; relative paths inside them are relative to the working directory.
+    """
+    folder = Path(__file__).with_name("configs")
+    return {p.name: p for p in sorted(folder.glob("*.yaml"))}
 
 
 def __getattr__(name: str) -> Any:
