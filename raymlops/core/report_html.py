@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from html import escape
 from typing import Any
 
 import numpy as np
 
+from raymlops.core.chart import axis_y, nice_ticks, svg_open
 from raymlops.core.drift import numeric_bins
 from raymlops.core.sketches import (
     CategoricalSketch,
@@ -30,10 +32,13 @@ h1{font-size:1.4rem} h2{font-size:1.15rem;margin-top:2rem} h3{font-size:1rem;mar
 .banner b{font-size:1.3rem}
 table{border-collapse:collapse;width:100%;font-size:.9rem}
 th,td{border:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical-align:top}
+td:last-child{overflow-wrap:anywhere}
 th{background:#f4f4f4} tr.drifted td{background:#fff3e0}
 code{font-size:.85rem;word-break:break-word}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:1rem}
-.card{border:1px solid #ddd;border-radius:6px;padding:.6rem}
+.grid.wide{grid-template-columns:repeat(auto-fill,minmax(520px,1fr))}
+.card{border:1px solid #ddd;border-radius:6px;padding:.6rem;min-width:0;overflow:hidden}
+svg{display:block;max-width:100%;height:auto}
 .muted{color:#666;font-size:.85rem}
 .legend span{display:inline-block;width:.8rem;height:.8rem;margin:0 .3rem 0 .8rem;vertical-align:middle}
 """
@@ -56,20 +61,28 @@ def _shares(counts: Any) -> list[float]:
 
 
 def _bars_svg(labels: list[str], ref: list[float] | None, cur: list[float], tips: list[str]) -> str:
-    """Grouped bars (reference beside current) of shares per bin/category."""
+    """Grouped bars (reference beside current) of shares per bin/category, on a share axis with gridlines."""
     n = max(len(labels), 1)
-    width, height, top, bottom, left = 360, 190, 10, 46, 30
+    width, height, top, bottom, left, right = 360, 200, 10, 54, 40, 6
     plot_h = height - top - bottom
-    slot = (width - left - 5) / n
-    peak = max([*cur, *(ref or []), 1e-12])
+    slot = (width - left - right) / n
+    ticks = nice_ticks(0.0, max([*cur, *(ref or []), 1e-12]), 4)
+    peak = ticks[-1]
+
+    def y(share: float) -> float:
+        return top + plot_h - plot_h * share / peak
+
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 5}" y2="{top + plot_h}" stroke="#999"/>',
-        f'<text x="2" y="{top + 8}" font-size="9" fill="#666">{peak:.0%}</text>',
+        svg_open(width, height, "distribution"),
+        axis_y(ticks, y, left, width - right, label=lambda v: f"{v:.{_share_decimals(ticks)}%}", font_size=9),
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" stroke="#999"/>',
     ]
     series = [(ref, _REF, "reference")] if ref is not None else []
     series.append((cur, _CUR, "current"))
     bar_w = slot * 0.8 / len(series)
+    # Rotated labels need ~14 px between neighbours (a 9 px line at 40°): show every k-th one on crowded axes.
+    every = max(1, math.ceil(14 / slot))
+    names = []
     for i, label in enumerate(labels):
         x0 = left + i * slot + slot * 0.1
         for k, (values, color, who) in enumerate(series):
@@ -78,14 +91,19 @@ def _bars_svg(labels: list[str], ref: list[float] | None, cur: list[float], tips
                 f'<rect x="{x0 + k * bar_w:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
                 f'fill="{color}"><title>{escape(who)} {escape(tips[i])}: {values[i]:.2%}</title></rect>'
             )
+        if i % every:
+            continue
         short = label if len(label) <= 10 else label[:9] + "…"
         cx = x0 + slot * 0.4
-        parts.append(
-            f'<text x="{cx:.1f}" y="{top + plot_h + 10}" font-size="9" fill="#444" text-anchor="end" '
-            f'transform="rotate(-40 {cx:.1f} {top + plot_h + 10})">{escape(short)}</text>'
-        )
-    parts.append("</svg>")
+        names.append(f'<text x="{cx:.1f}" y="{top + plot_h + 10}" transform="rotate(-40 {cx:.1f} '
+                     f'{top + plot_h + 10})">{escape(short)}<title>{escape(label)}</title></text>')
+    parts.append(f'<g class="names" font-size="9" fill="#444" text-anchor="end">{"".join(names)}</g></svg>')
     return "".join(parts)
+
+
+def _share_decimals(ticks: list[float]) -> int:
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    return max(0, min(4, -math.floor(math.log10(step * 100) + 1e-9)))
 
 
 def _numeric_chart(ref: NumericSketch | None, cur: NumericSketch) -> str:
