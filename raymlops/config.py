@@ -510,6 +510,9 @@ class MonitoringConfig(_Section):
     )
     min_rows: PositiveInt = Field(200, description="Live rows per version before its input drift is judged.")
     log_to_mlflow: bool = Field(True, description="Log each monitor pass as metrics of a `monitor` MLflow run.")
+    report_refresh_s: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="A browser showing the monitor's latest.html reloads it this often (seconds); null: every "
+        "interval_s, when a new pass may have rewritten it; 0: never.")
 
 
 class NotificationsConfig(_Section):

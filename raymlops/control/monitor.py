@@ -16,6 +16,7 @@ schema's reference statistics that data validation judges new data against.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import re
@@ -128,10 +129,20 @@ class _VersionModel:
     reference: DatasetProfile | None = None
     reference_source: str = ""
     note: str = ""
+    rolled_back: bool = False  # the controller's last decision on it (raymlops.decision.* tags) was a rollback
 
 
 def _vkey(version: Any) -> str:
     return str(version).strip().lstrip("vV")
+
+
+def _rolled_back(info: ModelVersionInfo) -> bool:
+    # Tags are "raymlops.decision.{seq:06d}" = "{iso time} {kind}: {message}" (control.ports.RegistryPort).
+    decisions = sorted((k, v) for k, v in info.tags.items() if k.startswith("raymlops.decision."))
+    if not decisions:
+        return False
+    kind = decisions[-1][1].split(" ", 1)[-1].split(":", 1)[0]
+    return kind in ("rolling_back", "rolled_back")
 
 
 def _offline(info: ModelVersionInfo, metric: str) -> float | None:
@@ -210,7 +221,7 @@ def _version_model(cfg: Config, registry: ModelRegistry, version: str, metric: s
         info = registry.get(cfg.name, version)
     except RegistryError as err:
         return _VersionModel(note=f"not in the registry ({err})")
-    out = _VersionModel(offline=_offline(info, metric))
+    out = _VersionModel(offline=_offline(info, metric), rolled_back=_rolled_back(info))
     try:
         out.schema = Schema.from_yaml(storage.read_text(storage.join(info.package_uri, "schema.yaml")))
         out.classes = Transform.from_json(storage.read_text(storage.join(info.package_uri, "transform.json"))).classes or None
@@ -296,14 +307,16 @@ def _metrics(result: MonitorResult) -> dict[str, float]:
 
 def _write_report(cfg: Config, passes: Sequence[MonitorResult], weights: Sequence[tuple[float, Mapping[str, float]]],
                   result: MonitorResult) -> str:
-    html = render_monitor_report(passes, weights, title=f"{cfg.name}: monitor", drift_reference=result.drift_reference,
-                                 window=(result.window_start, result.window_end))
+    refresh = cfg.monitoring.report_refresh_s
+    page = functools.partial(render_monitor_report, passes, weights, title=f"{cfg.name}: monitor",
+                             drift_reference=result.drift_reference, window=(result.window_start, result.window_end))
     base = storage.join(cfg.storage_uri, "reports", "monitor", cfg.name)
     stamp = dt.datetime.fromtimestamp(result.at, dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + \
         f"-{int(result.at * 1000) % 1000:03d}Z"
-    storage.atomic_write_text(storage.join(base, f"{stamp}.html"), html)
+    storage.atomic_write_text(storage.join(base, f"{stamp}.html"), page())
     latest = storage.join(base, "latest.html")
-    storage.atomic_write_text(latest, html)
+    # Only latest.html reloads itself in an open browser tab: a stamped page records one pass.
+    storage.atomic_write_text(latest, page(refresh_s=cfg.monitoring.interval_s if refresh is None else refresh))
     return latest
 
 
@@ -319,7 +332,8 @@ def run_monitor(
     """One monitor pass over ``[now - monitoring.window_s, now)`` (see the module docstring).
 
     ``champion`` is the serving champion's version; ``roles`` maps other versions to canary/shadow/other
-    (versions seen in the log but not named are added as ``other``, or ``shadow`` when they only shadowed).
+    (versions seen in the log but not named are added as ``other``, or ``shadow`` when they only shadowed, or
+    ``rolled_back`` when the controller's last decision on them, recorded in the registry, was a rollback).
     ``weights_timeline`` and ``history`` (earlier passes, objects or ``to_dict()`` dicts) feed the report's plots.
     Empty logs give zero counts and no drift; MLflow failures become ``notes`` rather than a lost pass.
     """
@@ -335,6 +349,8 @@ def run_monitor(
     versions: dict[str, VersionHealth] = {}
     for version, role in _roles(champion, roles, predictions).items():
         model = _version_model(cfg, registry, version, cfg.evaluation.primary_metric, policy)
+        if role == "other" and model.rolled_back:
+            role = "rolled_back"
         versions[version] = _health(cfg, version, role, model, predictions, joined, start, now, policy)
     champ = versions.get(champion) if champion is not None else None
     result = MonitorResult(

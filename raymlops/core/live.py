@@ -34,7 +34,7 @@ __all__ = [
     "live_profile",
 ]
 
-ROLES = ("champion", "canary", "shadow", "other")
+ROLES = ("champion", "canary", "shadow", "rolled_back", "other")  # rolled_back: last decision was a rollback
 _DICT_PREFIX = "dictionary<values="
 
 

@@ -131,6 +131,16 @@ def test_run_monitor_figures_drift_report_and_mlflow(tmp_path, tracking_uri):
     assert len(history) == 2
     assert any("v2" in line and "monthly_charges" in line for line in monitor_status_lines(again))
 
+    # The controller rolled v2 back (its decision is on the version's tags): a later pass calls it so, not "other";
+    # only latest.html reloads itself in a browser.
+    reg.tag_version(cfg.name, "2", "raymlops.decision.000009", "2026-01-01T00:00:00+00:00 rolled_back: canary 2 ...")
+    third = run_monitor(cfg, champion="1", now=now + 60, history=[result.to_dict(), again.to_dict()])
+    assert third.versions["2"].role == "rolled_back"
+    latest = Path(third.report_uri).read_text()
+    assert f'<meta http-equiv="refresh" content="{cfg.monitoring.interval_s:g}">' in latest
+    assert "v2 (rolled back)" in latest
+    assert all("http-equiv" not in p.read_text() for p in Path(third.report_uri).parent.glob("*Z.html"))
+
 
 def test_run_monitor_with_no_traffic_and_no_registry(tmp_path, tracking_uri):
     cfg = serving_config(tmp_path, tracking_uri, "monitoring.log_to_mlflow=false")
