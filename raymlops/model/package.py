@@ -21,6 +21,10 @@ booster packages are format 2, which a raymlops that predates boosters refuses b
 ``load_package`` is the single loading path used by evaluation, batch prediction and online serving, so
 training-serving skew cannot come from two implementations.
 
+Beside these files, registration adds MLflow's descriptor (``MLmodel``, its environment files and input example,
+written by ``raymlops.registry.mlmodel``): MLflow reads them to load the package as a pyfunc model whose loader,
+``raymlops.model.pyfunc``, calls ``load_package``. raymlops itself never reads them, and they are outside the digest.
+
 Trust (see ``raymlops.core.package_trust`` and SECURITY.md): a package never chooses code. Its ``model_spec.json``
 may name a built-in model (``mlp``, ``xgboost``) or a user factory that the *loading* side's ``PackagePolicy``
 (``model.allowed_factories`` of its config) lists; anything else is refused before any import. When a signing key is
@@ -121,6 +125,17 @@ class LoadedModel:
                 logits = self.model(x_num, x_cat)
         # The binary decision threshold chosen at evaluation (signature.json); 0.5 for packages written before it.
         return predict_outputs(self.transform.task, logits, threshold=float(self.signature.get("threshold") or 0.5))
+
+    def predict_decoded(self, batch: Any) -> dict[str, list[Any]]:
+        """``predict`` as JSON-ready lists named by the task's prediction fields, labels decoded to class values:
+        what the HTTP API answers per instance."""
+        out = self.predict(batch)
+        task = self.transform.task
+        if task == "regression":
+            return {"value": out["value"].tolist()}
+        classes = list(self.transform.classes)
+        score = "probability" if task == "binary" else "probabilities"
+        return {score: out[score].tolist(), "label": [classes[i] for i in out["label"].tolist()]}
 
 
 # ------------------------------------------------------------------------------------------------- save
@@ -322,6 +337,36 @@ def verify_package(
     files, info = _read_verified(dir_uri, expected_digest, policy)
     _model_spec(files, dir_uri, policy)
     return info
+
+
+@dataclass(frozen=True)
+class PackageDescription:
+    """What a verified package declares, without its model: schema, transform, signature and model kind."""
+
+    uri: str
+    digest: str
+    model: str  # the model_spec's model name: "mlp", "xgboost" or a user factory
+    schema_yaml: str
+    transform: Transform
+    signature: dict[str, Any]
+
+
+def describe_package(dir_uri: str, expected_digest: str | None = None) -> PackageDescription:
+    """Verify a package's integrity (signature, every sha256, the digest) and read what it declares.
+
+    Nothing is imported or built: the factory allow-list is a loading decision and does not apply here.
+    """
+    files, info = _read_verified(dir_uri, expected_digest, PackagePolicy())
+    spec = _parse_json(files, "model_spec.json", dir_uri)
+    try:
+        transform = Transform.from_json(files["transform.json"].decode("utf-8"))
+    except Exception as err:
+        raise PackageError(f"transform.json in {dir_uri} cannot be read ({err}); re-create the package") from None
+    return PackageDescription(
+        uri=dir_uri, digest=info.digest, model=str(spec.get("model", "mlp")) if isinstance(spec, dict) else "?",
+        schema_yaml=files["schema.yaml"].decode("utf-8"), transform=transform,
+        signature=_parse_json(files, "signature.json", dir_uri),
+    )
 
 
 def load_package(

@@ -1,15 +1,20 @@
 """Model versions and aliases in the MLflow model registry.
 
 A registered model version points at a model package (its ``source`` is the package URI) and carries tags that
-link it to the pipeline run, the data and the package digest. Aliases say what each version is for:
-``challenger`` (registered, waiting for its canary), ``champion`` (serving), ``previous`` (the champion before the
-last promotion: the rollback target).
+link it to the pipeline run, the data and the package digest. Registering a package that verifies against its
+digest writes its MLflow descriptor (``MLmodel``, ``raymlops.registry.mlmodel``) first, so
+``mlflow.pyfunc.load_model("models:/NAME@champion")`` and ``mlflow models serve`` work on every version; a package
+that does not verify is still registered (loading refuses it), tagged with why it has no ``MLmodel``.
+
+Aliases say what each version is for: ``challenger`` (registered, waiting for its canary), ``champion`` (serving),
+``previous`` (the champion before the last promotion: the rollback target).
 
 Always an explicit ``MlflowClient``: never MLflow's process-wide tracking URI, so two registries can coexist.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -18,7 +23,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from raymlops.errors import RegistryError
+from raymlops.errors import RaymlopsError, RegistryError
+from raymlops.registry.mlmodel import has_mlmodel, write_mlmodel
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -26,8 +32,11 @@ PREVIOUS = "previous"
 
 DIGEST_TAG = "raymlops.package_digest"
 RUN_TAG = "raymlops.mlflow_run_id"  # the MLflow run that registered it (the register step)
+NO_MLMODEL_TAG = "raymlops.mlmodel_missing"  # why a version's package has no MLmodel (it did not verify)
 
 _PAGE = 1000
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,7 @@ class ModelRegistry:
         """
         existing = self._find_by_digest(name, digest)
         if existing is None:
+            missing = _try_mlmodel(package_uri, digest)
             with self._errors(f"registering {package_uri} as a version of model '{name}'"):
                 try:
                     self._client.create_registered_model(name)
@@ -85,6 +95,8 @@ class ModelRegistry:
                 all_tags = {**{str(k): str(v) for k, v in tags.items()}, DIGEST_TAG: digest}
                 if run_id:
                     all_tags[RUN_TAG] = run_id
+                if missing:
+                    all_tags[NO_MLMODEL_TAG] = missing[:5000]
                 mv = self._client.create_model_version(
                     name, package_uri, run_id=run_id or None, tags=all_tags
                 )
@@ -93,6 +105,18 @@ class ModelRegistry:
             self.set_alias(name, alias, existing.version)
             existing = self.get(name, existing.version)
         return existing
+
+    def add_mlmodel(self, name: str, ref: int | str) -> bool:
+        """Write the MLflow descriptor of a version registered without one (before raymlops wrote them);
+        False when it has one. ``PackageError`` when its package does not verify against the registered digest."""
+        info = self.resolve(name, ref)
+        if has_mlmodel(info.package_uri):
+            return False
+        written = write_mlmodel(info.package_uri, info.digest)
+        if NO_MLMODEL_TAG in info.tags:
+            with self._errors(f"untagging version {info.version} of model '{name}'", name=name, version=info.version):
+                self._client.delete_model_version_tag(name, str(info.version), NO_MLMODEL_TAG)
+        return written
 
     def get(self, name: str, version: int | str) -> ModelVersionInfo:
         """One version of ``name``; RegistryError when the model or the version does not exist."""
@@ -268,6 +292,16 @@ class ModelRegistry:
             f"MLflow registry at {self.registry_uri} failed while {doing}: {message}; check tracking_uri in the "
             "config and that the MLflow server or database is reachable"
         )
+
+
+def _try_mlmodel(package_uri: str, digest: str) -> str | None:
+    """Write the package's MLmodel; None when written or present, else why not (the package did not verify)."""
+    try:
+        write_mlmodel(package_uri, digest)
+    except RaymlopsError as err:
+        logger.warning("version registered without an MLmodel (mlflow.pyfunc cannot load it): %s", err)
+        return str(err)
+    return None
 
 
 def _info(mv: Any) -> ModelVersionInfo:
