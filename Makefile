@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 # Servers the tests run for real, never skipped: installed with apt-get when missing (as root, as CI runs).
-DEB_PACKAGES := redis-server
+DEB_PACKAGES := redis-server postgresql
 
 .PHONY: demo test test-fast bench lint clean system-deps
 
@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/raymlops demo
 
 system-deps:
-	@for p in $(DEB_PACKAGES); do command -v $$p >/dev/null 2>&1 && continue; \
+	@for p in $(DEB_PACKAGES); do { command -v $$p || dpkg -s $$p; } >/dev/null 2>&1 && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing $$p (apt-get)"; \
 	    apt-get install -y -q $$p >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $$p >/dev/null; }; \

@@ -1,7 +1,14 @@
 """Small storage layer over pyarrow filesystems: local paths and any URI pyarrow understands (s3://, gs://, ...).
 
-Writes are atomic: data goes to a temporary sibling first and is renamed into place, so a crash never leaves a file
-that looks complete. (On object stores a rename is a copy; the object still appears only once it is whole.)
+Writes are atomic: on a filesystem, data goes to a temporary sibling first and is renamed into place, so a crash
+never leaves a file that looks complete. On an object store (S3, GCS) a rename would be a copy and a delete, and is
+not needed: one PUT publishes the object whole or not at all, so the bytes go straight to their key (no temporary
+object is ever listed beside them, and nothing is copied).
+
+Object-store filesystems are cached per process, bucket, URI options and the cloud SDK's environment variables
+(``AWS_*``, ``GOOGLE_*``): building one costs tens of milliseconds (credential chain, endpoint, region), which every
+small read or write would otherwise pay. The endpoint and credentials come from pyarrow's usual sources, e.g.
+``AWS_ENDPOINT_URL`` for an S3-compatible server, or ``?endpoint_override=...`` in the URI.
 
 On a local (or mounted POSIX) filesystem writes are also private and durable, whatever the process umask: files are
 created 0600 and directories this module creates 0700 (storage holds prediction logs with request features, the
@@ -15,6 +22,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,15 +33,48 @@ import pyarrow.fs as pafs
 
 from raymlops.errors import DataError
 
+OBJECT_STORE_SCHEMES = ("s3", "gs", "gcs")  # bucket/key stores: no rename, no directories, one PUT per object
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_")  # what configures their SDKs (endpoint, region, credentials)
+_filesystems: dict[tuple, pafs.FileSystem] = {}
+_filesystems_lock = threading.Lock()
 
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Filesystem and path for a URI or a local path (relative paths are made absolute)."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+def _from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except Exception as err:  # pyarrow raises ArrowInvalid / OSError with varied wording
         raise DataError(f"cannot open {uri}: {err}; check the scheme (file://, s3://, gs://) and credentials") from err
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Filesystem and path for a URI or a local path (relative paths are made absolute).
+
+    Object stores: the path is ``bucket/key`` (percent-decoded, no trailing slash), as pyarrow gives it, and the
+    filesystem is shared by every URI of the bucket with the same options (see the module docstring).
+    """
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    scheme, rest = uri.split("://", 1)
+    if scheme.lower() not in OBJECT_STORE_SCHEMES:
+        return _from_uri(uri)
+    location, _, query = rest.partition("?")
+    path = urllib.parse.unquote(location).rstrip("/")
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
+    # the pid: an SDK client does not survive a fork; the env: a changed endpoint or key takes effect at once
+    key = (os.getpid(), scheme.lower(), path.split("/", 1)[0], query, env)
+    fs = _filesystems.get(key)
+    if fs is None:
+        fs, path = _from_uri(uri)
+        with _filesystems_lock:
+            if len(_filesystems) > 64:  # many buckets or changing credentials: start over rather than grow
+                _filesystems.clear()
+            _filesystems[key] = fs
+    return fs, path
+
+
+def is_object_store(fs: pafs.FileSystem) -> bool:
+    """True for S3 and GCS filesystems: objects are PUT whole, and there is no rename or directory."""
+    return fs.type_name in ("s3", "gcs")
 
 
 def join(uri: str, *parts: str) -> str:
@@ -140,13 +182,17 @@ def _write_local(path: str, data: bytes, keep_previous: bool) -> None:
 
 
 def atomic_write_bytes(uri: str, data: bytes, *, keep_previous: bool = False) -> None:
-    """Write `data` to `uri` via a temporary sibling and a rename (local: 0600, fsynced, see the module docstring).
+    """Write `data` to `uri` via a temporary sibling and a rename (local: 0600, fsynced), or on an object store in one
+    PUT (see the module docstring).
 
     ``keep_previous``: the version being replaced stays readable at ``previous_uri(uri)``.
     """
     fs, path = resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         _write_local(path, data, keep_previous)
+        return
+    if is_object_store(fs):
+        _put_object(fs, path, data, keep_previous)
         return
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
@@ -164,6 +210,15 @@ def atomic_write_bytes(uri: str, data: bytes, *, keep_previous: bool = False) ->
         except Exception:
             pass
         raise
+
+
+def _put_object(fs: pafs.FileSystem, path: str, data: bytes, keep_previous: bool) -> None:
+    """One PUT (or one multipart upload, completed at close): the object appears whole or not at all."""
+    view = memoryview(data)  # a non-buffer fails here, before a stream whose close would publish an empty object
+    if keep_previous and fs.get_file_info(path).type == pafs.FileType.File:
+        fs.copy_file(path, previous_uri(path))  # a server-side copy of the current version, before it is replaced
+    with fs.open_output_stream(path) as out:
+        out.write(view)
 
 
 def atomic_write_text(uri: str, text: str, *, keep_previous: bool = False) -> None:
