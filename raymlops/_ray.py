@@ -53,7 +53,8 @@ def init_ray(address: str | None = None) -> None:
     _route_ray()  # before ray.init, which logs (token authentication ...) and starts the raylet listener
     if address:
         # Workers' prints reach the driver (the job's log) unless the CLI runs quiet (then they stay in Ray's logs).
-        ray.init(address=address, log_to_driver=verbose is not False)
+        ray.init(address=address, log_to_driver=verbose is not False,
+                 configure_logging=verbose is not False)  # True would add a stderr handler to Ray's logger
     else:
         # Worker logs stay in /tmp/ray/session_latest/logs: the steps report progress (and errors) themselves.
         ray.init(include_dashboard=False, object_store_memory=512 * 1024 * 1024, configure_logging=False,
@@ -211,11 +212,20 @@ def cli_output(verbose: bool = False) -> Iterator[LogFile | None]:
     saved = dict(_output)
     handler = None if verbose else LogFile(_log_path(None))
     _output.update(verbose=verbose, handler=handler, restore=[])
-    warn_logger = logging.getLogger("py.warnings")
-    kept = (list(warn_logger.handlers), warn_logger.propagate)
+    warn_logger, own = logging.getLogger("py.warnings"), logging.getLogger("raymlops")
+    kept = (list(warn_logger.handlers), warn_logger.propagate, logging.lastResort, list(own.handlers))
     if handler is not None:
         warn_logger.handlers[:], warn_logger.propagate = [handler], False
         logging.captureWarnings(True)
+        # Records of loggers nobody configured land in logging.lastResort (stderr): Ray's, once ray.init(
+        # configure_logging=False) has cleared its handlers (the token-authentication notice comes right after).
+        logging.lastResort = handler
+        # ... but our own warnings stay on stderr, as before.
+        mine = logging.StreamHandler(sys.stderr)
+        mine.setLevel(logging.WARNING)
+        mine.setFormatter(logging.Formatter("warning: %(message)s"))
+        own.handlers[:] = [mine]
+        _output["restore"].extend(_divert_handlers(name, handler) for name in _OWN_HANDLERS)
     if "ray" in sys.modules:  # else init_ray does it: importing Ray installs its own stderr handler
         _route_ray()
     try:
@@ -226,9 +236,33 @@ def cli_output(verbose: bool = False) -> Iterator[LogFile | None]:
         if handler is not None:
             logging.captureWarnings(False)
             handler.close()
-        warn_logger.handlers[:], warn_logger.propagate = kept
+        warn_logger.handlers[:], warn_logger.propagate, logging.lastResort, own.handlers[:] = kept
         _output.clear()
         _output.update(saved)
+
+
+# Loggers that Ray libraries give their own stderr handler when imported (`import ray.serve` does, and costs
+# seconds, so it is not imported here to be configured): handlers they add while the CLI is quiet go to the file.
+_OWN_HANDLERS = ("ray.serve",)
+
+
+def _divert_handlers(name: str, handler: logging.Handler):
+    """Make ``logging.getLogger(name)`` take ``handler`` instead of any stream handler added from now on (Serve adds
+    one at import); returns the undo."""
+    logger = logging.getLogger(name)
+    kept = list(logger.handlers)
+    logger.handlers[:] = [handler]
+
+    def add(h: logging.Handler) -> None:
+        logging.Logger.addHandler(logger, handler if type(h) is logging.StreamHandler else h)
+
+    logger.addHandler = add  # type: ignore[method-assign] - an instance attribute shadows the method, undone below
+
+    def undo() -> None:
+        del logger.addHandler
+        logger.handlers[:] = kept
+
+    return undo
 
 
 def _route_ray() -> None:

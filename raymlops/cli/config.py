@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from raymlops._ray import init_ray
+from raymlops._ray import init_ray, log_under
 from raymlops.cli._common import AddressOpt, ConfigArg, EnvOpt, JsonOpt, SetOpt, app, emit, load
 
 config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
@@ -57,6 +57,9 @@ def demo_cmd(
     port = free_port(cfg.serving.host, cfg.serving.port)
     init_ray(address)
     where = run_demo(demo_config(cfg, port), say=typer.echo, quick=quick, bad_model=bad_model)
+    log = log_under(cfg.storage_uri)  # None with -v: Ray's output was shown
+    if log:
+        where["Ray's own logs"] = log
     typer.echo("\nwhere to look:")
     for what, uri in where.items():
         typer.echo(f"  {what:<20} {uri}")

@@ -1,6 +1,6 @@
 """A starter project for ``raymlops init DIR``: a pipeline config, a feature repo and small example data.
 
-The config and the feature repo are the shipped examples (``configs/churn.yaml``, ``configs/features.yaml``) with
+The config and the feature repo are the shipped examples (``raymlops.example_configs()``: churn.yaml, features.yaml) with
 their data locations pointed into the project, comments kept; the data comes from the same generators as the demo
 (``raymlops.data.synthetic``, ``raymlops.features.example``). Paths in the written files are relative to DIR:
 commands run from there. Nothing is written when a file would be overwritten, unless ``force``.
@@ -52,17 +52,14 @@ class StarterProject:
 
 
 def template_text(name: str) -> str:
-    """The shipped example ``name`` (churn.yaml, features.yaml): packaged with raymlops, else the source tree's."""
-    from importlib import resources
+    """The shipped example ``name`` (churn.yaml, features.yaml), as ``raymlops.example_configs()`` finds it."""
+    from raymlops import example_configs
 
-    packaged = resources.files("raymlops").joinpath("configs", name)
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    source = Path(__file__).resolve().parents[2] / "configs" / name
-    if source.is_file():
-        return source.read_text(encoding="utf-8")
-    raise ConfigError(f"the example config {name} is not installed with raymlops (looked in the package's "
-                      f"configs/ and {source.parent}); reinstall raymlops")
+    path = example_configs().get(name)
+    if path is None or not path.is_file():
+        raise ConfigError(f"the example config {name} is not installed with raymlops (raymlops/configs/); "
+                          "reinstall raymlops")
+    return path.read_text(encoding="utf-8")
 
 
 def _edit(text: str, edits: list[tuple[str, str]], name: str, count: int = 0) -> str:

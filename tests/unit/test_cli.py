@@ -169,15 +169,25 @@ def test_ray_noise_goes_to_the_log_file_unless_verbose(tmp_path, capsys):
     from raymlops import _ray
 
     log = tmp_path / "logs" / "raymlops.log"
-    with _ray.cli_output(verbose=False):
+    serve_handlers = list(logging.getLogger("ray.serve").handlers)
+    with _ray.cli_output(verbose=False) as handler:
         _ray.log_under(str(tmp_path))
         logging.getLogger("ray").warning("Token authentication is enabled for this Ray cluster")
+        # ray.init(configure_logging=False) clears Ray's handlers: its records fall to logging.lastResort (pytest's
+        # root handler hides that path here, so the handler is checked instead).
+        assert logging.lastResort is handler
         warnings.warn("pkg_resources is deprecated as an API", UserWarning, stacklevel=1)
         _ray.raylet_message("WARNING: 8 PYTHON worker processes have been started")
+        logging.getLogger("raymlops.control.statefile").warning("our own warning")
+        serve = logging.getLogger("ray.serve")  # `import ray.serve` gives it a stderr handler, as here
+        serve.addHandler(logging.StreamHandler())
+        serve.warning("Deployed app 'churn' successfully")
     out = capsys.readouterr()
-    assert out.out == "" and out.err == ""
+    assert out.out == "" and out.err == "warning: our own warning\n"
     text = log.read_text()
-    assert "Token authentication" in text and "pkg_resources" in text and "8 PYTHON worker" in text
+    for line in ("Token authentication", "pkg_resources", "8 PYTHON worker", "Deployed app"):
+        assert line in text
+    assert "our own warning" not in text
 
     with _ray.cli_output(verbose=True):
         logging.getLogger("ray").warning("shown with -v")
@@ -185,8 +195,11 @@ def test_ray_noise_goes_to_the_log_file_unless_verbose(tmp_path, capsys):
     out = capsys.readouterr()
     assert "shown with -v" in out.err and "raylet shown with -v" in out.out + out.err
     assert "shown with -v" not in log.read_text()
-    # Outside the CLI (the Python API, tests) Ray's logging is as Ray set it up.
+    # Outside the CLI (the Python API, tests) logging is as it was.
     assert not any(isinstance(h, _ray.LogFile) for h in logging.getLogger("ray").handlers)
+    assert not isinstance(logging.lastResort, _ray.LogFile)
+    assert "addHandler" not in vars(logging.getLogger("ray.serve"))
+    assert logging.getLogger("ray.serve").handlers == serve_handlers
 
 
 def test_verbose_flag_is_accepted(capsys):
