@@ -49,8 +49,12 @@ def test_version_prints_the_package_version(capsys):
     assert capsys.readouterr().out.strip() == f"raymlops {raymlops.__version__}"
 
 
-def test_completion_script_and_completions():
+def test_completion_script_and_completions(monkeypatch):
     runner = CliRunner()
+    # A script for a named shell (--show-completion detects the user's shell; Typer's switch makes it take a name).
+    zsh = runner.invoke(app, [], prog_name="raymlops", env={"_RAYMLOPS_COMPLETE": "source_zsh"})
+    assert zsh.output.lstrip().startswith("#compdef raymlops") and "_RAYMLOPS_COMPLETE=complete_zsh" in zsh.output
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     script = runner.invoke(app, ["--show-completion", "bash"], prog_name="raymlops")
     assert script.exit_code == 0 and "_RAYMLOPS_COMPLETE=complete_bash" in script.output
     assert "complete -o default -F _raymlops_completion raymlops" in script.output
