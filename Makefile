@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 # Servers the tests run for real, never skipped: installed with apt-get when missing (as root, as CI runs).
-DEB_PACKAGES := redis-server postgresql
+DEB_PACKAGES := redis-server postgresql chromium
 
 .PHONY: demo test test-fast bench lint clean system-deps
 

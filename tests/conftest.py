@@ -16,6 +16,8 @@ from raymlops._ray import apply_env_defaults
 from tests.ci_guard import pytest_runtest_makereport  # noqa: F401 - the hook: under CI a skip is a failure
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray exports metrics every 10 s by default; the scrape test (test_metrics_scrape.py) would wait that long.
+os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
 apply_env_defaults()  # the same settings as every local Ray of the CLI and the Python API
 
 

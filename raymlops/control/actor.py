@@ -81,6 +81,7 @@ class ControllerActor:
         self._take_over = take_over
         self._ready, self._stop = threading.Event(), threading.Event()
         self._ctl = None
+        self._gauges = None
         self._lease = None
         self._taken = None  # the lease this controller took over, if any
         # The loop starts here, not in a method call: a restarted actor runs only its constructor.
@@ -93,6 +94,7 @@ class ControllerActor:
     def _main(self) -> None:
         from raymlops.control.canary import CanaryPolicy
         from raymlops.control.controller import Controller
+        from raymlops.control.gauges import start_controller_gauges
         from raymlops.control.ports import build_ports
         from raymlops.control.triggers import TriggerPolicy
 
@@ -109,6 +111,7 @@ class ControllerActor:
                                  pre_exposure=cfg.pre_exposure.enabled, say=self._say)
                 ctl.start()
                 self._ctl = ctl
+                self._gauges = start_controller_gauges(cfg.name, ctl)  # Prometheus: phase, weights, drift, quality
                 if self._taken is not None:
                     ctl.observe("lease_taken_over", f"lease taken over from {self._taken.holder} (--take-over)")
                 break
@@ -194,6 +197,8 @@ class ControllerActor:
         self._thread.join(timeout=60)
         if self._ctl is not None:
             self._ctl.close()
+        if self._gauges is not None:
+            self._gauges.stop()
         if self._lease is not None and self.refused is None:
             self._lease.release()  # the next controller of this pipeline may start at once
 

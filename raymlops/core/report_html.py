@@ -35,8 +35,8 @@ th,td{border:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical-align:
 td:last-child{overflow-wrap:anywhere}
 th{background:#f4f4f4} tr.drifted td{background:#fff3e0}
 code{font-size:.85rem;word-break:break-word}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:1rem}
-.grid.wide{grid-template-columns:repeat(auto-fill,minmax(520px,1fr))}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(380px,100%),1fr));gap:1rem}
+.grid.wide{grid-template-columns:repeat(auto-fill,minmax(min(520px,100%),1fr))}
 .card{border:1px solid #ddd;border-radius:6px;padding:.6rem;min-width:0;overflow:hidden}
 svg{display:block;max-width:100%;height:auto}
 .muted{color:#666;font-size:.85rem}
