@@ -48,6 +48,7 @@ from raymlops.core.routing import RoutingTable, pick_version, should_shadow
 from raymlops.core.schema import Schema
 from raymlops.errors import FeatureStoreUnavailable, ServingError
 from raymlops.model.package import LoadedModel, load_package
+from raymlops.serve.gauges import GaugeSampler, Sample
 from raymlops.serve.predlog import FeedbackLog, PredictionLog
 
 __all__ = ["ModelServer"]
@@ -111,19 +112,45 @@ class _HTTPError(Exception):
 
 
 class _Metrics:
-    """Per-version request, error and latency metrics through ``ray.util.metrics`` (Prometheus export)."""
+    """Per-version request, error and latency metrics through ``ray.util.metrics`` (Prometheus export), and
+    gauges sampled from ``server`` (``raymlops.serve.gauges``): the live weight of each version and the
+    prediction and feedback logs' counters (``dropped`` + ``lost`` is what the log lost)."""
 
-    def __init__(self, model: str):
+    COUNTERS = {"raymlops_serve_requests": "Prediction requests by version and HTTP status.",
+                "raymlops_serve_errors": "Failed requests by version and error code."}
+    HISTOGRAMS = {"raymlops_serve_latency_ms": "Prediction latency in the replica (ms)."}
+    GAUGES = {
+        "raymlops_serve_weight_pct": ("Live traffic weight of each version in this replica (percent).",
+                                      ("model", "version", "role")),
+        "raymlops_serve_log": ("Counters of the prediction and feedback logs in this replica (written, dropped, "
+                               "pending, flushes, errors, invalid, lost).", ("model", "log", "counter")),
+    }
+
+    def __init__(self, model: str, server: ModelServer | None = None):
         from ray.util.metrics import Counter as RayCounter
         from ray.util.metrics import Histogram
 
         self.model = model
-        self.requests = RayCounter("raymlops_serve_requests", "Prediction requests by version and HTTP status.",
+        self.requests = RayCounter("raymlops_serve_requests", self.COUNTERS["raymlops_serve_requests"],
                                    tag_keys=("model", "version", "status"))
-        self.errors = RayCounter("raymlops_serve_errors", "Failed requests by version and error code.",
+        self.errors = RayCounter("raymlops_serve_errors", self.COUNTERS["raymlops_serve_errors"],
                                  tag_keys=("model", "version", "code"))
-        self.latency = Histogram("raymlops_serve_latency_ms", "Prediction latency in the replica (ms).",
+        self.latency = Histogram("raymlops_serve_latency_ms", self.HISTOGRAMS["raymlops_serve_latency_ms"],
                                  boundaries=_LATENCY_BOUNDARIES_MS, tag_keys=("model", "version"))
+        self.gauges = GaugeSampler(self.GAUGES, lambda: self._sample(server), name=f"raymlops-gauges-{model}").start()
+
+    def _sample(self, server: ModelServer | None) -> list[Sample]:
+        out: list[Sample] = []
+        state = server._state if server is not None else None
+        if state is not None:
+            for v, spec in state.versions.items():
+                out.append(("raymlops_serve_weight_pct", {"model": self.model, "version": v, "role": spec.role},
+                            state.table.weights.get(v, 0.0)))
+        for log_name, log in (("predictions", getattr(server, "_log", None)),
+                              ("feedback", getattr(server, "_feedback", None))):
+            for counter, value in (log.stats() if log is not None else {}).items():
+                out.append(("raymlops_serve_log", {"model": self.model, "log": log_name, "counter": counter}, value))
+        return out
 
     def served(self, version: str, latency_ms: float) -> None:
         self.requests.inc(1, {"model": self.model, "version": version, "status": "200"})
@@ -160,7 +187,7 @@ class ModelServer:
                      if log.get("enabled", True) else None)
         self._feedback = FeedbackLog(storage.join(storage_uri, "feedback", name), writer_id=writer, **limits)
         try:
-            self._metrics: _Metrics | None = _Metrics(name)
+            self._metrics: _Metrics | None = _Metrics(name, self)
         except Exception:  # outside a Ray worker (a unit test): no Prometheus export
             self._metrics = None
 
