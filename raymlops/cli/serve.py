@@ -63,48 +63,68 @@ def _echo_deploy(info, as_json: bool = False) -> None:
         return
     split = ", ".join(f"v{v} {w:g}%" for v, w in info.weights.items())
     shadow = f"; shadow v{info.shadow} mirrors {info.shadow_pct:g}%" if info.shadow else ""
-    typer.echo(f"serving app '{info.app_name}' at {info.url} ({split}{shadow})")
-    for url in info.direct_urls:
-        typer.echo(f"  direct (replica port): {url}")
+    typer.echo(f"serving app '{info.app_name}' at {info.url} ({split}{shadow}; ingress {info.ingress})")
+    if info.ingress != "haproxy":  # behind HAProxy the one URL above balances over every replica already
+        for url in info.direct_urls:
+            typer.echo(f"  direct (replica port): {url}")
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (docker, systemd, Kubernetes) takes Ctrl-C's path: undeploy (drains in-flight requests and the
+    prediction log), then exit 0, instead of dying with a stack dump."""
+    import signal
+
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the drain short
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 @app.command("deploy")
 def deploy_cmd(
     config: ConfigArg,
     weights: WeightsOpt = None,
     shadow: ShadowOpt = None,
     shadow_pct: ShadowPctOpt = None,
-    direct_ingress: Annotated[
-        bool, typer.Option("--direct-ingress/--no-direct-ingress",
-                           help="Also serve on each replica's own port (30000+), skipping Serve's proxy.")
-    ] = True,
+    ingress: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--ingress", help="auto, haproxy, direct or proxy (default serving.ingress; applies when Serve "
+                     "starts): haproxy balances one URL over every replica's own port."),
+    ] = None,
     set_: SetOpt = None, env: EnvOpt = None,
     address: AddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """(Re)deploy the serving app from the registry's aliases; a running app is reconfigured in place.
 
-    Without --address or $RAY_ADDRESS, Ray runs in this process: the command keeps serving until Ctrl-C.
+    Without --address or $RAY_ADDRESS, Ray runs in this process: the command keeps serving until Ctrl-C or SIGTERM,
+    then drains in-flight requests and the prediction log and exits 0.
     """
     from raymlops.control.operations import ensure_no_controller
 
+    if ingress is not None:  # validated with the config: a bad value is named like any other key
+        set_ = [*(set_ or []), f"serving.ingress={ingress}"]
     cfg = load(config, set_, env)
     ensure_no_controller(cfg, "deploy", address)
     address = cluster_address(cfg, address)
     init_ray(address)
     from raymlops.serve.deploy import deploy, undeploy
 
-    info = deploy(cfg, weights=_parse_weights(weights), shadow=shadow, shadow_pct=shadow_pct,
-                  direct_ingress=direct_ingress)
-    _echo_deploy(info, as_json)
-    if address is None:
-        import time
+    if address is not None:  # deployed to a cluster: it keeps serving after this command
+        _echo_deploy(deploy(cfg, weights=_parse_weights(weights), shadow=shadow, shadow_pct=shadow_pct), as_json)
+        return
+    import time
 
+    _stop_on_sigterm()  # after init_ray, whose own SIGTERM handler would exit 1 without draining
+    try:
+        _echo_deploy(deploy(cfg, weights=_parse_weights(weights), shadow=shadow, shadow_pct=shadow_pct), as_json)
         say("serving from this process's Ray; press Ctrl-C to stop (use --address to deploy to a cluster)")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            undeploy(cfg)  # replicas drain their prediction logs on shutdown
-            say("stopped")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        undeploy(cfg)  # replicas finish in-flight requests and drain their prediction logs
+        say("stopped")
 
 
 @app.command("undeploy")

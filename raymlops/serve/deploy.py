@@ -11,12 +11,12 @@ resources or of the code restarts replicas (rolling, by Serve).
 Packages are verified against the registry's digest here, on the driver, before anything is sent to Serve, and
 again by each replica when it loads them: a tampered package is refused with ``PackageError``.
 
-Direct ingress (Ray 2.60's ``RAY_SERVE_ENABLE_DIRECT_INGRESS``), on by default: each replica also serves the
-same HTTP API on its own port (30000 and up, bound to ``serving.host``), skipping the proxy hop, which measured
-about twice the throughput of the proxy path here. The proxy URL keeps working and spreads requests over all
-replicas; ``DeployInfo.direct_urls`` lists the per-replica URLs (put a load balancer in front of them when there
-are several). Like the HTTP host and port it is decided when Serve first starts on the cluster; turn it off with
-``direct_ingress=False`` or ``RAY_SERVE_ENABLE_DIRECT_INGRESS=0``.
+The ingress (``serving.ingress``, see ``raymlops.serve.ingress``): by default Serve's HAProxy on
+``serving.host:serving.port`` balances over every replica's own port (30000 and up, bound to ``serving.host``):
+one URL for N replicas at the speed of a replica's own port. Without the HAProxy binary, Serve's Python proxy
+serves that URL and each replica also serves its own port (``DeployInfo.direct_urls``). Like the HTTP host and
+port, the ingress is decided when Serve first starts on the cluster; a later deploy follows the running Serve.
+Replicas are ``serving.num_replicas`` or, with ``serving.autoscaling``, Serve's autoscaling between its bounds.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ from raymlops.config import Config
 from raymlops.core.routing import RoutingTable, validate_weights
 from raymlops.errors import PackageError, RegistryError, ServingError
 from raymlops.registry.models import CHALLENGER, CHAMPION, ModelRegistry, ModelVersionInfo
+from raymlops.serve.auth import auth_spec
+from raymlops.serve.ingress import controller_env, free_port, replica_env, resolve_ingress, running_ingress
 from raymlops.serve.urls import base_url, model_url, predict_url, route_prefix
 
 __all__ = [
@@ -41,10 +42,6 @@ __all__ = [
 ]
 
 DEPLOYMENT_NAME = "ModelServer"
-_DIRECT_ENV = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
-# The replica's drain before it stops defaults to 30 s under direct ingress (for external load balancers to
-# deregister it); nothing in front of a local replica needs that, and it would make every undeploy take 30 s.
-_DIRECT_DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 _RETRY_AFTER_S = 1.0
 
 logger = logging.getLogger(__name__)
@@ -61,12 +58,13 @@ class DeployInfo:
     weights: dict[str, float]
     shadow: str | None = None
     shadow_pct: float = 0.0
-    direct_urls: list[str] = field(default_factory=list)
+    direct_urls: list[str] = field(default_factory=list)  # each replica's own port (not needed under HAProxy)
     revision: str = ""  # GET /v1/models/{name} reports it once a replica has applied this deploy
+    ingress: str = ""  # haproxy, direct or proxy (see raymlops.serve.ingress)
 
     @property
     def predict_url(self) -> str:
-        """``POST`` here to predict (through the proxy)."""
+        """``POST`` here to predict (the one ingress URL, whatever the replica count)."""
         return predict_url(self.url, self.model)
 
 
@@ -149,11 +147,17 @@ def plan(
         "weights": resolved,
         "shadow": shadow_version,
         "shadow_pct": pct,
-        "limits": {"max_body_bytes": cfg.serving.max_body_bytes, "max_instances": cfg.serving.max_instances},
-        "num_replicas": cfg.serving.num_replicas,  # for GET /v1/models/{name}; scaling must not restart replicas
+        "limits": _limits(cfg), "auth": auth_spec(cfg),  # token hashes only; the id secret stays in storage
+        "num_replicas": _configured_replicas(cfg),  # for GET /v1/models/{name}; scaling must not restart replicas
         "features": _features_spec(cfg),  # feature service for key-only requests (None: clients send features)
         "package_policy": cfg.model.policy().to_dict(),  # what the packages may run: the config decides, not them
     }
+
+
+def _limits(cfg: Config) -> dict[str, Any]:
+    s = cfg.serving
+    return {"max_body_bytes": s.max_body_bytes, "max_instances": s.max_instances,
+            "max_string_length": s.max_string_length, "body_timeout_s": s.body_timeout_s}
 
 
 def _features_spec(cfg: Config) -> dict[str, Any] | None:
@@ -187,14 +191,18 @@ def build_app(
     weights: dict[str, float] | None = None,
     shadow: str | None = None,
     shadow_pct: float | None = None,
-    direct_ingress: bool | None = None,
+    ingress: str | None = None,
 ) -> Any:
-    """The Serve ``Application`` for ``cfg`` (see ``plan`` for the routing it starts with)."""
+    """The Serve ``Application`` for ``cfg`` (see ``plan`` for the routing it starts with).
+
+    ``ingress`` (default ``serving.ingress``) sets the replicas' environment; the Serve that runs the app must
+    have been started with the same ingress (``deploy`` does both; see ``raymlops.serve.ingress``).
+    """
     user_config = plan(cfg, ModelRegistry(cfg.tracking_uri), weights=weights, shadow=shadow, shadow_pct=shadow_pct)
-    return _application(cfg, user_config, _direct(direct_ingress))
+    return _application(cfg, user_config, resolve_ingress(ingress or cfg.serving.ingress))
 
 
-def _application(cfg: Config, user_config: dict[str, Any], direct: bool) -> Any:
+def _application(cfg: Config, user_config: dict[str, Any], mode: str) -> Any:
     from ray import serve
 
     from raymlops.serve.app import ModelServer
@@ -206,10 +214,10 @@ def _application(cfg: Config, user_config: dict[str, Any], direct: bool) -> Any:
         "log": s.prediction_log.model_dump(),
     }
     actor_options: dict[str, Any] = {"num_cpus": s.num_cpus}
-    if direct:
-        actor_options["runtime_env"] = {"env_vars": {_DIRECT_ENV: "1", _DIRECT_DRAIN_ENV: "0"}}
+    if env := replica_env(mode):
+        actor_options["runtime_env"] = {"env_vars": env}
     deployment = serve.deployment(ModelServer, name=DEPLOYMENT_NAME).options(
-        num_replicas=s.num_replicas,
+        **_scaling(cfg),
         max_ongoing_requests=s.max_ongoing_requests,
         max_queued_requests=s.max_queued_requests,
         backpressure_config={"status_code": 503, "retry_after_s": _RETRY_AFTER_S},
@@ -223,23 +231,27 @@ def _application(cfg: Config, user_config: dict[str, Any], direct: bool) -> Any:
     return deployment.bind(**init)
 
 
+def _scaling(cfg: Config) -> dict[str, Any]:
+    """``num_replicas``, or Serve's ``autoscaling_config`` from ``serving.autoscaling``."""
+    a = cfg.serving.autoscaling
+    if a is None:
+        return {"num_replicas": cfg.serving.num_replicas}
+    return {"autoscaling_config": {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+                                   "initial_replicas": a.min_replicas,
+                                   "target_ongoing_requests": a.target_ongoing_requests}}
+
+
 def _code_version(init: dict[str, Any], actor_options: dict[str, Any]) -> str:
+    import importlib
+
     import raymlops
-    import raymlops.core.request_validation
-    import raymlops.core.routing
-    import raymlops.serve.app
-    import raymlops.serve.predlog
 
     h = hashlib.sha256(json.dumps([raymlops.__version__, init, actor_options], sort_keys=True).encode())
-    for module in (raymlops.serve.app, raymlops.serve.predlog, raymlops.core.routing, raymlops.core.request_validation):
-        h.update(Path(module.__file__).read_bytes())  # new serving code must restart the replicas
+    # By module name: the attribute raymlops.serve.app is the application builder, not the module.
+    for name in ("raymlops.serve.app", "raymlops.serve.predlog", "raymlops.core.routing",
+                 "raymlops.core.request_validation"):
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())  # new serving code restarts replicas
     return h.hexdigest()[:16]
-
-
-def _direct(direct_ingress: bool | None) -> bool:
-    if direct_ingress is not None:
-        return direct_ingress
-    return os.environ.get(_DIRECT_ENV, "1") == "1"
 
 
 def app_name(cfg: Config) -> str:
@@ -254,18 +266,18 @@ def deploy(
     weights: dict[str, float] | None = None,
     shadow: str | None = None,
     shadow_pct: float | None = None,
-    direct_ingress: bool | None = None,
+    ingress: str | None = None,
 ) -> DeployInfo:
     """Deploy (or update in place) the serving app of ``cfg`` and wait until every replica serves it.
 
     Ray must be initialised. Starts Serve when it is not running, bound to ``serving.host:serving.port``
-    (127.0.0.1 unless configured). A running app with the same replica settings is reconfigured in place:
-    newly listed packages are loaded before traffic moves to them, and no replica restarts.
+    (127.0.0.1 unless configured) with the ingress ``ingress`` (default ``serving.ingress``). A running app with
+    the same replica settings is reconfigured in place: newly listed packages are loaded before traffic moves to
+    them, and no replica restarts.
     """
-    direct = _direct(direct_ingress)
     user_config = plan(cfg, ModelRegistry(cfg.tracking_uri), weights=weights, shadow=shadow, shadow_pct=shadow_pct)
-    url = _start_serve(cfg, direct)
-    return _run(cfg, user_config, direct, url)
+    mode, url = _start_serve(cfg, ingress)
+    return _run(cfg, user_config, _app_mode(cfg, mode), url)
 
 
 def is_deployed(cfg: Config) -> bool:
@@ -286,20 +298,17 @@ def plan_alone(cfg: Config, info: ModelVersionInfo) -> dict[str, Any]:
         "revision": uuid.uuid4().hex[:12], "model": cfg.name, "champion": v,
         "versions": {v: {"uri": info.package_uri, "digest": info.digest, "role": "champion"}},
         "weights": {v: 100.0}, "shadow": None, "shadow_pct": 0.0,
-        "limits": {"max_body_bytes": cfg.serving.max_body_bytes, "max_instances": cfg.serving.max_instances},
-        "num_replicas": cfg.serving.num_replicas, "features": _features_spec(cfg),
+        "limits": _limits(cfg), "auth": auth_spec(cfg),  # token hashes only; the id secret stays in storage
+        "num_replicas": _configured_replicas(cfg), "features": _features_spec(cfg),
         "package_policy": cfg.model.policy().to_dict(),
     }
 
 
-def deploy_alone(cfg: Config, info: ModelVersionInfo, *, direct_ingress: bool | None = None) -> DeployInfo:
+def deploy_alone(cfg: Config, info: ModelVersionInfo, *, ingress: str | None = None) -> DeployInfo:
     """Serve one version alone in ``cfg``'s app, whatever the registry's aliases say (preview apps: pre-exposure
     tests). A running app is reconfigured in place."""
-
-    name = app_name(cfg)
-    direct = _running_direct(name) if is_deployed(cfg) else _direct(direct_ingress)
-    url = _start_serve(cfg, direct)
-    return _run(cfg, plan_alone(cfg, info), direct, url)
+    mode, url = _start_serve(cfg, ingress)
+    return _run(cfg, plan_alone(cfg, info), _app_mode(cfg, mode), url)
 
 
 def set_weights(
@@ -321,8 +330,7 @@ def set_weights(
     # shadow=None means no shadow here (not the config's default shadow): the caller gives the whole routing.
     user_config = plan(cfg, ModelRegistry(cfg.tracking_uri), weights=weights, shadow=shadow,
                        shadow_pct=0.0 if shadow is None else shadow_pct)
-    direct = _running_direct(name)
-    return _run(cfg, user_config, direct, _proxy_url(cfg))
+    return _run(cfg, user_config, _app_mode(cfg, running_ingress() or "proxy"), _proxy_url(cfg))
 
 
 def undeploy(cfg: Config) -> bool:
@@ -337,7 +345,8 @@ def undeploy(cfg: Config) -> bool:
 
 
 def status(cfg: Config) -> dict[str, Any]:
-    """Serve's view of the app (status, replica states) plus, when reachable, the app's own ``GET`` model info."""
+    """Serve's view of the app (status, ingress, replicas running / target, replica states) plus, when reachable,
+    the app's own ``GET`` model info."""
     import httpx
     from ray import serve
 
@@ -346,12 +355,15 @@ def status(cfg: Config) -> dict[str, Any]:
     if name not in apps:
         return {"app": name, "status": "NOT_DEPLOYED"}
     app = apps[name]
+    mode = _deployed_mode(name)
     out: dict[str, Any] = {
         "app": name,
         "status": str(app.status.value if hasattr(app.status, "value") else app.status),
         "message": app.message,
         "url": _proxy_url(cfg),
-        "direct_urls": _direct_urls(cfg, name),
+        "ingress": mode,
+        "replicas": _replica_counts(name),
+        "direct_urls": _direct_urls(cfg, name, mode),
         "deployments": {
             d: {"status": str(getattr(s.status, "value", s.status)),
                 "replicas": {str(getattr(k, "value", k)): n for k, n in s.replica_states.items()}}
@@ -366,13 +378,40 @@ def status(cfg: Config) -> dict[str, Any]:
     return out
 
 
+def _replica_counts(name: str) -> dict[str, Any]:
+    """``running`` and ``target`` replicas of the serving deployment, and its autoscaling bounds when it scales
+    (Serve's controller details; private API, so ``{}`` when unreadable)."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    try:
+        details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote(), timeout=10)
+        d = details["applications"][name]["deployments"][DEPLOYMENT_NAME]
+    except Exception:  # noqa: BLE001 - private API
+        return {}
+    out: dict[str, Any] = {
+        "running": sum(1 for r in d.get("replicas", []) if str(r.get("state")).endswith("RUNNING")),
+        "target": d.get("target_num_replicas"),
+    }
+    auto = (d.get("deployment_config") or {}).get("autoscaling_config")
+    if auto:
+        out["autoscaling"] = {k: auto.get(k) for k in ("min_replicas", "max_replicas", "target_ongoing_requests")}
+    return out
+
+
+def _configured_replicas(cfg: Config) -> int:
+    """The fixed replica count, or the autoscaling minimum (shown by ``GET /v1/models/{name}``)."""
+    a = cfg.serving.autoscaling
+    return a.min_replicas if a is not None else cfg.serving.num_replicas
+
+
 # ------------------------------------------------------------------------------------------------ helpers
-def _run(cfg: Config, user_config: dict[str, Any], direct: bool, url: str) -> DeployInfo:
+def _run(cfg: Config, user_config: dict[str, Any], mode: str, url: str) -> DeployInfo:
     from ray import serve
 
     name = app_name(cfg)
     try:
-        serve.run(_application(cfg, user_config, direct), name=name, route_prefix=route_prefix(cfg))
+        serve.run(_application(cfg, user_config, mode), name=name, route_prefix=route_prefix(cfg))
     except RuntimeError as err:  # DEPLOY_FAILED: the replica's constructor or reconfigure raised
         raise ServingError(
             f"serving app '{name}' failed to deploy: {err}; see the replica logs under "
@@ -387,20 +426,42 @@ def _run(cfg: Config, user_config: dict[str, Any], direct: bool, url: str) -> De
         weights=dict(user_config["weights"]),
         shadow=user_config["shadow"],
         shadow_pct=user_config["shadow_pct"],
-        direct_urls=_direct_urls(cfg, name) if direct else [],
+        direct_urls=_direct_urls(cfg, name, mode),
         revision=user_config["revision"],
+        ingress=mode,
     )
 
 
-def _start_serve(cfg: Config, direct: bool) -> str:
+def _start_serve(cfg: Config, ingress: str | None) -> tuple[str, str]:
+    """Start Serve unless it runs, with the ingress asked for; returns the running Serve's ingress (``haproxy``
+    or ``python``) and its URL."""
     from ray import serve
 
-    controller: dict[str, Any] | None = None
-    if direct:
-        controller = {"runtime_env": {"env_vars": {_DIRECT_ENV: "1", _DIRECT_DRAIN_ENV: "0"}}}
-    # Options only apply when Serve starts; on a running Serve they are ignored, so the URL is read back.
-    serve.start(http_options={"host": cfg.serving.host, "port": cfg.serving.port}, controller_options=controller)
-    return _proxy_url(cfg)
+    asked = ingress or cfg.serving.ingress
+    wanted = resolve_ingress(asked)
+    running = running_ingress()
+    env = controller_env(wanted, free_port(cfg.serving.host) if running is None else None)
+    http = {"host": cfg.serving.host, "port": cfg.serving.port, "request_timeout_s": cfg.serving.request_timeout_s}
+    # Options only apply when Serve starts; on a running Serve they are ignored, so its URL is read back.
+    serve.start(http_options=http, controller_options={"runtime_env": {"env_vars": env}})
+    if running is None:
+        running = "haproxy" if wanted == "haproxy" else "python"
+    elif asked != "auto" and (running == "haproxy") != (wanted == "haproxy"):
+        logger.warning("Serve already runs with the %s ingress; serving.ingress=%s applies when Serve starts "
+                       "(after `serve shutdown`)", running, asked)
+    return running, _proxy_url(cfg)
+
+
+def _app_mode(cfg: Config, running: str) -> str:
+    """The replicas' ingress mode: the deployed app's own (a reconfigure must not restart replicas), else what the
+    running Serve supports (HAProxy needs every replica behind it; the Python proxy takes direct or proxy)."""
+    if running == "haproxy":
+        return "haproxy"
+    deployed = _deployed_mode(app_name(cfg))
+    if deployed in ("direct", "proxy"):
+        return deployed
+    wanted = resolve_ingress(cfg.serving.ingress)
+    return wanted if wanted in ("direct", "proxy") else "direct"
 
 
 def _proxy_url(cfg: Config) -> str:
@@ -418,13 +479,18 @@ def _proxy_url(cfg: Config) -> str:
     return base_url(cfg, host, port)
 
 
-def _direct_urls(cfg: Config, name: str) -> list[str]:
-    """Replica ports under direct ingress (Serve's controller knows them; private API, so best effort)."""
+def _direct_urls(cfg: Config, name: str, mode: str | None) -> list[str]:
+    """Each replica's own URL (Serve's controller knows the ports; private API, so best effort)."""
     import ray
     from ray.serve.context import _get_global_client
 
+    if mode not in ("haproxy", "direct"):
+        return []
     try:
-        groups = ray.get(_get_global_client()._controller.get_target_groups.remote(name), timeout=10)
+        # Under HAProxy the controller answers other callers with HAProxy's own address; the replicas' ports are
+        # what it gives the HAProxy manager.
+        groups = ray.get(_get_global_client()._controller.get_target_groups.remote(name, mode == "haproxy"),
+                         timeout=10)
     except Exception:
         return []
     local = cfg.serving.host in ("127.0.0.1", "localhost", "::1")  # then every replica is on this machine
@@ -450,13 +516,16 @@ def live_routing(cfg: Config) -> dict[str, Any] | None:
             "shadow": user_config.get("shadow")}
 
 
-def _running_direct(name: str) -> bool:
-    """Whether the running app's replicas were deployed with direct ingress (keeps a reconfigure lightweight)."""
+def _deployed_mode(name: str) -> str | None:
+    """The ingress mode the running app's replicas were deployed with (None: not deployed or unreadable)."""
     from ray.serve.context import _get_global_client
 
     try:
         info, _ = _get_global_client().get_deployment_info(DEPLOYMENT_NAME, name)
-        env = (info.replica_config.ray_actor_options or {}).get("runtime_env") or {}
-        return env.get("env_vars", {}).get(_DIRECT_ENV) == "1"
-    except Exception:
-        return _direct(None)
+        env = ((info.replica_config.ray_actor_options or {}).get("runtime_env") or {}).get("env_vars", {})
+    except Exception:  # private API, or nothing deployed
+        return None
+    for mode in ("haproxy", "direct"):
+        if all(env.get(k) == v for k, v in replica_env(mode).items()):
+            return mode
+    return "proxy"

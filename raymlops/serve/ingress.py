@@ -42,6 +42,9 @@ _DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 _SETUP_HOOK_ENV = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
 _SETUP_HOOK = "raymlops.serve.ingress.strip_haproxy_listeners"
 _FALLBACK_PORT_ENV = "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"
+# Serve kills a proxy whose first readiness check takes over 3 x 5 s; on a busy 2-core machine a proxy's worker
+# takes about that long to start, and the restart only adds load (seen at load 13: Serve never came up).
+_READY_ENV, _READY_S = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30"
 
 logger = logging.getLogger(__name__)
 
@@ -67,26 +70,26 @@ def resolve_ingress(mode: str) -> str:
 
 
 def controller_env(mode: str, fallback_port: int | None = None) -> dict[str, str]:
-    """Env vars for Serve's controller (inherited by the HAProxy manager it starts) under ``mode``.
+    """Env vars for Serve's controller (inherited by the proxies it starts) under ``mode``.
 
     Under HAProxy, Serve also runs a Python "fallback" proxy (for requests before any replica is known) on a
     fixed port, 8500: ``fallback_port`` (a free one) lets two Serves share a machine.
     """
+    env = {_READY_ENV: _READY_S, **replica_env(mode)}
     if mode == "haproxy":
-        env = {_HA_ENV: "1", _DIRECT_ENV: "1", _DRAIN_ENV: "0", _SETUP_HOOK_ENV: _SETUP_HOOK}
+        env[_SETUP_HOOK_ENV] = _SETUP_HOOK
         if fallback_port is not None:
             env[_FALLBACK_PORT_ENV] = str(fallback_port)
-        return env
-    if mode == "direct":
-        return {_DIRECT_ENV: "1", _DRAIN_ENV: "0"}
-    return {}
+    return env
 
 
 def replica_env(mode: str) -> dict[str, str]:
     """Env vars for the serving replicas under ``mode`` (a replica drains differently behind HAProxy)."""
-    env = controller_env(mode)
-    env.pop(_SETUP_HOOK_ENV, None)  # the template patch matters in the HAProxy manager only
-    return env
+    if mode == "haproxy":
+        return {_HA_ENV: "1", _DIRECT_ENV: "1", _DRAIN_ENV: "0"}
+    if mode == "direct":
+        return {_DIRECT_ENV: "1", _DRAIN_ENV: "0"}
+    return {}
 
 
 def free_port(host: str) -> int:

@@ -45,7 +45,10 @@ def test_environment_per_ingress_mode():
     assert "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR" not in ingress.replica_env("haproxy")
     assert ingress.replica_env("haproxy")["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "0"
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in ingress.controller_env("direct")
-    assert ingress.controller_env("proxy") == {} and ingress.replica_env("proxy") == {}
+    assert ingress.replica_env("proxy") == {}
+    # Every mode: Serve waits for a slow proxy to start instead of killing it (and failing serve.start).
+    assert all(float(ingress.controller_env(m)["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]) >= 30
+               for m in ("haproxy", "direct", "proxy"))
     # Serve's fallback proxy takes a port of ours instead of its fixed 8500, so two Serves can share a machine.
     assert ingress.controller_env("haproxy", 41234)["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "41234"
 
