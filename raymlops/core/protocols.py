@@ -36,7 +36,7 @@ from raymlops.core.request_validation import RequestError
 from raymlops.core.schema import ColumnSpec, Schema
 
 __all__ = ["OIP_DATATYPES", "InferRequest", "Route", "Tensor", "check_outputs", "match_route", "mlflow_instances",
-           "native_body", "oip_datatype", "oip_instances", "oip_metadata", "oip_response", "parse_infer_request",
+           "is_oip_path", "native_body", "oip_datatype", "oip_error_body", "oip_instances", "oip_metadata", "oip_response", "parse_infer_request",
            "pin_aliases", "resolve_pin"]
 
 # OIP datatype -> little-endian numpy dtype of its binary form (BYTES: 4-byte length + bytes per element).
@@ -376,6 +376,22 @@ def oip_metadata(name: str, versions: Sequence[str], schema: Schema, task: str, 
         else:
             outputs.append({"name": field, "datatype": "FP64", "shape": [-1]})
     return {"name": name, "versions": list(versions), "platform": "raymlops", "inputs": inputs, "outputs": outputs}
+
+
+def is_oip_path(path: str) -> bool:
+    """Whether a (prefix-relative) path is an OIP V2 route, whose errors take ``oip_error_body``'s shape."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def oip_error_body(code: str, message: str, details: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """An error as OIP clients read it (``{"error": "<text>"}``: tritonclient fails on anything but a string),
+    with the native contract's ``code`` and ``details`` beside it; the text names the first offending fields,
+    since that string is all such a client shows."""
+    shown = [f"row {d.get('row')} '{d.get('field')}': {d.get('message')}" if d.get("row") is not None else
+             f"'{d.get('field')}': {d.get('message')}" for d in list(details)[:3]]
+    more = f" (+{len(details) - 3} more)" if len(details) > 3 else ""
+    text = f"{code}: {message}" + (" — " + "; ".join(shown) + more if shown else "")
+    return {"error": text, "code": code, "details": list(details)}
 
 
 def oip_response(model: str, version: str, request_id: str, request: InferRequest, task: str,

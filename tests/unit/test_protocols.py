@@ -12,9 +12,11 @@ import tritonclient.http as triton
 from raymlops.core.protocols import (
     Route,
     check_outputs,
+    is_oip_path,
     match_route,
     mlflow_instances,
     native_body,
+    oip_error_body,
     oip_instances,
     oip_metadata,
     oip_response,
@@ -277,3 +279,13 @@ def test_mlflow_mistakes(body, content_type, status, code):
 def test_translated_rows_over_the_body_limit_are_413():
     e = refused(native_body, ROWS * 10, 200, status=413, code="body_too_large")
     assert "20 rows" in e.message
+
+
+def test_oip_errors_are_a_string_naming_the_fields_with_the_code_and_details_beside():
+    details = [{"row": i, "field": "region", "code": "wrong_type", "message": "send a string"} for i in range(5)]
+    body = oip_error_body("schema_violation", "5 problem(s)", details)
+    assert body["code"] == "schema_violation" and body["details"] == details
+    assert body["error"].startswith("schema_violation: 5 problem(s)") and "row 0 'region': send a string" in \
+        body["error"] and body["error"].endswith("(+2 more)")
+    assert oip_error_body("unknown_route", "no route")["error"] == "unknown_route: no route"
+    assert is_oip_path("/v2") and is_oip_path("/v2/models/x/infer") and not is_oip_path("/v20")
