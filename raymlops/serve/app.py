@@ -8,7 +8,11 @@ without any further Serve hop: route (``core.routing``, sticky on ``X-Routing-Ke
 deployment cannot pick a version per request by itself anyway.
 
 Routes (relative to the app's route prefix): ``POST /v1/models/{name}:predict``, ``POST
-/v1/models/{name}:feedback``, ``GET /v1/models/{name}``, ``GET /healthz``. Every error is JSON
+/v1/models/{name}:feedback``, ``GET /v1/models/{name}``, ``GET /healthz``; beside them, version and alias pins
+(``/v1/models/{name}/versions/{v}:predict``, ``/aliases/{alias}:predict``), the Open Inference Protocol V2
+(``/v2/health/*``, ``/v2/models/{name}[/versions/{v}][/ready|/infer]``) and MLflow's ``POST /invocations`` +
+``GET /ping``, each translated by ``core.protocols`` into the native request (one validation, split, shadow and
+log; the table of routes and their permission scopes is ``core.protocols.match_route``). Every error is JSON
 ``{"error": {"code", "message", "details"}}``; a client mistake is a 4xx, and nothing a client sends can raise out
 of the handler (so it can never fail or restart the replica); an internal failure is a JSON 500 that names the
 request id.
@@ -33,6 +37,7 @@ import re
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,12 +47,33 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from raymlops import storage
+from raymlops.core.auth import Identity, RateLimiter, RequestIdSigner, TokenSet, bearer_token
 from raymlops.core.package_trust import PackagePolicy
-from raymlops.core.request_validation import ParsedRequest, RequestError, RequestValidator
+from raymlops.core.protocols import (
+    Route,
+    check_outputs,
+    is_oip_path,
+    match_route,
+    mlflow_instances,
+    native_body,
+    oip_error_body,
+    oip_instances,
+    oip_metadata,
+    oip_response,
+    parse_infer_request,
+    resolve_pin,
+)
+from raymlops.core.request_validation import (
+    DEFAULT_MAX_STRING_LENGTH,
+    ParsedRequest,
+    RequestError,
+    RequestValidator,
+)
 from raymlops.core.routing import RoutingTable, pick_version, should_shadow
 from raymlops.core.schema import Schema
 from raymlops.errors import FeatureStoreUnavailable, ServingError
 from raymlops.model.package import LoadedModel, load_package
+from raymlops.serve.auth import serving_secret
 from raymlops.serve.gauges import GaugeSampler, Sample
 from raymlops.serve.predlog import FeedbackLog, PredictionLog
 
@@ -55,12 +81,14 @@ __all__ = ["ModelServer"]
 
 logger = logging.getLogger("ray.serve")
 
-_ROUTE = re.compile(r"/v1/models/(?P<name>[^/:]+)(?::(?P<verb>[^/]*))?")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MAX_ROUTING_KEY = 256
 _LATENCY_WINDOW = 2048  # recent requests per version behind the p50/p99 in GET /v1/models/{name}
 _LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 _RETRY_AFTER_S = "1"
+# (predictions, served version, request id) -> the answer's JSON document, for a protocol other than the native one
+_Render = Callable[[list[dict[str, Any]], str, str], dict[str, Any]]
+_PROBES = frozenset(("health", "ping", "live", "ready", "model_ready", "server_metadata"))
 
 
 @dataclass(frozen=True)
@@ -85,6 +113,20 @@ class _State:
     max_instances: int
     revision: str
     applied_at: str
+    body_timeout_s: float = 10.0
+    # serving.auth: None when off. With it on, ids are issued and signed by ``signer`` (see core.auth).
+    tokens: TokenSet | None = None
+    signer: RequestIdSigner | None = None
+
+
+@dataclass(frozen=True)
+class _Protocols:
+    """What the standard protocols need of a routing state: the request inputs in order, the task, OIP metadata."""
+
+    state: _State
+    inputs: list[str]
+    task: str
+    metadata: dict[str, Any]
 
 
 @dataclass
@@ -176,13 +218,17 @@ class ModelServer:
         self._echo_request_id = self.replica_id.startswith("local-")
         self.pid = os.getpid()
         self._state: _State | None = None
+        self._protocol_cache: _Protocols | None = None
         self._generation = 0
         self._reconfiguring = asyncio.Lock()
         self._stats: dict[str, _Stats] = {}
         self._client_errors: Counter[str] = Counter()
         self._internal_errors = 0
         writer = f"{self.replica_id}-{uuid.uuid4().hex[:6]}"  # unique even if a replica id were reused
-        limits = {k: log[k] for k in ("flush_rows", "flush_interval_s", "buffer_rows")}
+        self._storage_uri = storage_uri
+        self._limiter: RateLimiter | None = None  # per-key feedback buckets, kept across reconfigures
+        self._secret: bytes | None = None  # the request-id key, read once (serve.auth.serving_secret)
+        limits = {k: log[k] for k in ("flush_rows", "flush_interval_s", "buffer_rows", "buffer_bytes") if k in log}
         self._log = (PredictionLog(storage.join(storage_uri, "predictions", name), writer_id=writer, **limits)
                      if log.get("enabled", True) else None)
         self._feedback = FeedbackLog(storage.join(storage_uri, "feedback", name), writer_id=writer, **limits)
@@ -215,6 +261,13 @@ class ModelServer:
             schema = Schema.from_yaml(versions[champion].model.schema_yaml, f"schema of version {champion}")
             # In a thread: a validator with a feature service opens the online store (a connection, a ping).
             validator = await asyncio.to_thread(_validator, schema, limits, config.get("features"))
+            auth = config.get("auth") or {}
+            tokens = TokenSet(auth.get("tokens", [])) if auth.get("enabled") else None
+            if tokens is not None and self._secret is None:
+                self._secret = await asyncio.to_thread(serving_secret, self._storage_uri, self.name)
+            rate = (float(auth.get("feedback_rate_per_s", 100.0)), int(auth.get("feedback_burst", 1000)))
+            if self._limiter is None or (self._limiter.rate_per_s, self._limiter.burst) != rate:
+                self._limiter = RateLimiter(*rate)
             self._state = _State(
                 champion=champion,
                 versions=versions,
@@ -224,6 +277,9 @@ class ModelServer:
                 max_instances=limits["max_instances"],
                 revision=str(config.get("revision", "")),
                 applied_at=_now(),
+                body_timeout_s=float(limits.get("body_timeout_s", 10.0)),
+                tokens=tokens,
+                signer=RequestIdSigner(self._secret, self.name) if tokens is not None and self._secret else None,
             )
             self.num_replicas = config.get("num_replicas")
             self._generation += 1
@@ -268,34 +324,138 @@ class ModelServer:
                                                f"{request_id}; the replica log has the traceback"), request_id)
 
     async def _dispatch(self, request: Request, request_id: str) -> Response:
-        method, path = request.method, _relative_path(request.scope)
-        if path == "/healthz":
-            _allow(method, "GET")
-            return self._health(request_id)
-        m = _ROUTE.fullmatch(path)
-        if m is None:
-            raise _HTTPError(404, "unknown_route", f"no route {path}; use POST /v1/models/{self.name}:predict, "
-                             f"POST /v1/models/{self.name}:feedback, GET /v1/models/{self.name} or GET /healthz")
-        verb = m.group("verb")
-        if verb not in (None, "predict", "feedback"):
-            raise _HTTPError(404, "unknown_route", f"unknown action ':{verb}'; use :predict or :feedback")
-        _allow(method, "GET" if verb is None else "POST")
-        if m.group("name") != self.name:
-            raise _HTTPError(404, "unknown_model", f"model '{m.group('name')}' is not served here; this app "
+        path = _relative_path(request.scope)
+        if not is_oip_path(path):
+            return await self._route(request, path, request_id)
+        try:
+            return await self._route(request, path, request_id)
+        except RequestError as err:  # OIP clients read "error" as a string: same code and details, OIP's shape
+            return self._client_error(err.status, err.code, err.message, err.details, request_id, oip=True)
+        except _HTTPError as err:
+            return self._client_error(err.status, err.code, err.message, [], request_id, err.headers, oip=True)
+
+    async def _route(self, request: Request, path: str, request_id: str) -> Response:
+        # Every protocol is translated into the native body and shares _predict: one validation, split, shadow,
+        # log and error contract. ``route.scope`` names the permission each route needs.
+        method = request.method
+        route = match_route(path, self.name)
+        _allow(method, route.method)
+        if route.model is not None and route.model != self.name:
+            raise _HTTPError(404, "unknown_model", f"model '{route.model}' is not served here; this app "
                              f"serves '{self.name}'")
-        if verb is None:
-            return self._json(200, self.info(), request_id)
+        if route.action in _PROBES:
+            return self._probe(route, request_id)
+        who = self._authorize(request, route)
+        if route.action == "info":
+            # Paths and pids are for operators: with auth on, only the admin scope sees them.
+            auth_off = self._state is not None and self._state.tokens is None
+            return self._json(200, self.info(full=auth_off or (who is not None and who.allows("admin"))),
+                              request_id)
         state = self._state
         if state is None:
             raise _HTTPError(503, "no_version", "no model version is loaded yet; retry shortly",
                              {"Retry-After": _RETRY_AFTER_S})
-        body = await _read_body(request, state.max_body_bytes)
-        if verb == "predict":
-            return await self._predict(state, body, request.headers.get("x-routing-key") or None, request_id)
-        return self._record_feedback(state, body, request_id)
+        pin = resolve_pin(_roles(state), state.champion, version=route.version, alias=route.alias)
+        if route.action == "metadata":
+            return self._json(200, self._protocols(state).metadata, request_id)
+        if route.action == "feedback":
+            self._rate_limit(request, who)  # before the body is read: a flood costs as little as possible
+        body = await _read_body(request, state.max_body_bytes, state.body_timeout_s)
+        if route.action == "feedback":
+            return self._record_feedback(state, body, request_id)
+        key = request.headers.get("x-routing-key") or None
+        if route.action == "predict":
+            return await self._predict(state, body, key, request_id, pin=pin)
+        proto = self._protocols(state)
+        if route.action == "infer":
+            infer = parse_infer_request(body, request.headers.get("inference-header-content-length"))
+            check_outputs(infer, proto.task)
+            rows = oip_instances(infer, proto.inputs)
+
+            def render(predictions: list[dict[str, Any]], version: str, rid: str) -> dict[str, Any]:
+                return oip_response(self.name, version, rid, infer, proto.task, predictions)
+        else:  # /invocations: MLflow's scoring protocol
+            rows = mlflow_instances(body, request.headers.get("content-type"), proto.inputs)
+
+            def render(predictions: list[dict[str, Any]], version: str, rid: str) -> dict[str, Any]:
+                return {"predictions": predictions}
+        return await self._predict(state, native_body(rows, state.max_body_bytes), key, request_id, pin=pin,
+                                   render=render)
+
+    def _authorize(self, request: Request, route: Route) -> Identity | None:
+        """The caller under ``serving.auth`` (None when auth is off): 401 without a valid bearer token, 403 when
+        its scopes lack ``route.scope`` (``GET /v1/models/{name}`` takes any token and shows more to ``admin``)."""
+        state = self._state
+        tokens = state.tokens if state is not None else None
+        if tokens is None or route.scope is None:
+            return None
+        header = request.headers.get("authorization")
+        who = tokens.authenticate(bearer_token(header))
+        if who is None:
+            challenge = 'Bearer realm="raymlops"' + (', error="invalid_token"' if header else "")
+            raise _HTTPError(401, "unauthorized", "this route needs a valid token: send 'Authorization: Bearer "
+                             "<token>' (tokens are configured in serving.auth)" if header is None else
+                             "the bearer token is not valid here; check it against serving.auth.tokens",
+                             {"WWW-Authenticate": challenge})
+        if route.action != "info" and not who.allows(route.scope):
+            raise _HTTPError(403, "forbidden", f"token '{who.name}' has scopes {sorted(who.scopes)} but this route "
+                             f"needs '{route.scope}'; use a token with that scope")
+        return who
+
+    def _rate_limit(self, request: Request, who: Identity | None) -> None:
+        """429 when the caller's feedback bucket is empty (keyed by token, or client address without auth)."""
+        limiter = self._limiter
+        if limiter is None:
+            return
+        key = f"token:{who.name}" if who is not None else f"addr:{request.client.host if request.client else '-'}"
+        wait = limiter.take(key, time.monotonic())
+        if wait:
+            raise _HTTPError(429, "rate_limited", f"too many feedback requests from {key.split(':', 1)[0]} "
+                             f"'{key.split(':', 1)[1]}' (serving.auth.feedback_rate_per_s={limiter.rate_per_s:g}, "
+                             f"burst {limiter.burst}); retry after the Retry-After seconds",
+                             {"Retry-After": RateLimiter.retry_after(wait)})
+
+    def _probe(self, route: Route, request_id: str) -> Response:
+        """Liveness and readiness in each protocol's words (no body is read, no permission needed)."""
+        if route.action == "live":
+            return self._json(200, {"live": True}, request_id)
+        if route.action == "server_metadata":
+            return self._json(200, {"name": "raymlops", "version": _package_version(),
+                                    "extensions": ["binary_tensor_data"]}, request_id)
+        if route.action in ("health", "ping"):
+            return self._health(request_id)
+        state = self._state
+        if state is None or not state.table.versions:
+            return self._json(503, _error_body("no_version", "no model version can serve yet"), request_id,
+                              {"Retry-After": _RETRY_AFTER_S})
+        if route.action == "ready":
+            return self._json(200, {"ready": True}, request_id)
+        version = resolve_pin(_roles(state), state.champion, version=route.version)  # model_ready
+        return self._json(200, {"name": self.name, "version": version or state.champion, "ready": True},
+                          request_id)
+
+    def _protocols(self, state: _State) -> _Protocols:
+        """The champion's request inputs and OIP metadata, computed once per routing state."""
+        cached = self._protocol_cache
+        if cached is not None and cached.state is state:
+            return cached
+        champion = state.versions[state.champion]
+        schema = Schema.from_yaml(champion.model.schema_yaml, f"schema of version {state.champion}")
+        task = champion.model.transform.task
+        # With a feature service, clients send entity keys instead of the store-served features.
+        validator = state.validator
+        metadata = oip_metadata(self.name, sorted(state.versions, key=_version_order), schema, task,
+                                champion.classes, served=list(getattr(validator, "served", None) or ()),
+                                keys=getattr(validator, "keys", None))
+        cached = _Protocols(state, [i["name"] for i in metadata["inputs"]], task, metadata)
+        self._protocol_cache = cached
+        return cached
 
     # ------------------------------------------------------------------------------------------ predict
-    async def _predict(self, state: _State, body: bytes, key: str | None, request_id: str) -> Response:
+    async def _predict(self, state: _State, body: bytes, key: str | None, request_id: str, *,
+                       pin: str | None = None, render: _Render | None = None) -> Response:
+        """Validate, route (unless ``pin`` names the version), predict, log and answer; ``render`` shapes the
+        answer for a standard protocol (default: the native document)."""
         t0 = time.perf_counter()
         if key is not None and len(key) > _MAX_ROUTING_KEY:
             raise _HTTPError(400, "invalid_routing_key", f"X-Routing-Key has {len(key)} characters, over "
@@ -304,7 +464,11 @@ class ModelServer:
         # pure CPU work and stays on the loop (a thread hop would cost more than it does).
         fetching = getattr(state.validator, "validate_async", None)
         parsed = await fetching(body) if fetching is not None else state.validator.validate(body)
-        version = pick_version(state.table, key, random.random())
+        # With auth on, the id is ours and signed with its instance count (what :feedback checks); the client's
+        # X-Request-Id stays a correlation id, logged beside it.
+        correlation = request_id if state.signer is not None else None
+        request_id = state.signer.issue(parsed.n) if state.signer is not None else request_id
+        version = pin or pick_version(state.table, key, random.random())
         served = state.versions[version]
         stats = self._stats[version]
         try:
@@ -321,15 +485,17 @@ class ModelServer:
         if self._metrics:
             self._metrics.served(version, latency_ms)
         ts = time.time()
-        self._append_log(parsed, predictions, request_id, version, "primary", key, ts, latency_ms)
+        logged = (len(body), correlation)
+        self._append_log(parsed, predictions, request_id, version, "primary", key, ts, latency_ms, logged)
         background = None
-        if should_shadow(state.table, request_id, random.random()):
-            background = BackgroundTask(self._shadow, state, parsed, request_id, key, ts)
-        doc = {"predictions": predictions, "model_version": version, "request_id": request_id}
-        return self._json(200, doc, request_id, {"X-Model-Version": version}, background)
+        if should_shadow(state.table, request_id, random.random()) and version != state.table.shadow:
+            background = BackgroundTask(self._shadow, state, parsed, request_id, key, ts, logged)
+        doc = (render(predictions, version, request_id) if render is not None else
+               {"predictions": predictions, "model_version": version, "request_id": request_id})
+        return self._json(200, doc, correlation or request_id, {"X-Model-Version": version}, background)
 
     async def _shadow(self, state: _State, parsed: ParsedRequest, request_id: str, key: str | None,
-                      ts: float) -> None:
+                      ts: float, logged: tuple[int, str | None] = (0, None)) -> None:
         version = state.table.shadow
         if version is None:
             return
@@ -346,17 +512,22 @@ class ModelServer:
             return
         latency_ms = (time.perf_counter() - t0) * 1000
         stats.latencies_ms.append(latency_ms)
-        self._append_log(parsed, predictions, request_id, version, "shadow", key, ts, latency_ms)
+        self._append_log(parsed, predictions, request_id, version, "shadow", key, ts, latency_ms, logged)
 
     def _append_log(self, parsed: ParsedRequest, predictions: list[dict[str, Any]], request_id: str,
-                    version: str, role: str, key: str | None, ts: float, latency_ms: float) -> None:
+                    version: str, role: str, key: str | None, ts: float, latency_ms: float,
+                    logged: tuple[int, str | None] = (0, None)) -> None:
+        """``logged``: the request body's size (what the rows weigh in the log's byte bound) and the client's
+        correlation id (None when it is the request id)."""
         if self._log is None:
             return
+        nbytes, correlation = logged
         self._log.append([
             {"request_id": request_id, "row": i, "ts": ts, "model_version": version, "role": role,
-             "routing_key": key, "features": instance, "outputs": out, "latency_ms": latency_ms, "status": "ok"}
+             "routing_key": key, "features": instance, "outputs": out, "latency_ms": latency_ms, "status": "ok",
+             "correlation_id": correlation}
             for i, (instance, out) in enumerate(zip(parsed.instances, predictions, strict=True))
-        ])
+        ], nbytes)
 
     # ------------------------------------------------------------------------------------------ feedback
     def _record_feedback(self, state: _State, body: bytes, request_id: str) -> Response:
@@ -379,11 +550,23 @@ class ModelServer:
         if len(labels) > state.max_instances:
             raise RequestError(422, "too_many_instances", f"labels has {len(labels)} entries, over the limit of "
                                f"{state.max_instances} instances per request")
+        if state.signer is not None:  # auth on: only ids this service issued, with one label per instance
+            n = state.signer.verify(rid)
+            if n is None:
+                raise RequestError(422, "unknown_request_id", "request_id was not issued by this service; send the "
+                                   "request_id field of the prediction's answer",
+                                   [{"row": None, "field": "request_id", "code": "unknown_request_id",
+                                     "message": f"got {json.dumps(rid)[:60]}"}])
+            if len(labels) != n:
+                raise RequestError(422, "invalid_feedback", f"labels has {len(labels)} entries but the prediction "
+                                   f"had {n} instance(s); send one label per instance (null for an unlabelled one)",
+                                   [{"row": None, "field": "labels", "code": "wrong_label_count",
+                                     "message": f"{len(labels)} labels for {n} instances"}])
         champion = state.versions[state.champion]
         bad = _check_labels(labels, champion.model.transform.task, champion.classes)
         if bad:
             raise RequestError(422, "invalid_feedback", f"{len(bad)} label(s) cannot be used; fix them", bad)
-        self._feedback.append([{"request_id": rid, "ts": time.time(), "labels": labels}])
+        self._feedback.append([{"request_id": rid, "ts": time.time(), "labels": labels}], len(body))
         return self._json(202, {"request_id": rid, "accepted": len(labels)}, request_id)
 
     # ------------------------------------------------------------------------------------------ status
@@ -394,8 +577,9 @@ class ModelServer:
                          {"Retry-After": _RETRY_AFTER_S})
         return self._json(200, {"status": "ok", "model": self.name, "versions": state.table.versions}, request_id)
 
-    def info(self) -> dict[str, Any]:
-        """Versions with roles, weights and live counters; this replica's identity; log counters."""
+    def info(self, full: bool = True) -> dict[str, Any]:
+        """Versions with roles, weights and live counters; this replica's identity; log counters. Without
+        ``full`` (a caller without the admin scope) no filesystem path and no pid is shown."""
         state = self._state
         versions = []
         if state is not None:
@@ -419,7 +603,8 @@ class ModelServer:
             "internal_errors": self._internal_errors,
             "prediction_log": self._log.stats() if self._log else None,
             "feedback_log": self._feedback.stats(),
-        }
+            "auth": state is not None and state.tokens is not None,
+        } | ({} if full else _redacted(versions, self.replica_id, self.started_at, self.num_replicas))
 
     def _json(self, status: int, doc: dict[str, Any], request_id: str, headers: dict[str, str] | None = None,
               background: BackgroundTask | None = None) -> Response:
@@ -429,18 +614,20 @@ class ModelServer:
                         headers={**extra, **(headers or {})}, background=background)
 
     def _client_error(self, status: int, code: str, message: str, details: list[dict[str, Any]],
-                      request_id: str, headers: dict[str, str] | None = None) -> Response:
+                      request_id: str, headers: dict[str, str] | None = None, *, oip: bool = False) -> Response:
         self._client_errors[code] += 1
         if self._metrics:
             self._metrics.failed("none", status, code)
-        return self._json(status, _error_body(code, message, details), request_id, headers)
+        body = oip_error_body(code, message, details) if oip else _error_body(code, message, details)
+        return self._json(status, body, request_id, headers)
 
 
 # --------------------------------------------------------------------------------------------- helpers
 def _validator(schema: Schema, limits: dict[str, Any], features: dict[str, Any] | None) -> Any:
     """The request validator; with a feature service, one that fetches store-served features by entity key."""
     if not features:
-        return RequestValidator(schema, max_body_bytes=limits["max_body_bytes"], max_instances=limits["max_instances"])
+        return RequestValidator(schema, max_body_bytes=limits["max_body_bytes"], max_instances=limits["max_instances"],
+                                max_string_length=limits.get("max_string_length", DEFAULT_MAX_STRING_LENGTH))
     from raymlops.features.serving import OnlineRequestValidator
 
     return OnlineRequestValidator(features, schema, max_body_bytes=limits["max_body_bytes"],
@@ -458,6 +645,30 @@ def _rows(version: _Version, columns: dict[str, Any]) -> list[dict[str, Any]]:
     if task == "binary":
         return [{"probability": p, "label": c} for p, c in zip(out["probability"].tolist(), labels, strict=True)]
     return [{"probabilities": p, "label": c} for p, c in zip(out["probabilities"].tolist(), labels, strict=True)]
+
+
+def _redacted(versions: list[dict[str, Any]], replica_id: str, started_at: str,
+              configured: int | None) -> dict[str, Any]:
+    """The parts of ``info`` that differ for a caller without the admin scope: no package paths, no pid."""
+    return {"versions": [{k: v for k, v in d.items() if k != "package_uri"} for d in versions],
+            "replica": {"id": replica_id, "started_at": started_at, "configured_replicas": configured}}
+
+
+def _roles(state: _State) -> dict[str, str]:
+    return {v: spec.role for v, spec in state.versions.items()}
+
+
+def _version_order(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (0, version)
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("raymlops")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
 def _check_labels(labels: list[Any], task: str, classes: list[Any]) -> list[dict[str, Any]]:
@@ -494,8 +705,9 @@ def _refuse_constant(text: str) -> Any:
     raise ValueError(f"{text} is not a JSON number; send finite numbers or null")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) anything over ``limit`` bytes before it is read whole."""
+async def _read_body(request: Request, limit: int, timeout_s: float = 10.0) -> bytes:
+    """The body, refusing (413) anything over ``limit`` bytes before it is read whole, and (408) a body not
+    received within ``timeout_s``: a slow client must not hold a replica's request slot for as long as it likes."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -505,12 +717,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
                                f"{limit}; send fewer instances per request")
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, "body_too_large", f"the request body is over the limit of {limit} bytes; "
-                                   "send fewer instances per request")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, "body_too_large", f"the request body is over the limit of {limit} "
+                                       "bytes; send fewer instances per request")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise _HTTPError(408, "body_timeout", f"the request body did not arrive within {timeout_s:g} s "
+                         f"(serving.body_timeout_s; {size} bytes received); send it at once",
+                         {"Connection": "close"}) from None
     except ClientDisconnect:
         # The client went away mid-body: its mistake (or its timeout), not ours; nobody reads this answer.
         raise RequestError(400, "client_disconnected", "the client closed the connection before sending the "

@@ -75,6 +75,7 @@ PREDICTION_SCHEMA = pa.schema([
     pa.field("outputs", pa.string()),  # JSON of this row's prediction
     pa.field("latency_ms", pa.float64()),
     pa.field("status", pa.string()),  # 'ok' | 'error'
+    pa.field("correlation_id", pa.string()),  # the client's X-Request-Id when the server issued request_id
 ])
 FEEDBACK_SCHEMA = pa.schema([
     pa.field("request_id", pa.string()),
@@ -82,7 +83,7 @@ FEEDBACK_SCHEMA = pa.schema([
     pa.field("labels", pa.string()),  # JSON list, one label per instance of the request (null: unlabelled)
 ])
 _JSON_FIELDS = frozenset(("features", "outputs", "labels"))
-_TEXT_FIELDS = frozenset(("model_version", "role", "routing_key", "status"))
+_TEXT_FIELDS = frozenset(("model_version", "role", "routing_key", "status", "correlation_id"))
 _WRITER_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 
