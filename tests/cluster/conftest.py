@@ -64,7 +64,7 @@ def _stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
         return
     os.killpg(proc.pid, sig)
     try:
-        proc.wait(timeout=5)  # test servers hold nothing worth a slow shutdown
+        proc.wait(timeout=3)  # test servers hold nothing worth a slow shutdown
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -147,10 +147,10 @@ def _start_postgres(root: Path, password: str) -> tuple[subprocess.Popen, int]:
             time.sleep(0.1)
 
 
-def _start_mlflow(root: Path, s3: S3Server, procs: list[subprocess.Popen]) -> MlflowServer:
+def _start_mlflow(root: Path, s3: S3Server, procs: list[tuple[subprocess.Popen, int]]) -> MlflowServer:
     password = "pg-" + os.urandom(8).hex()
     pg, pg_port = _start_postgres(root, password)
-    procs.append(pg)
+    procs.append((pg, signal.SIGINT))  # postgres: fast shutdown
     database_uri = f"postgresql+psycopg://mlflow:{password}@127.0.0.1:{pg_port}/mlflow"
     port, log = free_port(), root / "mlflow.log"
     artifacts = s3.uri("mlflow-artifacts")
@@ -159,7 +159,7 @@ def _start_mlflow(root: Path, s3: S3Server, procs: list[subprocess.Popen]) -> Ml
                              "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", str(port),
                              "--workers", "1"],
                             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    procs.append(proc)
+    procs.append((proc, signal.SIGKILL))  # its database is thrown away: nothing to shut down cleanly
     tracking_uri = f"http://127.0.0.1:{port}"
     _wait(f"{tracking_uri}/health", proc, log, timeout_s=240)
     return MlflowServer(tracking_uri, database_uri, password, artifacts, log)
@@ -193,11 +193,11 @@ class _Background:
 def _servers(request, tmp_path_factory) -> Iterator[tuple[S3Server, _Background | None]]:
     root = tmp_path_factory.mktemp("cluster")
     pg_root, background = None, None
-    procs: list[subprocess.Popen] = []
+    procs: list[tuple[subprocess.Popen, int]] = []  # each server and the signal that stops it
     mp = pytest.MonkeyPatch()
     try:
         moto, s3 = _start_s3(root)
-        procs.append(moto)
+        procs.append((moto, signal.SIGTERM))
         for k, v in s3.env.items():
             mp.setenv(k, v)
         import pyarrow.fs as pafs
@@ -212,8 +212,8 @@ def _servers(request, tmp_path_factory) -> Iterator[tuple[S3Server, _Background 
         if background is not None:
             background.wait()  # a start-up still running would start a server after this teardown
         mp.undo()
-        for proc in reversed(procs):  # MLflow before its database, the S3 server last
-            _stop(proc, signal.SIGINT if "postgres" in str(proc.args[0]) else signal.SIGTERM)
+        for proc, sig in reversed(procs):  # MLflow before its database, the S3 server last
+            _stop(proc, sig)
         if pg_root is not None:
             shutil.rmtree(pg_root, ignore_errors=True)
 
