@@ -207,7 +207,7 @@ BAD = [
     ("request-id-header-invalid", "POST", ":predict", {"instances": [_row()]}, {"X-Request-Id": "a b"}, 400,
      "invalid_request_id", None),
     ("unknown-model", "POST", "/v1/models/fraud:predict", {"instances": [_row()]}, {}, 404, "unknown_model", None),
-    ("unknown-route", "GET", "/v2/whatever", None, {}, 404, "unknown_route", None),
+    ("unknown-route", "GET", "/v3/whatever", None, {}, 404, "unknown_route", None),  # /v2: OIP's error shape
     ("unknown-action", "POST", ":explain", {"instances": [_row()]}, {}, 404, "unknown_route", None),
     ("get-on-predict", "GET", ":predict", None, {}, 405, "method_not_allowed", None),
     ("put-on-model", "PUT", "", {}, {}, 405, "method_not_allowed", None),
