@@ -93,9 +93,12 @@ def replica_env(mode: str) -> dict[str, str]:
 
 
 def free_port(host: str) -> int:
-    """A port free on ``host`` now (for Serve's fallback proxy)."""
+    """The port for Serve's fallback proxy: ``RAY_SERVE_FALLBACK_PROXY_HTTP_PORT`` when the operator set it, else
+    one free on ``host`` now."""
     import socket
 
+    if os.environ.get(_FALLBACK_PORT_ENV, "").isdigit():
+        return int(os.environ[_FALLBACK_PORT_ENV])
     with socket.socket() as s:
         s.bind((shown_host(host), 0))
         return int(s.getsockname()[1])
