@@ -105,6 +105,10 @@ def validate(ctx, data_digest: str = "", source: Artifact | None = None, schema_
                         metadata={"files": outcome.files, "rows": outcome.report.rows,
                                   "identities_uri": pin_snapshot(cfg.data.source, cfg.data.format, data_digest,
                                                                  ctx.path("snapshot.json"))})
+    store = _metadata_store(ctx)
+    if store is not None:  # the run's training data in MLflow's dataset view: where it is and its digest, no rows
+        store.log_dataset(ctx.mlflow_run_id, cfg.data.source, data_digest,
+                          profile={"rows": outcome.report.rows, "files": len(outcome.files)})
     schema = Artifact(uri=outcome.schema_uri, kind="schema", digest=_digest_text(storage.read_text(outcome.schema_uri)),
                       metadata={"version": outcome.schema.version})
     meta = {"decision": outcome.decision, "schema_version": outcome.schema.version,
@@ -172,6 +176,9 @@ def train(ctx, prepared: Artifact):
     meta = {"model_spec": result.model_spec, "history": result.history, "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss, "params": result.params, "checkpoint_uri": result.checkpoint_uri}
     storage.atomic_write_text(ctx.path("model", "training.json"), json.dumps(meta, default=str))
+    store = _metadata_store(ctx)
+    if store is not None:  # per-epoch (per-round) curves on the pipeline run, the run its model version links to
+        store.log_history(ctx.mlflow_run_id, result.history)
     last = result.history[-1] if result.history else {}
     ctx.log_metrics({"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
                      "epochs": len(result.history), "fit_time_s": result.fit_time_s,
@@ -233,6 +240,11 @@ def evaluate(ctx, model: Artifact, prepared: Artifact, schema: Artifact):
         doc |= {"champion": champ_eval.to_dict(), "champion_version": champ.version}
     storage.atomic_write_text(ctx.path("evaluation.json"), json.dumps(doc, indent=2, default=str))
     ctx.log_artifact("evaluation.json")
+    store = _metadata_store(ctx)
+    if store is not None:  # per-slice metrics and the comparison with champion, baseline and reference, as tables
+        from raymlops.evaluation.evaluate import evaluation_tables
+
+        store.log_tables(ctx.mlflow_run_id, evaluation_tables(doc))
     logged = {f"{split}_{k}": v for split, ms in result.metrics.items() for k, v in ms.items()}
     logged |= {f"baseline_test_{k}": v for k, v in result.baseline.items()}
     logged |= {f"reference_test_{k}": v for k, v in (reference.get("metrics") or {}).items()}
@@ -352,7 +364,7 @@ def register(ctx, package: Artifact, blessing: Artifact, snapshot: Artifact, eva
     while it is champion).
     """
     from raymlops.data.validate import REFERENCE_TAG
-    from raymlops.registry.models import ModelRegistry
+    from raymlops.registry.models import NO_MLMODEL_TAG, ModelRegistry
 
     cfg: Config = ctx.config
     test = json.loads(storage.read_text(evaluation.uri))["challenger"]["metrics"].get("test", {})
@@ -368,6 +380,9 @@ def register(ctx, package: Artifact, blessing: Artifact, snapshot: Artifact, eva
               **{f"test_{k}": v for k, v in test.items() if v is not None}, **_run_tags()},
     )
     ctx.progress(f"registered {cfg.name} v{info.version} as challenger")
+    if NO_MLMODEL_TAG in info.tags:
+        ctx.progress(f"warning: v{info.version} has no MLmodel, so mlflow.pyfunc cannot load it: "
+                     f"{info.tags[NO_MLMODEL_TAG]}")
     return {"version": info.version}
 
 
@@ -436,6 +451,15 @@ def run_ct_pipeline(cfg: Config, *, resume_run_id: str | None = None, run_id: st
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _metadata_store(ctx):
+    """The MLflow store of a driver step's pipeline run, or None when the run is not tracked."""
+    if not ctx.tracking_uri or not ctx.mlflow_run_id:
+        return None
+    from raymlops.registry.tracking import MetadataStore
+
+    return MetadataStore(ctx.tracking_uri)
+
+
 def _digest_text(text: str) -> str:
     import hashlib
 

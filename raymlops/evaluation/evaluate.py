@@ -27,7 +27,11 @@ from raymlops.core.metrics import (
 )
 from raymlops.errors import DataError, PackageError
 
-__all__ = ["EvalResult", "PredictBatch", "evaluate", "evaluate_champion_on", "predict_splits", "tag_split"]
+__all__ = ["EvalResult", "PredictBatch", "evaluate", "evaluate_champion_on", "evaluation_tables", "predict_splits",
+           "tag_split"]
+
+SLICES_TABLE = "evaluation/slices.json"
+COMPARISON_TABLE = "evaluation/comparison.json"
 
 _Y = "__y"
 _SLICE = "__slice__"
@@ -274,3 +278,38 @@ def evaluate_champion_on(
 ) -> EvalResult:
     """Evaluate the champion on the challenger's test split, so that blessing compares both on the same rows."""
     return evaluate(champion_model, {"test": test_split}, task=task, label=label, slices=slices, **kwargs)
+
+
+def evaluation_tables(doc: Mapping[str, Any]) -> dict[str, dict[str, list[Any]]]:
+    """The evaluate step's document (``evaluation.json``) as column tables for MLflow's ``log_table``.
+
+    ``evaluation/slices.json``: one row per model (challenger, and the champion on the same rows), slice column and
+    value, with its rows and metrics. ``evaluation/comparison.json``: one row per metric of the slice split, the
+    challenger beside the champion, the naive baseline and the reference model (``None`` where one is absent).
+    """
+    challenger = doc.get("challenger") or {}
+    models = {"challenger": challenger, "champion": doc.get("champion") or {}}
+    names: list[str] = []
+    rows: list[tuple[str, str, str, Mapping[str, Any]]] = []
+    for model, result in models.items():
+        for column, values in (result.get("slices") or {}).items():
+            for value, metrics in values.items():
+                rows.append((model, column, value, metrics))
+                names += [k for k in metrics if k != "rows" and k not in names]
+    slices: dict[str, list[Any]] = {"model": [], "slice": [], "value": [], "rows": [], **{n: [] for n in names}}
+    for model, column, value, metrics in rows:
+        for key, cell in (("model", model), ("slice", column), ("value", value), ("rows", metrics.get("rows"))):
+            slices[key].append(cell)
+        for n in names:
+            slices[n].append(metrics.get(n))
+
+    split = challenger.get("slice_split", "test")
+    sides = {"challenger": (challenger.get("metrics") or {}).get(split) or {},
+             "champion": (models["champion"].get("metrics") or {}).get(split) or {},
+             "baseline": challenger.get("baseline") or {},
+             "reference": ((doc.get("reference") or {}).get("metrics")) or {}}
+    metrics = list(sides["challenger"]) + [m for side in sides.values() for m in side if m not in sides["challenger"]]
+    comparison: dict[str, list[Any]] = {"metric": list(dict.fromkeys(metrics))}
+    for side, values in sides.items():
+        comparison[side] = [values.get(m) for m in comparison["metric"]]
+    return {SLICES_TABLE: slices, COMPARISON_TABLE: comparison}

@@ -5,6 +5,10 @@ a child run (``mlflow.parentRunId``) tagged with its component, version, fingerp
 cache hit, and with pointers to its artifacts (``artifact.<name>.uri`` / ``.digest`` / ``.kind``) and inputs
 (``input.<arg>.ref`` / ``.uri`` / ``.digest``). Data stays in storage; only small reports are copied into MLflow.
 
+The pipeline run also carries what MLflow's UI shows for a model: the training history as step metrics
+(``log_history``: ``train_loss``, ``val_loss``... per epoch or boosting round), the data snapshot as a dataset input
+(``log_dataset``: its URI and digest, no data read) and the evaluation tables (``log_tables``).
+
 Always an explicit ``MlflowClient(tracking_uri=...)`` and batched writes, from the driver only.
 """
 
@@ -33,6 +37,8 @@ PIPELINE_RUN_TAG = "raymlops.pipeline_run_id"
 STATUS_TAG = "raymlops.status"
 DATA_FINGERPRINT_TAG = "data_fingerprint"
 _TAG_LIMIT = 5000  # every MLflow backend stores at least this much per tag value
+_BATCH_METRICS = 1000  # MLflow's limit of metrics per log_batch call
+_DATASET_DIGEST = 36  # MLflow stores at most this much of a dataset digest (the profile keeps all of it)
 
 
 @dataclass
@@ -320,6 +326,48 @@ class MetadataStore:
                 ids.append(run.info.run_id)
             return ids
 
+    # ------------------------------------------------------------------------------------ model metadata
+    def log_history(self, run_id: str, history: Sequence[Mapping[str, Any]], *, step_key: str = "epoch") -> int:
+        """Per-epoch metrics as MLflow step history (``step`` = each row's ``step_key``), in as few ``log_batch``
+        calls as MLflow allows; returns how many values were logged."""
+        metrics = history_metrics(history, step_key, int(time.time() * 1000))
+        with self._errors(f"logging the training history of MLflow run {run_id}"):
+            for i in range(0, len(metrics), _BATCH_METRICS):
+                self._client.log_batch(run_id, metrics=metrics[i:i + _BATCH_METRICS])
+        return len(metrics)
+
+    def log_dataset(self, run_id: str, uri: str, digest: str, *, context: str = "training",
+                    profile: Mapping[str, Any] | None = None) -> None:
+        """Log the dataset at ``uri`` as an input of the run (``mlflow.data`` metadata only: its source, digest and
+        ``profile``, e.g. rows and files; nothing is read)."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        name = uri.rstrip("/").rsplit("/", 1)[-1] or uri
+        doc = {"name": name, "digest": digest[:_DATASET_DIGEST], "source_type": "uri",
+               "source": json.dumps({"uri": uri})}  # for a scheme MLflow has no source type for
+        with warnings.catch_warnings():  # a local path resolves two ways, both local: MLflow warns about it
+            warnings.simplefilter("ignore")
+            try:
+                doc = MetaDataset(resolve_dataset_source(uri), name=name, digest=doc["digest"]).to_dict()
+            except MlflowException:
+                pass
+        entity = Dataset(name=doc["name"], digest=doc["digest"], source_type=doc["source_type"], source=doc["source"],
+                         profile=json.dumps({"digest": digest, **(profile or {})}, default=str))
+        tags = [InputTag("mlflow.data.context", context)]
+        with self._errors(f"logging dataset {uri} as an input of MLflow run {run_id}"):
+            self._client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
+
+    def log_tables(self, run_id: str, tables: Mapping[str, Mapping[str, Sequence[Any]]]) -> None:
+        """Log column tables (``{artifact_file: {column: values}}``) with ``log_table``: MLflow's UI shows them."""
+        with self._errors(f"logging {len(tables)} tables to MLflow run {run_id}"):
+            for artifact_file, columns in tables.items():
+                self._client.log_table(run_id, data={k: list(v) for k, v in columns.items()},
+                                       artifact_file=artifact_file)
+
     # -------------------------------------------------------------------------------------------- monitor
     def log_monitor_pass(self, experiment: str, metrics: Mapping[str, float], *, at: float,
                          tags: Mapping[str, str] | None = None, artifact_location: str | None = None) -> str:
@@ -465,6 +513,18 @@ def _environment_tags() -> dict[str, str]:
     if ray is not None and ray.is_initialized():
         tags["raymlops.ray_job_id"] = ray.get_runtime_context().get_job_id()
     return tags
+
+
+def history_metrics(history: Sequence[Mapping[str, Any]], step_key: str, timestamp_ms: int) -> list[Metric]:
+    """MLflow metrics of training history rows: each numeric value at step ``row[step_key]`` (the row's position,
+    from 1, when it has none); the step key itself and non-numbers are left out."""
+    out = []
+    for i, row in enumerate(history, start=1):
+        step = row.get(step_key, i)
+        step = int(step) if isinstance(step, int | float) and not isinstance(step, bool) else i
+        out += [Metric(str(k), float(v), timestamp_ms, step) for k, v in row.items()
+                if k != step_key and isinstance(v, int | float) and not isinstance(v, bool)]
+    return out
 
 
 def _str(value: Any) -> str:

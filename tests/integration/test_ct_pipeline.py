@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
+import pandas as pd
+import pyarrow as pa
 import pytest
 from mlflow import MlflowClient
 
@@ -15,6 +18,7 @@ from raymlops.errors import ModelValidationError
 from raymlops.model.package import load_package
 from raymlops.registry.models import ModelRegistry
 from raymlops.registry.tracking import MetadataStore
+from tests.data_helpers import instances
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +37,11 @@ def cfg_for(tmp_path, tracking_uri):
         ])
 
     return make
+
+
+def _table(client: MlflowClient, run_id: str, path: str) -> pd.DataFrame:
+    # MlflowClient.load_table reads through the process-wide tracking URI, not the client's: read the artifact.
+    return pd.read_json(client.download_artifacts(run_id, path), orient="split")
 
 
 def test_pipeline_registers_a_blessed_challenger_with_lineage_and_caches(ray_session, cfg_for):
@@ -77,6 +86,30 @@ def test_pipeline_registers_a_blessed_challenger_with_lineage_and_caches(ray_ses
     assert {c.data.tags["raymlops.step"] for c in children} >= set(STEPS)
     train_run = next(c for c in children if c.data.tags["raymlops.step"] == "train")
     assert "best_val_loss" in train_run.data.metrics
+
+    # the version's run (the pipeline run) shows the per-epoch curves, the training data and the evaluation tables
+    run_id = result.pipeline.mlflow_run_id
+    epochs = [h["epoch"] for h in json.loads(Path(out["train.model"].uri, "training.json").read_text())["history"]]
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == epochs and len(epochs) > 1
+    [data] = client.get_run(run_id).inputs.dataset_inputs
+    snapshot = out["validate.snapshot"]
+    assert data.dataset.source == json.dumps({"uri": snapshot.uri}) and snapshot.digest.startswith(data.dataset.digest)
+    assert json.loads(data.dataset.profile)["digest"] == snapshot.digest
+    assert {t.key: t.value for t in data.tags}["mlflow.data.context"] == "training"
+    assert {"evaluation/comparison.json", "evaluation/slices.json"} <= \
+        {a["path"] for a in json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])}
+    comparison = _table(client, run_id, "evaluation/comparison.json").set_index("metric").loc["roc_auc"]
+    # MLflow writes tables with 10 decimals
+    assert comparison["challenger"] == pytest.approx(evaluation["challenger"]["metrics"]["test"]["roc_auc"], abs=1e-9)
+    assert comparison["baseline"] == 0.5
+    slices = _table(client, run_id, "evaluation/slices.json")
+    assert set(slices["slice"]) == {"region"} and slices["rows"].sum() == evaluation["challenger"]["rows"]["test"]
+
+    # MLflow loads the registered version itself (its MLmodel) and predicts what raymlops predicts
+    rows = instances(8)
+    pyfunc = mlflow.pyfunc.load_model(info.package_uri).predict(pd.DataFrame(rows))
+    ours = load_package(info.package_uri, info.digest).predict(pa.Table.from_pylist(rows))
+    assert pyfunc["probability"].tolist() == ours["probability"].tolist()
 
     lineage = MetadataStore(cfg.tracking_uri).lineage(cfg.name, info.version)
     rendered = lineage.render()

@@ -29,6 +29,7 @@ from raymlops.errors import PackageError
 from raymlops.model.package import load_package, save_package
 from raymlops.registry.mlmodel import MLMODEL
 from raymlops.registry.models import DIGEST_TAG, NO_MLMODEL_TAG, ModelRegistry
+from raymlops.registry.tracking import MetadataStore
 from raymlops.serve.batch import prediction_columns
 from tests.data_helpers import IDS, LABEL, TS, build_package, instances
 from tests.serving_helpers import free_port
@@ -189,3 +190,24 @@ def test_mlflow_models_serve_answers_invocations_like_raymlops(registry):
             proc.wait(10)
         log.close()
     assert np.isfinite(want["probability"]).all()
+
+
+def test_run_metadata_history_dataset_and_tables_reach_mlflow(registry):
+    store, client = MetadataStore(registry["uri"]), MlflowClient(registry["uri"])
+    run_id = store.start_pipeline_run(NAME, pipeline=NAME, pipeline_run_id="run-1")
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 2.0 / e} for e in range(1, 502)]
+    assert store.log_history(run_id, history) == 1002  # more than one log_batch holds (1000 at most)
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == list(range(1, 502))
+    digest = "ab" * 32
+    store.log_dataset(run_id, str(registry["root"] / "landing"), digest, profile={"rows": 10})
+    store.log_dataset(run_id, "memory://landing", "cd" * 32, context="eval")  # a scheme MLflow cannot resolve
+    inputs = {json.loads(d.dataset.source)["uri"]: d for d in client.get_run(run_id).inputs.dataset_inputs}
+    local = inputs[str(registry["root"] / "landing")]
+    assert (local.dataset.name, local.dataset.digest) == ("landing", digest[:36])
+    assert json.loads(local.dataset.profile) == {"digest": digest, "rows": 10}
+    assert {t.key: t.value for t in inputs["memory://landing"].tags}["mlflow.data.context"] == "eval"
+    store.log_tables(run_id, {"evaluation/comparison.json": {"metric": ["roc_auc"], "challenger": [0.8]}})
+    table = pd.read_json(client.download_artifacts(run_id, "evaluation/comparison.json"), orient="split")
+    assert table.to_dict("records") == [{"metric": "roc_auc", "challenger": 0.8}]
+    assert json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"]) == \
+        [{"path": "evaluation/comparison.json", "type": "table"}]  # what MLflow's UI lists as a table
