@@ -121,3 +121,19 @@ def test_frame_request_refuses_what_serving_refuses_and_names_the_field():
         frame_request(pd.DataFrame(rows).assign(usage=[math.inf]), _validator())
     with pytest.raises(DataError, match="no rows"):
         frame_request(pd.DataFrame(columns=list(rows[0])), _validator())
+
+
+def test_a_nullable_integer_feature_is_a_double_so_pandas_can_hold_its_nulls():
+    from raymlops.core.schema import ColumnSpec, Schema
+
+    schema = Schema("s", 1, "regression", [
+        ColumnSpec("calls", "feature", "numeric", "int64", nullable=True),
+        ColumnSpec("tier", "feature", "categorical", "int64", nullable=True, domain=["1", "2"]),
+        ColumnSpec("note", "feature", "string", "string"),
+    ])
+    assert [(s["type"], s["required"]) for s in input_colspecs(schema)] == \
+        [("double", False), ("double", False), ("string", True)]
+    # a float that is a whole number is the integer category, as a JSON client's 2.0 is
+    columns = frame_request(pd.DataFrame({"calls": [np.nan], "tier": [2.0], "note": ["x"]}),
+                            RequestValidator(schema, max_body_bytes=1 << 20, max_instances=10)).columns
+    assert math.isnan(columns["calls"][0]) and columns["tier"] == ["2"]
