@@ -27,7 +27,7 @@ from raymlops.core.request_validation import RequestValidator
 from raymlops.core.schema import Schema
 from raymlops.errors import PackageError
 from raymlops.model.package import load_package, save_package
-from raymlops.registry.mlmodel import MLMODEL
+from raymlops.registry.mlmodel import MLMODEL, write_mlmodel
 from raymlops.registry.models import DIGEST_TAG, NO_MLMODEL_TAG, ModelRegistry
 from raymlops.registry.tracking import MetadataStore
 from raymlops.serve.batch import prediction_columns
@@ -110,6 +110,22 @@ def test_pyfunc_loads_a_registered_version_and_predicts_what_raymlops_predicts(r
     assert len(model.predict(model.input_example)) == 2
     assert raw.digest == info.digest == model.metadata.metadata["raymlops.package_digest"]
     assert model.metadata.flavors["python_function"]["loader_module"] == "raymlops.model.pyfunc"
+
+
+@pytest.mark.parametrize(("task", "label", "columns"), [("multiclass", "plan", ["probabilities", "label"]),
+                                                     ("regression", "usage_gb", ["value"])])
+def test_pyfunc_predicts_multiclass_and_regression_packages_too(registry, tmp_path, task, label, columns):
+    cfg = load_config(None, [f"storage_uri={tmp_path}", "train.hidden_sizes=[8]", f"data.task={task}",
+                             f"data.label={label}"])
+    info = build_package(cfg, tmp_path / "pkg", task=task, label=label)
+    assert write_mlmodel(info.uri, info.digest) is True
+    # churned is a feature of these packages
+    rows = [{**{k: v for k, v in r.items() if k != label}, LABEL: i % 2} for i, r in enumerate(ROWS)]
+    got = mlflow.pyfunc.load_model(info.uri).predict(pd.DataFrame(rows))
+    want = load_package(info.uri, info.digest).predict_decoded(pa.Table.from_pylist(rows))
+    assert list(got.columns) == columns
+    for name in columns:
+        assert [list(v) if isinstance(v, np.ndarray) else v for v in got[name]] == want[name]
 
 
 def test_pyfunc_refuses_a_tampered_package_and_a_wrong_digest(registry, tmp_path):
