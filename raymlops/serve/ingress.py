@@ -15,19 +15,27 @@ HAProxy's template also opens a stats page (``*:8404``) and a Prometheus exporte
 at fixed ports: they would expose backend addresses to the network, and a second Serve on the same machine could
 not start. ``strip_haproxy_listeners`` (run in Serve's workers through Ray's worker setup hook) removes both
 from the template; Ray still exports HAProxy's figures as ``serve_haproxy_*`` metrics, read from its admin socket.
+That admin socket is created ``mode 666`` under ``/tmp/haproxy-serve`` by default: any local user could drain or
+disable our backends through it. Its files go to a directory of our own instead, made 0700 by the same hook.
+The hook also turns HAProxy's own error answer (no replica left, all retries failed: a plain-text 500 in Serve's
+template) into the app's JSON 503 with ``Retry-After``; Serve's plain-text answers from its proxies and the replicas'
+own HTTP servers become JSON in ``raymlops.serve.json_errors`` (Serve's HTTP proxy callback, set here too).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
+import tempfile
 
 from raymlops.serve.urls import shown_host
 
-__all__ = ["INGRESS_MODES", "controller_env", "free_port", "haproxy_available", "replica_env", "resolve_ingress",
-           "running_ingress", "strip_haproxy_listeners", "strip_template"]
+__all__ = ["INGRESS_MODES", "controller_env", "free_port", "haproxy_available", "haproxy_files_env",
+           "json_error_response", "replica_env", "resolve_ingress", "running_ingress", "strip_haproxy_listeners",
+           "strip_template"]
 
 INGRESS_MODES = ("auto", "haproxy", "direct", "proxy")
 
@@ -45,6 +53,18 @@ _FALLBACK_PORT_ENV = "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"
 # Serve kills a proxy whose first readiness check takes over 3 x 5 s; on a busy 2-core machine a proxy's worker
 # takes about that long to start, and the restart only adds load (seen at load 13: Serve never came up).
 _READY_ENV, _READY_S = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30"
+# Serve's proxies and the replicas' HTTP servers wrap their app with what this callback returns.
+_CALLBACK_ENV, _CALLBACK = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "raymlops.serve.json_errors.middlewares"
+# Where HAProxy keeps its config, admin socket and server state (Serve scopes each under the node id).
+_HA_FILES = {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg", "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+             "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state"}
+_HA_STATE_BASE = "RAY_SERVE_HAPROXY_SERVER_STATE_BASE"
+# A request that found no replica (all retried) or whose replica died: the client should retry shortly.
+_RETRY_AFTER_S = 1
+# HAProxy retries a request on another replica when the connection failed or the replica died before answering
+# (a killed or restarting replica); predictions are safe to repeat.
+_RETRY_ENV, _RETRY_ON = "RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response"
 
 logger = logging.getLogger(__name__)
 
@@ -75,21 +95,32 @@ def controller_env(mode: str, fallback_port: int | None = None) -> dict[str, str
     Under HAProxy, Serve also runs a Python "fallback" proxy (for requests before any replica is known) on a
     fixed port, 8500: ``fallback_port`` (a free one) lets two Serves share a machine.
     """
-    env = {_READY_ENV: _READY_S, **replica_env(mode)}
+    env = {_READY_ENV: _READY_S, _CALLBACK_ENV: _CALLBACK, **replica_env(mode)}
     if mode == "haproxy":
         env[_SETUP_HOOK_ENV] = _SETUP_HOOK
+        env.setdefault(_RETRY_ENV, os.environ.get(_RETRY_ENV, _RETRY_ON))
+        env.update(haproxy_files_env())
         if fallback_port is not None:
             env[_FALLBACK_PORT_ENV] = str(fallback_port)
+    return env
+
+
+def haproxy_files_env(base: str | None = None) -> dict[str, str]:
+    """Env vars putting HAProxy's config, admin socket and state under ``base`` (default: a directory private to
+    this user in the temp dir), unless the operator set them."""
+    base = base or os.path.join(tempfile.gettempdir(), f"raymlops-haproxy-{os.getuid()}")
+    env = {var: os.environ.get(var, os.path.join(base, name)) for var, name in _HA_FILES.items()}
+    env[_HA_STATE_BASE] = os.environ.get(_HA_STATE_BASE, base)
     return env
 
 
 def replica_env(mode: str) -> dict[str, str]:
     """Env vars for the serving replicas under ``mode`` (a replica drains differently behind HAProxy)."""
     if mode == "haproxy":
-        return {_HA_ENV: "1", _DIRECT_ENV: "1", _DRAIN_ENV: "0"}
+        return {_HA_ENV: "1", _DIRECT_ENV: "1", _DRAIN_ENV: "0", _CALLBACK_ENV: _CALLBACK}
     if mode == "direct":
-        return {_DIRECT_ENV: "1", _DRAIN_ENV: "0"}
-    return {}
+        return {_DIRECT_ENV: "1", _DRAIN_ENV: "0", _CALLBACK_ENV: _CALLBACK}
+    return {}  # no HTTP server in the replicas: the proxy (controller_env) answers
 
 
 def free_port(host: str) -> int:
@@ -152,3 +183,48 @@ def strip_haproxy_listeners() -> None:
     if "listen stats" in stripped or "frontend prometheus" in stripped:
         logger.warning("Serve's HAProxy template changed shape: its stats page may listen on every interface")
     haproxy.HAPROXY_CONFIG_TEMPLATE = stripped
+    _private_dirs()
+    _json_error_file(haproxy)
+
+
+def _private_dirs() -> None:
+    """Create the directories of HAProxy's files 0700 before Serve does (it would make them 0755, and its admin
+    socket is mode 666; Serve's per-node subdirectories inside stay out of other users' reach)."""
+    folders = {os.path.dirname(os.environ[v]) for v in _HA_FILES if os.environ.get(v)}
+    folders |= {os.environ[_HA_STATE_BASE]} if os.environ.get(_HA_STATE_BASE) else set()
+    for folder in sorted(f for f in folders if f and f != tempfile.gettempdir()):
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            if os.stat(folder).st_uid == os.getuid():
+                os.chmod(folder, 0o700)
+        except OSError as err:
+            logger.warning("cannot make HAProxy's directory %s private: %s", folder, err)
+
+
+def json_error_response() -> str:
+    """HAProxy's errorfile for the errors it makes itself (502/503/504): the app's JSON 503 with Retry-After."""
+    body = json.dumps({"error": {"code": "unavailable", "message": "no serving replica could answer this request; "
+                                 f"retry in {_RETRY_AFTER_S} s", "details": []}})
+    return ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Retry-After: {_RETRY_AFTER_S}\r\nContent-Length: {len(body.encode())}\r\nCache-Control: no-cache\r\n"
+            f"Connection: close\r\n\r\n{body}")
+
+
+def _json_error_file(haproxy: object) -> None:
+    """Wrap Serve's error-file writer so the file it points HAProxy at holds :func:`json_error_response`."""
+    api = getattr(haproxy, "HAProxyApi", None)
+    original = getattr(api, "_initialize_directories_and_error_files", None)
+    if original is None or getattr(original, "_raymlops", False):
+        if original is None:
+            logger.warning("Serve's HAProxy changed shape: its own errors stay plain text")
+        return
+
+    def write_json_error_file(self: object) -> None:
+        original(self)
+        path = getattr(getattr(self, "cfg", None), "error_file_path", None)
+        if path:
+            with open(path, "w", newline="") as f:
+                f.write(json_error_response())
+
+    write_json_error_file._raymlops = True  # type: ignore[attr-defined]
+    api._initialize_directories_and_error_files = write_json_error_file  # type: ignore[union-attr]

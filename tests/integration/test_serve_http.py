@@ -333,10 +333,13 @@ def test_overload_is_answered_with_503_and_retry_after_and_leaves_other_apps_alo
         responses = asyncio.run(burst())
         assert {r.status_code for r in responses} == {200, 503}  # bounded: excess is refused, never queued forever
         assert all(r.headers.get("retry-after") == "1" for r in responses if r.status_code == 503)
+        # Serve's own rejection is plain text; raymlops.serve.json_errors makes it the app's JSON error body
+        assert {r.json()["error"]["code"] for r in responses if r.status_code == 503} <= {"overloaded", "unavailable"}
         assert _predict(app, instances(1)).status_code == 200  # the module's app is unaffected
     finally:
         undeploy(cfg)
-    assert httpx.post(url, json=body).status_code == 404  # deleted: no route for its prefix any more
+    gone = httpx.post(url, json=body)
+    assert gone.status_code == 404 and "error" in gone.json()  # deleted: no route for its prefix any more
 
 
 # ------------------------------------------------------------------------------------------------ shutdown

@@ -5,7 +5,10 @@ builder (``raymlops.serve:app``) builds the same app from a config file."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import shutil
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -85,13 +88,21 @@ def test_status_shows_the_ingress_and_the_replicas(two):
     assert st["model"]["replica"]["configured_replicas"] == 2
 
 
-def test_haproxy_opens_no_stats_page_or_exporter(two):
+def test_haproxy_keeps_its_files_private_opens_no_stats_page_and_answers_its_errors_in_json(two):
     import ray
 
-    cfg_file = Path("/tmp/haproxy-serve") / ray.get_runtime_context().get_node_id() / "haproxy.cfg"
+    from raymlops.serve.ingress import haproxy_files_env
+
+    base = Path(haproxy_files_env()["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent
+    cfg_file = base / ray.get_runtime_context().get_node_id() / "haproxy.cfg"
     text = cfg_file.read_text()
     assert "frontend http_frontend" in text and f":{two.cfg.serving.port}" in text
     assert "listen stats" not in text and "prometheus-exporter" not in text
+    # the admin socket is mode 666: only a directory nobody else can enter keeps other local users off it
+    assert stat.S_IMODE(base.stat().st_mode) == 0o700 and f"stats socket {base}/" in text
+    head, body = Path(re.search(r"errorfile 503 (\S+)", text).group(1)).read_bytes().decode().split("\r\n\r\n", 1)
+    assert head.startswith("HTTP/1.1 503") and "Retry-After: 1" in head and f"Content-Length: {len(body)}" in head
+    assert json.loads(body)["error"]["code"] == "unavailable"
 
 
 def test_the_serve_builder_builds_the_app_from_a_config_file(two, tmp_path):
