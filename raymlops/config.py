@@ -784,7 +784,8 @@ INTERPOLATED_KEYS = (
 )
 # Variables raymlops reads as keys: never copied into a config value (from where it would reach logs, tags, URLs).
 _SECRET_VARS = (KEY_ENV, KEY_FILE_ENV, "RAYMLOPS_WEBHOOK_SECRET", "RAYMLOPS_SERVING_TOKENS",
-                "RAYMLOPS_SERVING_TOKENS_FILE", "RAYMLOPS_SERVING_SECRET_FILE")
+                "RAYMLOPS_SERVING_TOKENS_FILE", "RAYMLOPS_SERVING_SECRET_FILE", "RAYMLOPS_SERVING_TOKEN",
+                "RAYMLOPS_SERVING_TOKEN_FILE")
 _ENV_SET = re.compile(r"^environments\.[^.]+\.set\.")
 
 

@@ -92,7 +92,9 @@ class Clients:
         import httpx
 
         i = 0
-        with httpx.Client(timeout=10) as client:
+        from raymlops.serve.auth import client_headers
+
+        with httpx.Client(timeout=10, headers=client_headers()) as client:
             while not self._stop.wait(self.pause):
                 with self._lock:
                     n = len(self.rows)

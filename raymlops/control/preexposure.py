@@ -51,6 +51,7 @@ from raymlops.core.schema import Schema
 from raymlops.core.transform import Transform
 from raymlops.errors import RaymlopsError, RegistryError, ServingError
 from raymlops.registry.models import ModelRegistry, ModelVersionInfo
+from raymlops.serve.auth import client_headers
 from raymlops.serve.urls import predict_url
 
 __all__ = ["CHECKS", "ExposureCheck", "PreExposureResult", "preview_config", "run_pre_exposure"]
@@ -428,7 +429,8 @@ def _contract(preview: Config, target: _Target, app: _Preview, inputs: _Inputs, 
         return ExposureCheck("contract", False, inputs.missing, {"expected_rows": 0})
     cases = bad_input_cases(target.schema, model=preview.name, max_body_bytes=preview.serving.max_body_bytes,
                             max_instances=preview.serving.max_instances)
-    with httpx.Client(timeout=min(_HTTP_TIMEOUT_S, budget.left("the contract check"))) as client:
+    with httpx.Client(timeout=min(_HTTP_TIMEOUT_S, budget.left("the contract check")),
+                      headers=client_headers()) as client:
         problems = _expected_problems(client, preview, target, app, inputs)
         for case in cases:
             budget.left(f"the contract case {case.name}")
@@ -570,7 +572,8 @@ async def _send(url: str, warmup: list[bytes], bodies: list[bytes], concurrency:
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=min(_HTTP_TIMEOUT_S, timeout_s), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=min(_HTTP_TIMEOUT_S, timeout_s), limits=limits,
+                                 headers=client_headers()) as client:
         deadline = time.monotonic() + timeout_s
         await _fire(client, url, warmup, concurrency, [], [], deadline)
         latencies: list[float] = []

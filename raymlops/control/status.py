@@ -32,11 +32,12 @@ def _registry(cfg: Config) -> dict[str, Any]:
 def _serving(cfg: Config) -> dict[str, Any]:
     import httpx
 
+    from raymlops.serve.auth import client_headers
     from raymlops.serve.urls import base_url, model_url
 
     url = model_url(base_url(cfg), cfg.name)
     try:
-        r = httpx.get(url, timeout=3)
+        r = httpx.get(url, timeout=3, headers=client_headers())
         return {"url": url, **(r.json() if r.status_code == 200 else {"http_status": r.status_code})}
     except (httpx.HTTPError, ValueError) as err:
         return {"url": url, "error": f"not reachable ({type(err).__name__})"}

@@ -32,7 +32,12 @@ import numpy as np
 import pyarrow as pa
 
 from raymlops.core.redact import redact_url
-from raymlops.core.request_validation import ParsedRequest, RequestError, RequestValidator
+from raymlops.core.request_validation import (
+    DEFAULT_MAX_STRING_LENGTH,
+    ParsedRequest,
+    RequestError,
+    RequestValidator,
+)
 from raymlops.core.schema import ColumnSpec, Schema
 from raymlops.core.sketches import as_category_strings
 from raymlops.errors import ConfigError, FeatureStoreUnavailable
@@ -80,7 +85,8 @@ def serving_spec(cfg: Any) -> dict[str, Any] | None:
 class OnlineRequestValidator:
     """``RequestValidator`` for key-only requests (see the module docstring); build one per model schema."""
 
-    def __init__(self, spec: dict[str, Any], schema: Schema, *, max_body_bytes: int, max_instances: int):
+    def __init__(self, spec: dict[str, Any], schema: Schema, *, max_body_bytes: int, max_instances: int,
+                 max_string_length: int = DEFAULT_MAX_STRING_LENGTH):
         model_features = set(schema.feature_names)
         views = []
         for doc in spec["views"]:
@@ -101,7 +107,7 @@ class OnlineRequestValidator:
         self.deadline_s = float(store.get("connect_timeout_s") or 0.2) + float(store.get("read_timeout_s") or 0.5)
         self.max_body_bytes, self.max_instances = max_body_bytes, max_instances
         self._inner = RequestValidator(self._request_schema(schema), max_body_bytes=max_body_bytes,
-                                       max_instances=max_instances)
+                                       max_instances=max_instances, max_string_length=max_string_length)
 
     def _request_schema(self, schema: Schema) -> Schema:
         # Served features become "ignored": accepted by the inner validator, then refused here by name (a clearer

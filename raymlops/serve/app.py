@@ -631,7 +631,8 @@ def _validator(schema: Schema, limits: dict[str, Any], features: dict[str, Any] 
     from raymlops.features.serving import OnlineRequestValidator
 
     return OnlineRequestValidator(features, schema, max_body_bytes=limits["max_body_bytes"],
-                                  max_instances=limits["max_instances"])
+                                  max_instances=limits["max_instances"],
+                                  max_string_length=limits.get("max_string_length", DEFAULT_MAX_STRING_LENGTH))
 
 
 def _rows(version: _Version, columns: dict[str, Any]) -> list[dict[str, Any]]:

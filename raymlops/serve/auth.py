@@ -26,11 +26,16 @@ from raymlops.core.auth import TokenSet, is_loopback, parse_tokens
 from raymlops.errors import ConcurrentUpdateError, ConfigError, ServingError
 from raymlops.storage import cas
 
-__all__ = ["SECRET_FILE_ENV", "TOKENS_ENV", "TOKENS_FILE_ENV", "auth_enabled", "auth_spec", "serving_secret"]
+__all__ = ["CLIENT_TOKEN_ENV", "CLIENT_TOKEN_FILE_ENV", "SECRET_FILE_ENV", "TOKENS_ENV", "TOKENS_FILE_ENV",
+           "auth_enabled", "auth_spec", "client_headers", "serving_secret"]
 
 TOKENS_ENV = "RAYMLOPS_SERVING_TOKENS"
 TOKENS_FILE_ENV = "RAYMLOPS_SERVING_TOKENS_FILE"
 SECRET_FILE_ENV = "RAYMLOPS_SERVING_SECRET_FILE"
+# The token raymlops's own clients send (status, pre-exposure tests, the demo's traffic): one with the scopes they
+# need (admin for status' model info; predict and feedback for the tests and traffic).
+CLIENT_TOKEN_ENV = "RAYMLOPS_SERVING_TOKEN"
+CLIENT_TOKEN_FILE_ENV = "RAYMLOPS_SERVING_TOKEN_FILE"
 _MAX_SECRET_TEXT = 1 << 20
 
 
@@ -62,6 +67,21 @@ def _parse(text: str, source: str) -> list[dict[str, object]]:
         return parse_tokens(text, source)
     except ValueError as err:
         raise ConfigError(f"serving.auth tokens from {source}: {err}") from None
+
+
+def client_headers() -> dict[str, str]:
+    """``Authorization: Bearer`` with the token in ``RAYMLOPS_SERVING_TOKEN`` (or the file named by
+    ``RAYMLOPS_SERVING_TOKEN_FILE``) for raymlops's own HTTP clients; no header when neither is set (auth off)."""
+    token = os.environ.get(CLIENT_TOKEN_ENV, "").strip()
+    path = os.environ.get(CLIENT_TOKEN_FILE_ENV)
+    if not token and path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read(_MAX_SECRET_TEXT).strip()
+        except OSError as err:
+            raise ConfigError(f"{CLIENT_TOKEN_FILE_ENV}={path} cannot be read ({err.strerror}); point it at a file "
+                              "holding one serving token or unset it") from None
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def auth_spec(cfg: Any) -> dict[str, Any]:

@@ -248,8 +248,9 @@ def _code_version(init: dict[str, Any], actor_options: dict[str, Any]) -> str:
 
     h = hashlib.sha256(json.dumps([raymlops.__version__, init, actor_options], sort_keys=True).encode())
     # By module name: the attribute raymlops.serve.app is the application builder, not the module.
-    for name in ("raymlops.serve.app", "raymlops.serve.predlog", "raymlops.core.routing",
-                 "raymlops.core.request_validation"):
+    for name in ("raymlops.serve.app", "raymlops.serve.predlog", "raymlops.serve.auth", "raymlops.serve.json_errors",
+                 "raymlops.core.routing", "raymlops.core.request_validation", "raymlops.core.auth",
+                 "raymlops.core.protocols"):
         h.update(Path(importlib.import_module(name).__file__).read_bytes())  # new serving code restarts replicas
     return h.hexdigest()[:16]
 
@@ -371,7 +372,9 @@ def status(cfg: Config) -> dict[str, Any]:
         },
     }
     try:
-        r = httpx.get(model_url(_proxy_url(cfg), cfg.name), timeout=5)
+        from raymlops.serve.auth import client_headers
+
+        r = httpx.get(model_url(_proxy_url(cfg), cfg.name), timeout=5, headers=client_headers())
         out["model"] = r.json() if r.status_code == 200 else {"http_status": r.status_code}
     except (httpx.HTTPError, ValueError) as err:
         out["model"] = {"error": f"{type(err).__name__}: {err}"}

@@ -34,7 +34,7 @@ def app(ray_session, _mlflow_template, tmp_path_factory):
     secret.chmod(0o600)
     cfg = serving_config(root, f"sqlite:///{root / 'mlflow.db'}", "serving.auth.enabled=true",
                          "serving.auth.feedback_burst=6", "serving.auth.feedback_rate_per_s=0.01",
-                         "serving.body_timeout_s=1", f"serving.max_body_bytes={4 << 20}", "serving.ingress=direct")
+                         "serving.body_timeout_s=1", f"serving.max_body_bytes={4 << 20}")
     register_versions(cfg, root, n=1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(TOKENS_FILE_ENV, str(secret))  # read and hashed on the deploying side only
@@ -134,3 +134,17 @@ def test_a_slow_body_gets_408_json(app):
     status_line, _, rest = data.partition(b"\r\n")
     assert b" 408 " in status_line, data[:300]
     assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "body_timeout"
+
+
+def test_raymlops_own_clients_send_the_client_token(app, monkeypatch):
+    from raymlops.serve.auth import CLIENT_TOKEN_ENV, CLIENT_TOKEN_FILE_ENV
+    from raymlops.serve.deploy import status
+
+    monkeypatch.delenv(CLIENT_TOKEN_ENV, raising=False)
+    monkeypatch.delenv(CLIENT_TOKEN_FILE_ENV, raising=False)
+    assert status(app.cfg)["model"] == {"http_status": 401}
+    token_file = app.root / "ops-token"
+    token_file.write_text(app.tokens["ops"] + "\n")
+    monkeypatch.setenv(CLIENT_TOKEN_FILE_ENV, str(token_file))
+    shown = status(app.cfg)["model"]
+    assert shown["auth"] is True and "pid" in shown["replica"]  # the admin view

@@ -40,7 +40,7 @@ def app(ray_session, _mlflow_template, tmp_path_factory):
     shutil.copy(_mlflow_template, root / "mlflow.db")
     # The protocols are the replica's whatever the ingress; direct starts fastest when this module starts Serve
     # (a running Serve keeps the ingress it started with).
-    cfg = serving_config(root, f"sqlite:///{root / 'mlflow.db'}", "serving.ingress=direct")
+    cfg = serving_config(root, f"sqlite:///{root / 'mlflow.db'}")
     register_versions(cfg, root)
     info = deploy(cfg, weights={"1": 100}, shadow="2", shadow_pct=100)
     client = httpx.Client(base_url=info.url, timeout=30)

@@ -207,6 +207,7 @@ def test_key_only_requests_get_store_features_and_nulls_for_unknown_keys(example
     ({"customer_id": "C000003", "coupon": 1.0, "usage_gb": None}, "served_by_feature_store", "usage_gb"),
     ({"coupon": 1.0}, "missing_entity_key", "customer_id"),
     ({"customer_id": 3, "coupon": 1.0}, "wrong_type", "customer_id"),
+    ({"customer_id": "C" * 2000, "coupon": 1.0}, "string_too_long", "customer_id"),  # serving.max_string_length
 ])
 def test_key_only_requests_refuse_store_features_and_bad_keys(example, instance, code, field):
     root, _ = example
