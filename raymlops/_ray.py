@@ -146,9 +146,10 @@ class LogFile(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            if self._stream is None:
-                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-                self._stream = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across records
+            if self._stream is None:  # private like everything under storage (0700 dir, 0600 file, no links)
+                os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
+                self._stream = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - kept open across records
             self._stream.write(self.format(record) + "\n")
             self._stream.flush()
         except Exception:  # a log file must never fail a command
@@ -169,7 +170,7 @@ def _log_path(storage_uri: str | None) -> str:
     if not storage.is_local(root):  # s3:// and the like: a log file is a local thing
         import tempfile
 
-        root = os.path.join(tempfile.gettempdir(), "raymlops")
+        root = os.path.join(tempfile.gettempdir(), f"raymlops-{os.getuid()}")  # per user: not a shared dir
     return os.path.join(root.removeprefix("file://"), "logs", LOG_NAME)
 
 

@@ -290,7 +290,11 @@ class ModelServer:
             await asyncio.to_thread(self._drain)
 
     def __del__(self) -> None:
-        # Serve calls __del__ on graceful shutdown (replica stop, serve.delete): make the logs durable.
+        # Serve calls __del__ on graceful shutdown (replica stop, serve.delete): make the logs durable, and stop
+        # the gauge thread (it holds this server).
+        metrics = getattr(self, "_metrics", None)
+        if metrics is not None:
+            metrics.gauges.stop()
         for log in (getattr(self, "_log", None), getattr(self, "_feedback", None)):
             if log is not None:
                 log.close()
@@ -486,13 +490,18 @@ class ModelServer:
             self._metrics.served(version, latency_ms)
         ts = time.time()
         logged = (len(body), correlation)
-        self._append_log(parsed, predictions, request_id, version, "primary", key, ts, latency_ms, logged)
+        # A pinned request (/versions/{v}, /aliases/{a}) was not routed by the split: logged as "pinned", so a
+        # client cannot aim traffic and labels at the canary and weigh in on its analysis (or the monitor's).
+        role = "pinned" if pin is not None else "primary"
+        self._append_log(parsed, predictions, request_id, version, role, key, ts, latency_ms, logged)
         background = None
         if should_shadow(state.table, request_id, random.random()) and version != state.table.shadow:
             background = BackgroundTask(self._shadow, state, parsed, request_id, key, ts, logged)
         doc = (render(predictions, version, request_id) if render is not None else
                {"predictions": predictions, "model_version": version, "request_id": request_id})
-        return self._json(200, doc, correlation or request_id, {"X-Model-Version": version}, background)
+        # The issued id in a header too: a standard protocol's body (/invocations, OIP) may have no place for it.
+        return self._json(200, doc, correlation or request_id,
+                          {"X-Model-Version": version, "X-Raymlops-Request-Id": request_id}, background)
 
     async def _shadow(self, state: _State, parsed: ParsedRequest, request_id: str, key: str | None,
                       ts: float, logged: tuple[int, str | None] = (0, None)) -> None:
@@ -636,16 +645,10 @@ def _validator(schema: Schema, limits: dict[str, Any], features: dict[str, Any] 
 
 
 def _rows(version: _Version, columns: dict[str, Any]) -> list[dict[str, Any]]:
-    """One JSON-ready prediction per instance, labels decoded to class values."""
-    out = version.model.predict(columns)
-    task = version.model.transform.task
-    if task == "regression":
-        return [{"value": v} for v in out["value"].tolist()]
-    classes = version.classes
-    labels = [classes[i] for i in out["label"].tolist()]
-    if task == "binary":
-        return [{"probability": p, "label": c} for p, c in zip(out["probability"].tolist(), labels, strict=True)]
-    return [{"probabilities": p, "label": c} for p, c in zip(out["probabilities"].tolist(), labels, strict=True)]
+    """One JSON-ready prediction per instance, labels decoded to class values (``LoadedModel.predict_decoded``,
+    which MLflow's pyfunc loader answers with too)."""
+    out = version.model.predict_decoded(columns)
+    return [dict(zip(out, values, strict=True)) for values in zip(*out.values(), strict=True)]
 
 
 def _redacted(versions: list[dict[str, Any]], replica_id: str, started_at: str,
@@ -716,16 +719,21 @@ async def _read_body(request: Request, limit: int, timeout_s: float = 10.0) -> b
         if int(declared) > limit:
             raise RequestError(413, "body_too_large", f"the request body has {declared} bytes, over the limit of "
                                f"{limit}; send fewer instances per request")
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
+
+    async def read() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, "body_too_large", f"the request body is over the limit of {limit} "
+                                   "bytes; send fewer instances per request")
+            chunks.append(chunk)
+
     try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise RequestError(413, "body_too_large", f"the request body is over the limit of {limit} "
-                                       "bytes; send fewer instances per request")
-                chunks.append(chunk)
-    except TimeoutError:
+        await asyncio.wait_for(read(), timeout_s)  # not asyncio.timeout: Python 3.10 is supported
+    except asyncio.TimeoutError:
         raise _HTTPError(408, "body_timeout", f"the request body did not arrive within {timeout_s:g} s "
                          f"(serving.body_timeout_s; {size} bytes received); send it at once",
                          {"Connection": "close"}) from None

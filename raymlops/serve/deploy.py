@@ -331,6 +331,11 @@ def set_weights(
     # shadow=None means no shadow here (not the config's default shadow): the caller gives the whole routing.
     user_config = plan(cfg, ModelRegistry(cfg.tracking_uri), weights=weights, shadow=shadow,
                        shadow_pct=0.0 if shadow is None else shadow_pct)
+    # The tokens stay those of the deploy: env tokens (RAYMLOPS_SERVING_TOKENS) were hashed in the deploying shell,
+    # and a weight change comes from the controller or another shell without them.
+    running = _running_user_config(cfg)
+    if running and "auth" in running:
+        user_config["auth"] = running["auth"]
     return _run(cfg, user_config, _app_mode(cfg, running_ingress() or "proxy"), _proxy_url(cfg))
 
 
@@ -508,15 +513,22 @@ def _direct_urls(cfg: Config, name: str, mode: str | None) -> list[str]:
 
 def live_routing(cfg: Config) -> dict[str, Any] | None:
     """The routing the running app was last given (``weights``, ``shadow``), or None when unknown."""
+    user_config = _running_user_config(cfg)
+    if user_config is None:
+        return None
+    return {"weights": {str(v): float(w) for v, w in user_config.get("weights", {}).items()},
+            "shadow": user_config.get("shadow")}
+
+
+def _running_user_config(cfg: Config) -> dict[str, Any] | None:
+    """The ``user_config`` the running app was last given, or None (not deployed, or Serve's private API moved)."""
     from ray.serve.context import _get_global_client
 
     try:
         info, _ = _get_global_client().get_deployment_info(DEPLOYMENT_NAME, app_name(cfg))
-        user_config = info.deployment_config.user_config or {}
-    except Exception:  # private API, or nothing deployed
+        return dict(info.deployment_config.user_config or {})
+    except Exception:  # noqa: BLE001 - private API, or nothing deployed
         return None
-    return {"weights": {str(v): float(w) for v, w in user_config.get("weights", {}).items()},
-            "shadow": user_config.get("shadow")}
 
 
 def _deployed_mode(name: str) -> str | None:

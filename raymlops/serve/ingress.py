@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 
 from raymlops.serve.urls import shown_host
@@ -98,7 +99,7 @@ def controller_env(mode: str, fallback_port: int | None = None) -> dict[str, str
     env = {_READY_ENV: _READY_S, _CALLBACK_ENV: _CALLBACK, **replica_env(mode)}
     if mode == "haproxy":
         env[_SETUP_HOOK_ENV] = _SETUP_HOOK
-        env.setdefault(_RETRY_ENV, os.environ.get(_RETRY_ENV, _RETRY_ON))
+        env[_RETRY_ENV] = os.environ.get(_RETRY_ENV, _RETRY_ON)
         env.update(haproxy_files_env())
         if fallback_port is not None:
             env[_FALLBACK_PORT_ENV] = str(fallback_port)
@@ -120,7 +121,9 @@ def replica_env(mode: str) -> dict[str, str]:
         return {_HA_ENV: "1", _DIRECT_ENV: "1", _DRAIN_ENV: "0", _CALLBACK_ENV: _CALLBACK}
     if mode == "direct":
         return {_DIRECT_ENV: "1", _DRAIN_ENV: "0", _CALLBACK_ENV: _CALLBACK}
-    return {}  # no HTTP server in the replicas: the proxy (controller_env) answers
+    # No HTTP server in the replicas here unless Serve was started by someone else with direct ingress on
+    # (`serve run`, a RayService): the callback makes their answers JSON too.
+    return {_CALLBACK_ENV: _CALLBACK}
 
 
 def free_port(host: str) -> int:
@@ -189,16 +192,21 @@ def strip_haproxy_listeners() -> None:
 
 def _private_dirs() -> None:
     """Create the directories of HAProxy's files 0700 before Serve does (it would make them 0755, and its admin
-    socket is mode 666; Serve's per-node subdirectories inside stay out of other users' reach)."""
+    socket is mode 666; Serve's per-node subdirectories inside stay out of other users' reach). A directory that is
+    a link, or another user's, is refused: HAProxy does not start rather than put its admin socket there."""
     folders = {os.path.dirname(os.environ[v]) for v in _HA_FILES if os.environ.get(v)}
     folders |= {os.environ[_HA_STATE_BASE]} if os.environ.get(_HA_STATE_BASE) else set()
     for folder in sorted(f for f in folders if f and f != tempfile.gettempdir()):
         try:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
-            if os.stat(folder).st_uid == os.getuid():
-                os.chmod(folder, 0o700)
-        except OSError as err:
-            logger.warning("cannot make HAProxy's directory %s private: %s", folder, err)
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(folder)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise PermissionError(f"{folder} (HAProxy's admin socket directory) is a link or belongs to another user; "
+                                  "remove it, or set RAY_SERVE_HAPROXY_SOCKET_PATH and the other "
+                                  "RAY_SERVE_HAPROXY_* paths to a directory of yours")
+        os.chmod(folder, 0o700)
 
 
 def json_error_response() -> str:
@@ -222,9 +230,11 @@ def _json_error_file(haproxy: object) -> None:
     def write_json_error_file(self: object) -> None:
         original(self)
         path = getattr(getattr(self, "cfg", None), "error_file_path", None)
-        if path:
-            with open(path, "w", newline="") as f:
+        if path:  # whole or not at all: HAProxy may read it as soon as the config names it
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w", newline="") as f:
                 f.write(json_error_response())
+            os.replace(tmp, path)
 
     write_json_error_file._raymlops = True  # type: ignore[attr-defined]
     api._initialize_directories_and_error_files = write_json_error_file  # type: ignore[union-attr]

@@ -182,13 +182,23 @@ def test_version_and_alias_pins(app):
     assert alias.status_code == 404 and alias.json()["error"]["code"] == "unknown_alias"
     invalid = c.post("/v1/models/churn/versions/2:predict", json={"instances": [{"plan": 1}]})
     assert invalid.status_code == 422  # a pin validates like any request
+    # a pinned request is logged as "pinned": the split did not choose it, so the canary never counts it
+    rid = c.post("/v1/models/churn/versions/1:predict", json={"instances": ROWS}).headers["x-raymlops-request-id"]
+    log_uri = storage.join(app.cfg.storage_uri, "predictions", "churn")
+
+    def roles() -> set[str]:
+        t = read_log(log_uri)
+        return set(t.filter(pc.equal(t.column("request_id"), rid)).column("role").to_pylist())
+
+    wait_for(lambda: "pinned" in roles(), 20, "the pinned request in the prediction log")
+    assert "primary" not in roles()
 
 
 def test_protocol_requests_are_logged_and_mirrored(app):
     meta = app.triton.get_model_metadata("churn")
     rid_infer = app.triton.infer("churn", _triton_inputs(meta)).get_response()["parameters"]["request_id"]
     rid_mlflow = requests.post(f"{app.info.url}/invocations", json={"dataframe_records": ROWS},
-                               timeout=30).headers["x-request-id"]
+                               timeout=30).headers["x-raymlops-request-id"]  # the issued id, whatever the body
     log_uri = storage.join(app.cfg.storage_uri, "predictions", "churn")
 
     def logged() -> set[tuple[str, str, str]]:

@@ -65,7 +65,25 @@ def test_haproxys_error_file_is_a_whole_json_503_and_its_files_live_in_a_private
     assert env["RAY_SERVE_HAPROXY_RETRY_ON"] == "conn-failure empty-response"
     # every HTTP server Serve runs: its proxies (the controller's env) and the replicas' own ports
     assert all(env_of(m)["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "raymlops.serve.json_errors.middlewares"
-               for m in ("haproxy", "direct", "proxy") for env_of in (ingress.controller_env, ingress.replica_env)
-               if not (m == "proxy" and env_of is ingress.replica_env))
+               for m in ("haproxy", "direct", "proxy") for env_of in (ingress.controller_env, ingress.replica_env))
     monkeypatch.setenv("RAY_SERVE_HAPROXY_SOCKET_PATH", str(tmp_path / "op" / "admin.sock"))
     assert ingress.controller_env("haproxy")["RAY_SERVE_HAPROXY_SOCKET_PATH"] == str(tmp_path / "op" / "admin.sock")
+
+
+def test_haproxys_directory_is_made_private_and_a_link_or_foreign_one_is_refused(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    import pytest
+
+    base = tmp_path / "ha"
+    for var, value in ingress.haproxy_files_env(str(base)).items():
+        monkeypatch.setenv(var, value)
+    base.mkdir(mode=0o755)
+    ingress._private_dirs()
+    assert stat.S_IMODE(base.stat().st_mode) == 0o700
+    base.rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", base)  # planted by someone else: the socket would land where they chose
+    with pytest.raises(PermissionError, match="RAY_SERVE_HAPROXY_SOCKET_PATH"):
+        ingress._private_dirs()

@@ -4,6 +4,7 @@ Serve starts with, replicas and autoscaling from the config, and a split that an
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -45,7 +46,8 @@ def test_environment_per_ingress_mode():
     assert "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR" not in ingress.replica_env("haproxy")
     assert ingress.replica_env("haproxy")["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "0"
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in ingress.controller_env("direct")
-    assert ingress.replica_env("proxy") == {}
+    assert ingress.replica_env("proxy") == {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH":
+                                            "raymlops.serve.json_errors.middlewares"}
     # Every mode: Serve waits for a slow proxy to start instead of killing it (and failing serve.start).
     assert all(float(ingress.controller_env(m)["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]) >= 30
                for m in ("haproxy", "direct", "proxy"))
@@ -77,7 +79,8 @@ def test_fixed_replicas_and_ingress_environment_reach_the_deployment():
     d = _options("serving.num_replicas=3")
     assert d.num_replicas == 3 and d._deployment_config.autoscaling_config is None
     assert d.ray_actor_options["runtime_env"]["env_vars"]["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
-    assert "runtime_env" not in _options(mode="proxy").ray_actor_options
+    proxy_env = _options(mode="proxy").ray_actor_options["runtime_env"]["env_vars"]
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in proxy_env and "RAY_SERVE_ENABLE_DIRECT_INGRESS" not in proxy_env
 
 
 def test_autoscaling_from_the_config_becomes_serves_autoscaling_config():
@@ -113,7 +116,7 @@ print(json.dumps([pick_version(table, f"user-{i}", 0.5) for i in range(300)]))
 def test_the_split_of_a_key_is_the_same_in_every_process():
     # Each replica is its own process: a key must land on the same version whatever the process's hash seed.
     picks = [
-        json.loads(subprocess.run([sys.executable, "-c", _PICK], env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin"},
+        json.loads(subprocess.run([sys.executable, "-c", _PICK], env={**os.environ, "PYTHONHASHSEED": seed},
                                   capture_output=True, text=True, check=True, cwd=_root()).stdout)
         for seed in ("1", "2")
     ]
