@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raymlops.core.auth import SECRET_VARS as SERVING_SECRET_VARS
 from raymlops.core.package_trust import KEY_ENV, KEY_FILE_ENV, PackagePolicy
 from raymlops.core.safe_yaml import MAX_TEXT_BYTES, load_bounded
 from raymlops.errors import ConfigError
@@ -783,9 +784,7 @@ INTERPOLATED_KEYS = (
     "validation.reference_uri", "features.repo", "features.label_source", "notifications.webhook_url",
 )
 # Variables raymlops reads as keys: never copied into a config value (from where it would reach logs, tags, URLs).
-_SECRET_VARS = (KEY_ENV, KEY_FILE_ENV, "RAYMLOPS_WEBHOOK_SECRET", "RAYMLOPS_SERVING_TOKENS",
-                "RAYMLOPS_SERVING_TOKENS_FILE", "RAYMLOPS_SERVING_SECRET_FILE", "RAYMLOPS_SERVING_TOKEN",
-                "RAYMLOPS_SERVING_TOKEN_FILE")
+_SECRET_VARS = (KEY_ENV, KEY_FILE_ENV, "RAYMLOPS_WEBHOOK_SECRET", *SERVING_SECRET_VARS)
 _ENV_SET = re.compile(r"^environments\.[^.]+\.set\.")
 
 

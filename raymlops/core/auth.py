@@ -26,7 +26,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "CLIENT_TOKEN_ENV",
+    "CLIENT_TOKEN_FILE_ENV",
     "MIN_TOKEN_LENGTH",
+    "SECRET_FILE_ENV",
+    "SECRET_VARS",
+    "TOKENS_ENV",
+    "TOKENS_FILE_ENV",
     "SCOPES",
     "Identity",
     "RateLimiter",
@@ -38,6 +44,15 @@ __all__ = [
     "new_token",
     "parse_tokens",
 ]
+
+# The variables that hold serving secrets (read by raymlops.serve.auth; never interpolated into a config value).
+TOKENS_ENV = "RAYMLOPS_SERVING_TOKENS"  # NAME:SCOPES:TOKEN lines the deploy accepts (hashed there)
+TOKENS_FILE_ENV = "RAYMLOPS_SERVING_TOKENS_FILE"
+SECRET_FILE_ENV = "RAYMLOPS_SERVING_SECRET_FILE"  # the request-id signing key, on each node
+# The token raymlops's own clients send (status, pre-exposure tests, the demo's traffic).
+CLIENT_TOKEN_ENV = "RAYMLOPS_SERVING_TOKEN"
+CLIENT_TOKEN_FILE_ENV = "RAYMLOPS_SERVING_TOKEN_FILE"
+SECRET_VARS = (TOKENS_ENV, TOKENS_FILE_ENV, SECRET_FILE_ENV, CLIENT_TOKEN_ENV, CLIENT_TOKEN_FILE_ENV)
 
 SCOPES = ("predict", "feedback", "admin")
 MIN_TOKEN_LENGTH = 32

@@ -22,20 +22,22 @@ import secrets
 from typing import Any
 
 from raymlops import storage
-from raymlops.core.auth import TokenSet, is_loopback, parse_tokens
+from raymlops.core.auth import (
+    CLIENT_TOKEN_ENV,
+    CLIENT_TOKEN_FILE_ENV,
+    SECRET_FILE_ENV,
+    TOKENS_ENV,
+    TOKENS_FILE_ENV,
+    TokenSet,
+    is_loopback,
+    parse_tokens,
+)
 from raymlops.errors import ConcurrentUpdateError, ConfigError, ServingError
 from raymlops.storage import cas
 
 __all__ = ["CLIENT_TOKEN_ENV", "CLIENT_TOKEN_FILE_ENV", "SECRET_FILE_ENV", "TOKENS_ENV", "TOKENS_FILE_ENV",
            "auth_enabled", "auth_spec", "client_headers", "serving_secret"]
 
-TOKENS_ENV = "RAYMLOPS_SERVING_TOKENS"
-TOKENS_FILE_ENV = "RAYMLOPS_SERVING_TOKENS_FILE"
-SECRET_FILE_ENV = "RAYMLOPS_SERVING_SECRET_FILE"
-# The token raymlops's own clients send (status, pre-exposure tests, the demo's traffic): one with the scopes they
-# need (admin for status' model info; predict and feedback for the tests and traffic).
-CLIENT_TOKEN_ENV = "RAYMLOPS_SERVING_TOKEN"
-CLIENT_TOKEN_FILE_ENV = "RAYMLOPS_SERVING_TOKEN_FILE"
 _MAX_SECRET_TEXT = 1 << 20
 
 
