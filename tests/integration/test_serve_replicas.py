@@ -11,6 +11,7 @@ import shutil
 import stat
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -96,7 +97,8 @@ def test_haproxy_keeps_its_files_private_opens_no_stats_page_and_answers_its_err
     base = Path(haproxy_files_env()["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent
     cfg_file = base / ray.get_runtime_context().get_node_id() / "haproxy.cfg"
     text = cfg_file.read_text()
-    assert "frontend http_frontend" in text and f":{two.cfg.serving.port}" in text
+    # the frontend listens on the port the running Serve was started with (an earlier module's, in the suite)
+    assert "frontend http_frontend" in text and f":{urlsplit(two.info.url).port}" in text
     assert "listen stats" not in text and "prometheus-exporter" not in text
     # the admin socket is mode 666: only a directory nobody else can enter keeps other local users off it
     assert stat.S_IMODE(base.stat().st_mode) == 0o700 and f"stats socket {base}/" in text
@@ -113,8 +115,10 @@ def test_the_serve_builder_builds_the_app_from_a_config_file(two, tmp_path):
     d = built._bound_deployment
     assert d.name == DEPLOYMENT_NAME and d._deployment_config.autoscaling_config.max_replicas == 3
     assert d.user_config["weights"] == {"1": 90.0, "2": 10.0}  # routed from the registry's aliases
-    # The cluster's Serve decides the ingress: no ingress environment of ours on the replicas.
-    assert "runtime_env" not in d.ray_actor_options
+    # The cluster's Serve decides the ingress: no ingress environment of ours on the replicas, only the callback
+    # that makes Serve's own plain-text errors JSON should the replicas run an HTTP server.
+    assert d.ray_actor_options["runtime_env"]["env_vars"] == {
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "raymlops.serve.json_errors.middlewares"}
     with pytest.raises(Exception, match="config=path/to/config.yaml"):
         build_from_args({})
     with pytest.raises(Exception, match="replicas"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,8 @@ def test_controller_samples_say_phase_split_versions_drift_and_quality():
                                         "raymlops_controller_version"}
 
 
-def test_the_sampler_does_nothing_without_ray():
+def test_the_sampler_does_nothing_without_ray(monkeypatch):
+    monkeypatch.delitem(sys.modules, "ray", raising=False)  # as in a process that never imported Ray
     calls = []
     sampler = GaugeSampler(GAUGES, lambda: calls.append(1) or []).start()
     assert sampler.record() == 0 and calls == [] and sampler._thread is None
