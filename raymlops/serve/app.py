@@ -75,6 +75,7 @@ from raymlops.errors import FeatureStoreUnavailable, ServingError
 from raymlops.model.package import LoadedModel, load_package
 from raymlops.serve.auth import serving_secret
 from raymlops.serve.gauges import GaugeSampler, Sample
+from raymlops.serve.json_errors import error_body
 from raymlops.serve.predlog import FeedbackLog, PredictionLog
 
 __all__ = ["ModelServer"]
@@ -324,7 +325,7 @@ class ModelServer:
         except Exception:
             self._internal_errors += 1
             logger.exception("request %s failed inside the server", request_id)
-            return self._json(500, _error_body("internal_error", f"internal error while serving request "
+            return self._json(500, error_body("internal_error", f"internal error while serving request "
                                                f"{request_id}; the replica log has the traceback"), request_id)
 
     async def _dispatch(self, request: Request, request_id: str) -> Response:
@@ -430,7 +431,7 @@ class ModelServer:
             return self._health(request_id)
         state = self._state
         if state is None or not state.table.versions:
-            return self._json(503, _error_body("no_version", "no model version can serve yet"), request_id,
+            return self._json(503, error_body("no_version", "no model version can serve yet"), request_id,
                               {"Retry-After": _RETRY_AFTER_S})
         if route.action == "ready":
             return self._json(200, {"ready": True}, request_id)
@@ -582,7 +583,7 @@ class ModelServer:
     def _health(self, request_id: str) -> Response:
         state = self._state
         if state is None or not state.table.versions:
-            return self._json(503, _error_body("no_version", "no model version can serve yet"), request_id,
+            return self._json(503, error_body("no_version", "no model version can serve yet"), request_id,
                          {"Retry-After": _RETRY_AFTER_S})
         return self._json(200, {"status": "ok", "model": self.name, "versions": state.table.versions}, request_id)
 
@@ -627,7 +628,7 @@ class ModelServer:
         self._client_errors[code] += 1
         if self._metrics:
             self._metrics.failed("none", status, code)
-        body = oip_error_body(code, message, details) if oip else _error_body(code, message, details)
+        body = oip_error_body(code, message, details) if oip else error_body(code, message, details)
         return self._json(status, body, request_id, headers)
 
 
@@ -756,10 +757,6 @@ def _allow(method: str, allowed: str) -> None:
     if method != allowed:
         raise _HTTPError(405, "method_not_allowed", f"{method} is not allowed here; use {allowed}",
                          {"Allow": allowed})
-
-
-def _error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details or []}}
 
 
 

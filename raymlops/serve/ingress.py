@@ -211,8 +211,10 @@ def _private_dirs() -> None:
 
 def json_error_response() -> str:
     """HAProxy's errorfile for the errors it makes itself (502/503/504): the app's JSON 503 with Retry-After."""
-    body = json.dumps({"error": {"code": "unavailable", "message": "no serving replica could answer this request; "
-                                 f"retry in {_RETRY_AFTER_S} s", "details": []}})
+    from raymlops.serve.json_errors import error_body
+
+    body = json.dumps(error_body("unavailable", "no serving replica could answer this request; "
+                                 f"retry in {_RETRY_AFTER_S} s"))
     return ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             f"Retry-After: {_RETRY_AFTER_S}\r\nContent-Length: {len(body.encode())}\r\nCache-Control: no-cache\r\n"
             f"Connection: close\r\n\r\n{body}")

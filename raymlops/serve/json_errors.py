@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["JSONErrors", "error_code", "middlewares"]
+__all__ = ["JSONErrors", "error_body", "error_code", "middlewares"]
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -24,6 +24,11 @@ Message = dict[str, Any]
 # Serve's plain-text answers, by status; a 503 that is not backpressure is a replica or deployment not available.
 _CODES = {408: "request_timeout", 404: "unknown_route", 413: "body_too_large", 429: "rate_limited",
           500: "internal_error", 502: "replica_unavailable", 503: "unavailable", 504: "replica_timeout"}
+
+
+def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The JSON error body of every raymlops answer (the app's, Serve's rewritten ones, HAProxy's error file)."""
+    return {"error": {"code": code, "message": message, "details": details or []}}
 
 
 def error_code(status: int, text: str) -> str:
@@ -78,7 +83,7 @@ def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
 async def _send_json(send: Any, start: Message, text: bytes) -> None:
     status = int(start["status"])
     message = text.decode("utf-8", "replace").strip() or f"HTTP {status}"
-    payload = json.dumps({"error": {"code": error_code(status, message), "message": message, "details": []}}).encode()
+    payload = json.dumps(error_body(error_code(status, message), message)).encode()
     headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-type", b"content-length")]
     headers += [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
