@@ -617,7 +617,8 @@ class PreExposureConfig(_Section):
     )
     load_concurrency: PositiveInt = 8
     max_p99_increase_pct: Annotated[float, Field(ge=0)] | None = Field(
-        100.0, description="Challenger p99 may exceed the champion's (same load, same moment) by this much."
+        100.0, description="Challenger p99 may exceed the champion's by this much (percent; requests interleaved "
+        "between the two in one replica)."
     )
     min_qps: Annotated[float, Field(gt=0)] | None = Field(None, description="Minimum challenger throughput.")
     timeout_s: Annotated[float, Field(gt=0)] = Field(180.0, description="Whole test budget; over it fails.")

@@ -32,7 +32,6 @@ DEMO_OVERRIDES = [
     "canary.max_quality_drop=0.05", "canary.max_prediction_psi=3", "canary.max_p99_ratio=3",
     "triggers.new_data=true", "triggers.on_drift=false", "triggers.cooldown_s=0", "triggers.poll_interval_s=1",
     "controller.poll_interval_s=0.5", "monitoring.interval_s=10", "monitoring.window_s=600",
-    "pre_exposure.load_requests=100",
     "monitoring.min_rows=200", "serving.prediction_log.flush_interval_s=0.5",
 ]
 QUICK_OVERRIDES = ["train.epochs=3", "train.learning_rate=0.01", "canary.interval_s=6", "canary.min_requests=15",

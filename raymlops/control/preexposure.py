@@ -10,9 +10,10 @@
   split found through lineage, else recent live inputs of the champion from the prediction log) go through the
   real HTTP API and must come back with the signature's outputs, then every bad input of the error contract
   (``core.exposure.bad_input_cases``) must get its status code and JSON error.
-* **load**: a bounded load on the preview with the version at 100 %, then the same load after reconfiguring the
-  same preview to the champion, so both are measured the same way at the same moment; gates in
-  ``pre_exposure`` (``max_p99_increase_pct``, ``min_qps``).
+* **load**: the champion is loaded in the same preview replica beside the tested version (no weight), and a bounded
+  load alternates its requests between the two, each pinned to its version, so both are measured the same way at
+  the same moments (a burst from a neighbour slows both alike); gates in ``pre_exposure``
+  (``max_p99_increase_pct``, ``min_qps``). A p99 miss alone is confirmed by a second round before it blocks.
 
 The preview serves the tested version as its own "champion", so requests are validated against the tested
 version's schema, as they will be once it is promoted. Everything runs within ``pre_exposure.timeout_s``; an
@@ -22,6 +23,7 @@ exception inside a check is that check failing with its message, and the preview
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -36,14 +38,15 @@ from raymlops.config import Config
 from raymlops.core.exposure import (
     BadInputCase,
     LoadFigures,
+    LoadGate,
     as_request_instance,
     bad_input_cases,
     better_round,
     check_error_response,
     check_predictions,
     expected_outputs,
-    load_figures,
     load_gate,
+    paired_figures,
     summarize_error_details,
     synthetic_instances,
 )
@@ -52,7 +55,7 @@ from raymlops.core.transform import Transform
 from raymlops.errors import RaymlopsError, RegistryError, ServingError
 from raymlops.registry.models import ModelRegistry, ModelVersionInfo
 from raymlops.serve.auth import client_headers
-from raymlops.serve.urls import predict_url
+from raymlops.serve.urls import predict_url, version_predict_url
 
 __all__ = ["CHECKS", "ExposureCheck", "PreExposureResult", "preview_config", "run_pre_exposure"]
 
@@ -65,6 +68,7 @@ _LIVE_LOOKBACK_S = 86_400.0  # live inputs: at least a day back, however short m
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+_Send = tuple[str, str, bytes]  # version, its pinned URL, body
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -141,7 +145,7 @@ def _service_checks(cfg: Config, target: _Target, champion: str | None, infra: E
     inputs = _guard_value(lambda: _expected_inputs(cfg, target, champion, pe.sample_rows))
     preview = preview_config(cfg)
     try:
-        app = _deploy_preview(preview, target.info, budget)
+        app = _deploy_preview(preview, target.info, champion, budget)
     except Exception as err:
         _undeploy_quietly(preview)
         why = f"the preview app did not deploy: {_message(err)}"
@@ -150,7 +154,7 @@ def _service_checks(cfg: Config, target: _Target, champion: str | None, infra: E
     try:
         contract = (_guard("contract", lambda: _contract(preview, target, app, inputs, budget))
                     if contract_on else _skipped("contract"))
-        load = (_guard("load", lambda: _load(preview, target, app, inputs, champion, budget))
+        load = (_guard("load", lambda: _load(preview, target, app, inputs, budget))
                 if load_on else _skipped("load"))
     finally:
         _undeploy_quietly(preview)
@@ -391,25 +395,24 @@ class _Preview:
     url: str  # proxy URL of the app (contract: what clients use)
     load_url: str  # a replica's own port when Serve runs with direct ingress (load: fewer hops, less noise)
     direct: bool
-    serving: str  # the version the preview serves now
+    reference: str | None = None  # the champion, loaded beside the tested version for the load's pinned requests
+    reference_note: str = ""  # why the champion is not loaded, when it was asked for and is not
 
 
-def _deploy_preview(preview: Config, info: ModelVersionInfo, budget: _Budget) -> _Preview:
-    from raymlops.serve.deploy import deploy_alone
+def _deploy_preview(preview: Config, info: ModelVersionInfo, champion: str | None, budget: _Budget) -> _Preview:
+    from raymlops.serve.deploy import deploy_alone, plan_alone
 
+    reference, note = None, ""
+    if champion is not None and preview.pre_exposure.load_requests > 0:
+        try:
+            reference = ModelRegistry(preview.tracking_uri).get(preview.name, champion)
+            plan_alone(preview, info, reference)  # the champion's package verifies, or it is left out
+        except RaymlopsError as err:
+            reference, note = None, f"champion {champion} could not be measured: {err}"
     what = "deploying the preview app"
-    deployed = _bounded(lambda: deploy_alone(preview, info), budget.left(what), what)
+    deployed = _bounded(lambda: deploy_alone(preview, info, reference=reference), budget.left(what), what)
     return _Preview(deployed.url, (deployed.direct_urls or [deployed.url])[0], bool(deployed.direct_urls),
-                    str(info.version))
-
-
-def _route_preview(preview: Config, app: _Preview, info: ModelVersionInfo, budget: _Budget) -> None:
-    """Serve ``info`` on the running preview instead: a reconfigure of the same replicas, not a new app."""
-    from raymlops.serve.deploy import deploy_alone
-
-    what = f"routing the preview to version {info.version}"
-    _bounded(lambda: deploy_alone(preview, info), budget.left(what), what)
-    app.serving = str(info.version)
+                    None if reference is None else str(reference.version), note)
 
 
 def _undeploy_quietly(preview: Config) -> None:
@@ -492,55 +495,53 @@ def _case_problems(client: Any, base_url: str, case: BadInputCase) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- load
-def _load(preview: Config, target: _Target, app: _Preview, inputs: _Inputs, champion: str | None,
-          budget: _Budget) -> ExposureCheck:
+def _load(preview: Config, target: _Target, app: _Preview, inputs: _Inputs, budget: _Budget) -> ExposureCheck:
     pe = preview.pre_exposure
     # Expected inputs when there are any (what clients send); else valid rows made from the schema.
     rows = inputs.rows or synthetic_instances(target.schema, 16)
     bodies = [json.dumps({"instances": [r]}, default=str).encode()
               for r in itertools.islice(itertools.cycle(rows), pe.load_requests)]
-    url = predict_url(app.load_url, preview.name)
-    mine = _measure(url, bodies, pe.load_concurrency, budget, f"the load on version {target.version}")
-    theirs, note = None, ""
-    if champion is not None:
-        theirs, note = _measure_champion(preview, app, url, bodies, champion, budget)
-    gate = load_gate(mine, theirs, max_p99_increase_pct=pe.max_p99_increase_pct, min_qps=pe.min_qps)
-    confirmed = ""
-    if gate.p99_exceeded and len(gate.reasons) == 1 and theirs is not None:
-        # A p99 miss alone is confirmed before it blocks: one more round of each, the champion (still routed)
-        # first this time, and each judged on its better round (see better_round).
-        again = _measure(url, bodies, pe.load_concurrency, budget, f"the second load round on champion {champion}")
-        _route_preview(preview, app, target.info, budget)
-        mine = better_round(mine, _measure(url, bodies, pe.load_concurrency, budget,
-                                           f"the second load round on version {target.version}"))
-        theirs = better_round(theirs, again)
-        gate = load_gate(mine, theirs, max_p99_increase_pct=pe.max_p99_increase_pct, min_qps=pe.min_qps)
-        confirmed = "p99 over the limit in the first round: judged on the better of two rounds each"
-    figures = _load_figures(mine, theirs, champion, gate.p99_limit_ms, pe.load_concurrency, pe.min_qps)
-    figures["rounds"] = 2 if confirmed else 1
-    notes = [*gate.notes, *([note] if note else []), *([confirmed] if confirmed else [])]
+    # Both versions are loaded in the same preview replica and the requests alternate between them (each pinned
+    # to its version): whatever else the machine does at that moment, both pay for it alike.
+    measured = [v for v in (target.version, app.reference) if v is not None]
+    urls = {v: version_predict_url(app.load_url, preview.name, v) for v in measured}
+    what = (f"the load on version {target.version}" if app.reference is None else
+            f"the load on version {target.version} and champion {app.reference}")
+    rounds = [_measure(urls, bodies, pe.load_concurrency, budget, what)]
+    gate = _gate(rounds, target.version, app.reference, pe)
+    if gate.p99_exceeded and len(gate.reasons) == 1:
+        # A p99 miss alone is confirmed before it blocks: one more round, each version judged on its better one.
+        rounds.append(_measure(urls, bodies, pe.load_concurrency, budget, f"the second round of {what}"))
+        gate = _gate(rounds, target.version, app.reference, pe)
+    mine, theirs = _best(rounds, target.version), _best(rounds, app.reference)
+    assert mine is not None
+    figures = _load_figures(mine, theirs, app.reference, gate.p99_limit_ms, pe.load_concurrency, pe.min_qps)
+    figures["rounds"] = len(rounds)
+    notes = [*gate.notes, *([app.reference_note] if app.reference_note else [])]
+    if theirs is not None and theirs.errors:
+        notes.append(f"the champion answered {theirs.errors} of {theirs.requests} with an error ({theirs.statuses}); "
+                     "its figures count its 200s only")
+    if len(rounds) > 1:
+        notes.append("p99 over the limit in the first round: each version judged on the better of two")
     if not gate.passed:
         return ExposureCheck("load", False, "; ".join(gate.reasons + notes), figures)
     summary = (f"{mine.requests} requests at concurrency {pe.load_concurrency}: {mine.qps:.1f} QPS, p50 "
                f"{mine.p50_ms:.1f} ms, p99 {mine.p99_ms:.1f} ms")
     if theirs is not None and theirs.p99_ms is not None:
-        summary += f" (champion {champion}: {theirs.qps:.1f} QPS, p99 {theirs.p99_ms:.1f} ms)"
+        summary += (f" (champion {app.reference}, interleaved with it: {theirs.qps:.1f} QPS, "
+                    f"p99 {theirs.p99_ms:.1f} ms)")
     return ExposureCheck("load", True, "; ".join([summary, *notes]), figures)
 
 
-def _measure_champion(preview: Config, app: _Preview, url: str, bodies: list[bytes], champion: str,
-                      budget: _Budget) -> tuple[LoadFigures | None, str]:
-    try:
-        info = ModelRegistry(preview.tracking_uri).get(preview.name, champion)
-        _route_preview(preview, app, info, budget)
-    except RaymlopsError as err:  # the registry or the reconfigure refused
-        return None, f"champion {champion} could not be measured: {err}"
-    theirs = _measure(url, bodies, preview.pre_exposure.load_concurrency, budget, f"the load on champion {champion}")
-    note = ""
-    if theirs.errors:
-        note = (f"the champion answered {theirs.errors} of {theirs.requests} with an error "
-                f"({theirs.statuses}); its figures count its 200s only")
-    return theirs, note
+def _best(rounds: list[dict[str, LoadFigures]], version: str | None) -> LoadFigures | None:
+    """``version``'s better round (None when it was not measured)."""
+    return None if version is None else functools.reduce(better_round, (r[version] for r in rounds))
+
+
+def _gate(rounds: list[dict[str, LoadFigures]], version: str, champion: str | None, pe: Any) -> LoadGate:
+    mine = _best(rounds, version)
+    assert mine is not None  # the tested version is measured in every round
+    return load_gate(mine, _best(rounds, champion), max_p99_increase_pct=pe.max_p99_increase_pct, min_qps=pe.min_qps)
 
 
 def _load_figures(mine: LoadFigures, theirs: LoadFigures | None, champion: str | None, limit: float | None,
@@ -560,51 +561,48 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _measure(url: str, bodies: list[bytes], concurrency: int, budget: _Budget, what: str) -> LoadFigures:
-    """Warm up (one round of ``concurrency`` requests, not counted), then send ``bodies`` and measure."""
+def _measure(urls: Mapping[str, str], bodies: list[bytes], concurrency: int, budget: _Budget,
+             what: str) -> dict[str, LoadFigures]:
+    """Warm up (``concurrency`` requests per version, not counted), then send each body to every version in turn
+    (``urls``: version -> its pinned URL) and measure each version."""
     timeout = budget.left(what)
-    warmup = bodies[:concurrency]
-    return _bounded(lambda: asyncio.run(_send(url, warmup, bodies, concurrency, timeout)), timeout + 5, what)
+    sends = [(v, url, body) for body in bodies for v, url in urls.items()]
+    warmup = sends[:concurrency * len(urls)]
+    return _bounded(lambda: asyncio.run(_send(warmup, sends, concurrency, timeout)), timeout + 5, what)
 
 
-async def _send(url: str, warmup: list[bytes], bodies: list[bytes], concurrency: int,
-                timeout_s: float) -> LoadFigures:
+async def _send(warmup: list[_Send], sends: list[_Send], concurrency: int, timeout_s: float) -> dict[str, LoadFigures]:
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=min(_HTTP_TIMEOUT_S, timeout_s), limits=limits,
                                  headers=client_headers()) as client:
         deadline = time.monotonic() + timeout_s
-        await _fire(client, url, warmup, concurrency, [], [], deadline)
-        latencies: list[float] = []
-        statuses: list[int] = []
-        t0 = time.perf_counter()
-        await _fire(client, url, bodies, concurrency, latencies, statuses, deadline)
-        return load_figures(latencies, statuses, time.perf_counter() - t0)
+        await _fire(client, warmup, concurrency, [], deadline)
+        samples: list[tuple[str, int, float]] = []
+        await _fire(client, sends, concurrency, samples, deadline)
+        return paired_figures(samples, concurrency)
 
 
-async def _fire(client: Any, url: str, bodies: list[bytes], concurrency: int, latencies: list[float],
-                statuses: list[int], deadline: float) -> None:
+async def _fire(client: Any, sends: list[_Send], concurrency: int, samples: list[tuple[str, int, float]],
+                deadline: float) -> None:
     import httpx
 
-    queue: Iterator[bytes] = iter(bodies)  # shared by the workers: one event loop, so no lock is needed
+    queue: Iterator[_Send] = iter(sends)  # shared by the workers: one event loop, so no lock is needed
 
     async def worker() -> None:
-        for body in queue:
+        for version, url, body in queue:
             t = time.perf_counter()
             try:
-                r = await client.post(url, content=body, headers=_JSON)
+                status = (await client.post(url, content=body, headers=_JSON)).status_code
             except httpx.HTTPError:
-                statuses.append(0)
-                continue
-            statuses.append(r.status_code)
-            if r.status_code == 200:
-                latencies.append((time.perf_counter() - t) * 1000)
+                status = 0
+            samples.append((version, status, (time.perf_counter() - t) * 1000))
 
     left = deadline - time.monotonic()
     try:
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), max(left, 0.001))
     except asyncio.TimeoutError:
-        raise ServingError(f"the load did not finish within pre_exposure.timeout_s ({len(statuses)} of "
-                           f"{len(bodies)} requests answered); raise pre_exposure.timeout_s or lower "
+        raise ServingError(f"the load did not finish within pre_exposure.timeout_s ({len(samples)} of "
+                           f"{len(sends)} requests answered); raise pre_exposure.timeout_s or lower "
                            "pre_exposure.load_requests") from None

@@ -39,6 +39,7 @@ __all__ = [
     "expected_outputs",
     "load_figures",
     "load_gate",
+    "paired_figures",
     "summarize_error_details",
     "synthetic_instances",
 ]
@@ -293,6 +294,24 @@ def load_figures(latencies_ms: Sequence[float], statuses: Sequence[int], duratio
     qps = ok / duration_s if duration_s > 0 else 0.0
     return LoadFigures(len(statuses), ok, sum(errors.values()), float(duration_s), float(qps), p50, p99,
                        dict(sorted(errors.items())))
+
+
+def paired_figures(samples: Iterable[tuple[str, int, float]], concurrency: int) -> dict[str, LoadFigures]:
+    """Figures per version of one interleaved load: each sample is (version, status, latency ms; any status).
+
+    The versions shared the client's ``concurrency`` slots at the same moments, so each one's duration is the
+    slot-time its own requests held (the sum of their latencies / ``concurrency``), and its QPS is what it would
+    sustain alone at that concurrency (Little's law), not its half of the shared wall time.
+    """
+    by_version: dict[str, tuple[list[float], list[int]]] = {}
+    held: Counter[str] = Counter()
+    for version, status, ms in samples:
+        ok, statuses = by_version.setdefault(version, ([], []))
+        statuses.append(status)
+        held[version] += ms / 1000
+        if status == 200:
+            ok.append(ms)
+    return {v: load_figures(ok, statuses, held[v] / concurrency) for v, (ok, statuses) in by_version.items()}
 
 
 @dataclass(frozen=True)

@@ -291,13 +291,21 @@ def is_deployed(cfg: Config) -> bool:
         return False
 
 
-def plan_alone(cfg: Config, info: ModelVersionInfo) -> dict[str, Any]:
-    """A ``user_config`` serving ``info`` alone, as the app's champion, so that its own schema validates requests."""
-    _verify(info, cfg)  # a tampered package is refused before Serve loads it
+def plan_alone(cfg: Config, info: ModelVersionInfo, reference: ModelVersionInfo | None = None) -> dict[str, Any]:
+    """A ``user_config`` serving ``info`` alone, as the app's champion, so that its own schema validates requests.
+
+    ``reference`` is loaded beside it without weight (role ``reference``): only a request pinned to its version
+    reaches it, so a load test can measure both versions in the same replica at the same moments.
+    """
+    versions: dict[str, dict[str, str]] = {}
+    for each, role in ((info, "champion"), (reference, "reference")):
+        if each is not None:
+            _verify(each, cfg)  # a tampered package is refused before Serve loads it
+            versions[str(each.version)] = {"uri": each.package_uri, "digest": each.digest, "role": role}
     v = str(info.version)
     return {
         "revision": uuid.uuid4().hex[:12], "model": cfg.name, "champion": v,
-        "versions": {v: {"uri": info.package_uri, "digest": info.digest, "role": "champion"}},
+        "versions": versions,
         "weights": {v: 100.0}, "shadow": None, "shadow_pct": 0.0,
         "limits": _limits(cfg), "auth": auth_spec(cfg),  # token hashes only; the id secret stays in storage
         "num_replicas": _configured_replicas(cfg), "features": _features_spec(cfg),
@@ -305,11 +313,12 @@ def plan_alone(cfg: Config, info: ModelVersionInfo) -> dict[str, Any]:
     }
 
 
-def deploy_alone(cfg: Config, info: ModelVersionInfo, *, ingress: str | None = None) -> DeployInfo:
+def deploy_alone(cfg: Config, info: ModelVersionInfo, *, reference: ModelVersionInfo | None = None,
+                 ingress: str | None = None) -> DeployInfo:
     """Serve one version alone in ``cfg``'s app, whatever the registry's aliases say (preview apps: pre-exposure
-    tests). A running app is reconfigured in place."""
+    tests), with ``reference`` loaded beside it for pinned requests only. A running app is reconfigured in place."""
     mode, url = _start_serve(cfg, ingress)
-    return _run(cfg, plan_alone(cfg, info), _app_mode(cfg, mode), url)
+    return _run(cfg, plan_alone(cfg, info, reference), _app_mode(cfg, mode), url)
 
 
 def set_weights(

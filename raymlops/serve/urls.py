@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["base_url", "feedback_url", "model_url", "predict_url", "route_prefix", "shown_host"]
+__all__ = ["base_url", "feedback_url", "model_url", "predict_url", "route_prefix", "shown_host", "version_predict_url"]
 
 _ANY_HOST = ("0.0.0.0", "::")
 
@@ -37,6 +37,11 @@ def model_url(base: str, model: str) -> str:
 def predict_url(base: str, model: str) -> str:
     """``POST`` instances here."""
     return f"{model_url(base, model)}:predict"
+
+
+def version_predict_url(base: str, model: str, version: str) -> str:
+    """``POST`` instances here for ``version`` itself, whatever the split (a pinned request)."""
+    return f"{model_url(base, model)}/versions/{version}:predict"
 
 
 def feedback_url(base: str, model: str) -> str:

@@ -22,6 +22,7 @@ from raymlops.core.exposure import (
     expected_outputs,
     load_figures,
     load_gate,
+    paired_figures,
     synthetic_instances,
 )
 from raymlops.core.request_validation import RequestError, RequestValidator
@@ -180,6 +181,18 @@ def test_load_figures_count_qps_of_successes_and_quantiles():
     assert f.p50_ms == pytest.approx(50.5) and f.p99_ms == pytest.approx(99.01)
     assert f.statuses == {"0": 1, "503": 1}
     assert load_figures([], [], 0.0).p99_ms is None
+
+
+def test_an_interleaved_load_gives_each_version_the_figures_it_would_have_alone():
+    # Concurrency 2, the versions alternating: v2 answers in 10 ms (one 503 in 5 ms), the champion v1 in 30 ms.
+    samples = [s for _ in range(50) for s in (("2", 200, 10.0), ("1", 200, 30.0))] + [("2", 503, 5.0)]
+    f = paired_figures(samples, concurrency=2)
+    assert (f["2"].requests, f["2"].ok, f["2"].errors, f["2"].statuses) == (51, 50, 1, {"503": 1})
+    assert f["2"].p99_ms == pytest.approx(10.0) and f["1"].p99_ms == pytest.approx(30.0)
+    # Each held the two client slots only for its own requests: QPS = concurrency / mean latency (Little's law).
+    assert f["1"].duration_s == pytest.approx(50 * 0.030 / 2) and f["1"].qps == pytest.approx(2 / 0.030)
+    assert f["2"].duration_s == pytest.approx((50 * 0.010 + 0.005) / 2)
+    assert f["2"].qps == pytest.approx(50 / f["2"].duration_s)
 
 
 def _figures(p99: float | None, qps: float = 100.0, errors: int = 0) -> LoadFigures:
