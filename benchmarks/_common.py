@@ -172,10 +172,11 @@ class Watch(threading.Thread):
     def report(self) -> dict:
         """Load averages, others' CPU share, the busy verdict and peak PSS, as a benchmark's JSON records them."""
         share = self.others_share()
+        share = None if share is None else round(share, 3)
         reasons = busy_reasons(self.load_before, share, os.cpu_count() or 1)
         return {"load_before": [round(v, 2) for v in self.load_before],
                 "load_after": [round(v, 2) for v in self.load_after],
-                "others_cpu_share": None if share is None else round(share, 3),
+                "others_cpu_share": share,
                 "busy": reasons, "peak_pss_bytes": self.peak_pss}
 
 
