@@ -777,7 +777,8 @@ class Config(_Section):
 
 
 # ------------------------------------------------------------------------------------------------ loading
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ${NAME} or ${NAME:-default}; a default may itself hold ${...} one level deep (`${A:-sqlite:///${B:-.}/x.db}`).
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^{}]|\$\{[^{}]*\})*))?\}")
 # The only keys whose values take ${ENV}: locations that differ between machines and environments. Elsewhere a
 # reference is an error, so a config cannot read the environment (secrets included) into its other settings.
 INTERPOLATED_KEYS = (
@@ -815,9 +816,9 @@ def _interpolate(value: Any, path: str, secret_vars: tuple[str, ...] = _SECRET_V
             raise ConfigError(f"{path}: ${{{name}}} holds a key raymlops reads itself and is never copied into a "
                               "config value; remove the reference")
         if name in os.environ:
-            return os.environ[name]
+            return os.environ[name]  # never scanned again: a value is data, not another reference
         if default is not None:
-            return default
+            return _ENV.sub(repl, default)
         raise ConfigError(
             f"{path}: environment variable ${{{name}}} is not set; export it or write ${{{name}:-default}}"
         )

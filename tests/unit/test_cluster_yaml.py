@@ -42,3 +42,15 @@ def test_the_token_reaches_every_node_where_ray_reads_it(cluster):
     remote = f"/home/{user}/.ray/auth_token"  # Ray's default token path (~/.ray/auth_token) on the nodes
     assert cluster["file_mounts"].get(remote) == "~/.ray/auth_token"  # from `ray get-auth-token --generate`
     assert any("chmod 600 ~/.ray/auth_token" in c for c in cluster["setup_commands"])
+
+
+def test_it_validates_against_rays_cluster_schema(cluster):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    # What `ray up` does before it calls the cloud: merge the provider's defaults, then validate against
+    # ray-schema.json (a misspelt or misplaced key fails here).
+    config = prepare_config(dict(cluster))
+    validate_config(config)
+    assert config["head_node_type"] in config["available_node_types"]
+    with pytest.raises(Exception, match="idle_timeout_minute"):
+        validate_config(prepare_config({**cluster, "idle_timeout_minute": 5}))

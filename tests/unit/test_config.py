@@ -45,6 +45,18 @@ def test_env_interpolation_with_default(tmp_path, monkeypatch):
     assert cfg.storage_uri == "s3://bucket/prefix" and cfg.tracking_uri == "sqlite:///x.db"
 
 
+def test_a_default_may_hold_a_reference_and_a_value_is_never_expanded_again(tmp_path, monkeypatch):
+    p = tmp_path / "c.yaml"
+    p.write_text("tracking_uri: ${RMO_TRACKING:-sqlite:///${RMO_STORE:-./.rmo}/mlflow.db}\n")
+    monkeypatch.delenv("RMO_TRACKING", raising=False)
+    monkeypatch.delenv("RMO_STORE", raising=False)
+    assert load_config(p).tracking_uri == "sqlite:///./.rmo/mlflow.db"
+    monkeypatch.setenv("RMO_STORE", "/data")
+    assert load_config(p).tracking_uri == "sqlite:////data/mlflow.db"
+    monkeypatch.setenv("RMO_TRACKING", "http://127.0.0.1:5000/${RMO_STORE}")  # data, not another reference
+    assert load_config(p).tracking_uri == "http://127.0.0.1:5000/${RMO_STORE}"
+
+
 def test_unset_env_var_names_key_and_variable(tmp_path, monkeypatch):
     monkeypatch.delenv("RMO_MISSING", raising=False)
     p = tmp_path / "c.yaml"
