@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import socket
 import sys
 import tempfile
@@ -155,8 +156,9 @@ def _controller_loop(cfg, client: Client, rows: int, per_day: int) -> tuple[dict
     events = call(cfg, "events", seen)
     at = {e["kind"]: e["at"] for e in reversed(events)}  # the first of each kind
     run_id = next(e["data"]["run_id"] for e in events if e["kind"] == "run_started")
-    timeline = json.loads(Path(state_uri(cfg)).read_text())["timeline"]
-    t_weights = next(t for t, w in timeline if "2" in w)
+    # The client may be answered by v2 before set_weights returns and the controller records it: wait for that.
+    t_weights = _wait(lambda: next((t for t, w in json.loads(Path(state_uri(cfg)).read_text())["timeline"]
+                                    if "2" in w), None), 60, "the controller recording the canary weights")
     t_result = at.get("exposure_testing", at["canary_started"])  # no exposure event: tests are off
     stages = _stages(t0, at["trigger"], _steps(cfg, run_id), t_result, at["canary_started"], t_first)
     return stages, t_first - t0, t_weights - at["canary_started"]
@@ -173,10 +175,16 @@ def _by_hand(cfg, client: Client, rows: int, canary_weight: float) -> tuple[dict
     def listing() -> set[str]:
         return set(storage.list_files(cfg.data.source))
 
-    before = listing()
+    # A cron-like watcher ticking at the controller's polling interval, on its own schedule: its phase relative to
+    # the landing is as arbitrary as the controller's (a check right after the landing would find it at once).
+    before, interval, t_tick = listing(), cfg.triggers.poll_interval_s, time.time()
+    time.sleep(random.uniform(0, interval))
     t0 = _land(cfg.data.source, "2026-01-05", rows, seed=5)
-    while not (listing() - before):  # what a cron-like watcher does, at the controller's polling interval
-        time.sleep(cfg.triggers.poll_interval_s)
+    while True:
+        t_tick += interval
+        time.sleep(max(0.0, t_tick - time.time()))
+        if listing() - before:
+            break
     t_detect = time.time()
     result = run_ct_pipeline(cfg, progress=lambda _m: None)
     if result.version is None:
