@@ -123,8 +123,9 @@ def _ddp_rank(rank: int, world: int, port: int, train: dict, spec: dict, arrays:
     import torch.distributed as dist
 
     from raymlops.config import TrainConfig
-    from raymlops.train.loop import fit_loop, in_memory_seed, numpy_batches, shard_arrays
+    from raymlops.train.loop import fit_loop, in_memory_seed, numpy_batches, shard_arrays, skip_dynamo_import
 
+    skip_dynamo_import()  # as a Ray Train worker does
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:

@@ -5,7 +5,10 @@ Timestamps (wall clock, one machine) are taken
 - in the Train controller by a callback (worker group starting / started / training started, each report),
 - in the worker by wrapping the loop's phases (imports, io set-up, census, model prepare, each epoch, report).
 Each phase is printed as seconds since ``train_model`` was called, with the load average, since the machine is
-shared and absolute seconds move with it; the phases' shares are what to read.
+shared and absolute seconds move with it. So each mark also carries the CPU seconds its process had used by then
+(``time.process_time``), and a sampler reads /proc for the CPU every process below the driver (Ray's GCS, raylet,
+controller, workers, helper actors) used during the fit: CPU seconds do not grow with others' load, and on a
+2-core machine they are what the start-up costs.
 
     python benchmarks/profile_train_startup.py --rows 14700 --epochs 3 --workers 1
 """
@@ -17,8 +20,11 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import _common  # benchmarks/_common.py, beside this script
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 HERE = Path(__file__).resolve().parent
@@ -30,7 +36,47 @@ TRACE = os.path.join(tempfile.gettempdir(), f"raymlops-train-trace-{os.getpid()}
 def mark(event: str, trace: str = TRACE, **extra) -> None:
     """Append one timestamped event (any process on this machine)."""
     with open(trace, "a") as f:
-        f.write(json.dumps({"t": time.time(), "pid": os.getpid(), "event": event, **extra}) + "\n")
+        f.write(json.dumps({"t": time.time(), "cpu": time.process_time(), "pid": os.getpid(), "event": event,
+                            **extra}) + "\n")
+
+
+class CpuSampler(threading.Thread):
+    """CPU seconds each process below the driver used while it ran, by process title (``ray::RayTrainWorker``)."""
+
+    def __init__(self, interval_s: float = 0.2):
+        super().__init__(daemon=True)
+        self.interval_s, self.halt = interval_s, threading.Event()
+        self.first: dict[int, int] = {}  # pid -> ticks at first sight (0 for a process started during the fit)
+        self.last: dict[int, int] = {}
+        self.names: dict[int, str] = {}
+
+    def sample(self, start: bool = False) -> None:
+        stats = _common._stats()
+        for pid in _common.descendants(os.getpid(), stats):
+            ticks = stats[pid][1]
+            if pid not in self.names:
+                self.first[pid] = ticks if start else 0
+            if self.names.get(pid, "ray::IDLE") == "ray::IDLE" or not self.names[pid].startswith("ray::"):
+                # a worker process takes its title when it becomes an actor (and keeps it after the actor ends)
+                cmd = (_common._read(f"/proc/{pid}/cmdline") or "").split("\0")
+                name = cmd[0] if cmd[0].startswith("ray::") else os.path.basename(" ".join(cmd[:2]))[:40]
+                self.names[pid] = "driver" if pid == os.getpid() else name
+            self.last[pid] = ticks
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval_s):
+            self.sample()
+
+    def stop(self) -> list[tuple[str, float, int]]:
+        """(process title, CPU seconds used during the fit, processes) by title, most CPU first."""
+        self.halt.set()
+        self.join()
+        self.sample()
+        hz, by_name = os.sysconf("SC_CLK_TCK"), {}
+        for pid, ticks in self.last.items():
+            cpu, n = by_name.get(self.names[pid], (0.0, 0))
+            by_name[self.names[pid]] = (cpu + (ticks - self.first[pid]) / hz, n + 1)
+        return sorted(((k, c, n) for k, (c, n) in by_name.items()), key=lambda r: -r[1])
 
 
 def traced_worker(config: dict) -> None:
@@ -43,11 +89,6 @@ def traced_worker(config: dict) -> None:
     import raymlops.train.loop as loop
 
     mark("worker: imports done", trace, s=time.time() - t0)
-    # Apart, so that it is not charged to whichever phase first needs it (a Ray Data pass or the optimiser):
-    # every torch optimiser step imports torch._dynamo, as much CPU again as importing torch.
-    import torch._dynamo  # noqa: F401
-
-    mark("worker: torch._dynamo imported", trace)
 
     def wrap(owner, name, label):
         fn = getattr(owner, name)
@@ -69,7 +110,7 @@ def traced_worker(config: dict) -> None:
                 if hasattr(getattr(loop, cls), meth):
                     wrap(getattr(loop, cls), meth, f"io.{meth}")
     loop._train_worker(config)  # in this process the module's own function (only the driver's copy is swapped)
-    mark("worker: train fn returned", trace)
+    mark(f"worker: train fn returned (torch._dynamo imported: {'torch._dynamo' in sys.modules})", trace)
 
 
 def main() -> None:
@@ -178,22 +219,31 @@ def main() -> None:
     for i in range(a.repeat):
         open(TRACE, "w").close()
         load = os.getloadavg()
+        sampler = CpuSampler()
+        sampler.sample(start=True)
+        sampler.start()
         mark("driver: train_model called")
         res = loop.train_model(cfg, prepared, storage_uri=str(root / "store"), run_name=f"profile-{i}",
                                progress=lambda m: mark(f"driver: progress epoch {m['epoch']}"))
         mark("driver: train_model returned")
+        cpu = sampler.stop()
         events = [json.loads(line) for line in open(TRACE)]
         t0 = events[0]["t"]
         print(f"\nfit {i + 1}/{a.repeat}: {a.workers} worker(s), {rows['train']:,} train rows, {a.epochs} epochs; "
               f"load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after (started {load0[0]:.2f}); "
               f"fit_time_s {res.fit_time_s:.2f}")
         prev = t0
+        print("  wall s   (+gap)   process CPU s  event")
         for e in sorted(events, key=lambda e: e["t"]):
-            print(f"  {e['t'] - t0:7.2f}  (+{e['t'] - prev:5.2f})  {e['event']}")
+            print(f"  {e['t'] - t0:7.2f}  (+{e['t'] - prev:5.2f})  {e['cpu']:7.2f}  {e['event']}")
             prev = e["t"]
         epochs = [e["t"] for e in events if e["event"].startswith("driver: progress epoch")]
         gaps = [b - a for a, b in zip(epochs, epochs[1:], strict=False)]
         print(f"  first epoch at {epochs[0] - t0:.2f} s; epoch gaps {', '.join(f'{g:.2f}' for g in gaps)}")
+        print(f"  CPU used during the fit, by process ({sum(c for _, c, _ in cpu):.1f} s in all):")
+        for name, c, n in cpu:
+            if c >= 0.05:
+                print(f"    {c:6.2f} s  {name}" + (f" ({n} processes)" if n > 1 else ""))
     # Ray Train's own debug lines on its start-up ("[Worker Group Initialization] ... in N s"), from its log files.
     logs = Path(ray._private.worker._global_node.get_logs_dir_path())
     for f in sorted(logs.rglob("ray-train-sys-controller-*.log")):

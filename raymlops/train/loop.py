@@ -12,6 +12,7 @@ Checkpoints are a directory per epoch holding safetensors files and ``state.json
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -213,6 +214,59 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
             k = k[len("module.") :]
         out[k] = v.detach().cpu().clone().contiguous()
     return out
+
+
+def skip_dynamo_import() -> None:
+    """Spare this process torch._dynamo's import: call it first thing in a process that compiles nothing.
+
+    torch's optimisers import torch._dynamo (as much CPU as importing torch: ~2 s here, in every Train worker
+    and Tune trial) only to say "don't compile me": methods wrapped by ``torch._disable_dynamo``
+    (``add_param_group``, ``zero_grad``, ``state_dict``, ...) build their disabled twin on the first call and
+    cache it as ``__dynamo_disable``, and every ``step`` runs ``torch._dynamo.graph_break()`` around the update.
+    Outside ``torch.compile`` both are the plain function, so here the plain function is cached, and each
+    optimiser's ``step`` wrapper is replaced by the same wrapper without the graph breaks (grad mode set from
+    ``defaults["differentiable"]`` and restored, as torch's does). Only for our own worker processes: a user's
+    process that compiles optimiser steps needs torch's wrappers. A no-op once torch._dynamo is imported.
+    """
+    import functools
+    import sys
+
+    from torch.optim import optimizer as torch_optimizer
+
+    if "torch._dynamo" in sys.modules:
+        return
+    # The wrappers' code objects, shared by every function they wrap.
+    disabled = torch._disable_dynamo(lambda: None).__code__
+    use_grad = torch_optimizer._use_grad_for_differentiable(lambda self: None).__code__
+
+    def eager_step(step: Callable) -> Callable:
+        @functools.wraps(step)
+        def run(self, *args, **kwargs):
+            before = torch.is_grad_enabled()
+            try:
+                torch.set_grad_enabled(self.defaults["differentiable"])
+                return step(self, *args, **kwargs)
+            finally:
+                torch.set_grad_enabled(before)
+
+        return run
+
+    classes, seen = [torch.optim.Optimizer], set()
+    while classes:
+        cls = classes.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        classes += cls.__subclasses__()
+        for name, attr in list(vars(cls).items()):
+            plain = getattr(attr, "__wrapped__", None)
+            code = getattr(attr, "__code__", None)
+            if plain is None:
+                continue
+            if code is disabled:
+                plain.__dynamo_disable = plain
+            elif code is use_grad:
+                setattr(cls, name, eager_step(plain))
 
 
 def _optimizer(train: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -556,6 +610,7 @@ def _train_worker(config: dict) -> None:
     """
     import ray.train
 
+    skip_dynamo_import()  # this process only runs this loop: ~2 s of CPU less before the first epoch
     tc = TrainConfig.model_validate(config["train"])
     io = _TrainIO()
     in_memory, held = set(config.get("in_memory", ())), {}
@@ -750,15 +805,39 @@ def train_model(
     return read_checkpoint(checkpoint, fit_time, checkpoint_uri(storage_uri, checkpoint.path))
 
 
+_PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+@contextlib.contextmanager
+def train_env(alive_nodes: int):
+    """Environment of one Ray Train fit (Train copies the driver's ``RAY_TRAIN_*`` variables to its controller).
+
+    On a one-node cluster Train's preemption watcher is off: it is an actor process (~2.3 s of CPU to start)
+    that polls whether the nodes running workers are being drained, so the controller can checkpoint and move
+    them; with one node, the drained node also runs the driver and the controller, and there is nowhere to move
+    to. A value the user set wins. Restored afterwards.
+    """
+    if alive_nodes > 1 or _PREEMPTION_WATCHER_ENV in os.environ:
+        yield
+        return
+    os.environ[_PREEMPTION_WATCHER_ENV] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(_PREEMPTION_WATCHER_ENV, None)
+
+
 def fit_trainer(trainer: Any, run_name: str, max_failures: int, stop: Callable[[], None] | None,
                 settings: str) -> tuple[Any, float]:
     """Run a Ray Train trainer: (its last checkpoint, seconds). Failures become ``RaymlopsError``s naming the fix;
     ``stop`` ends the progress pump either way; a run without a checkpoint points at ``settings``."""
+    import ray
     from ray.train import TrainingFailedError
 
     t0 = time.perf_counter()
     try:
-        result = trainer.fit()
+        with train_env(sum(1 for node in ray.nodes() if node["Alive"])):
+            result = trainer.fit()
     except TrainingFailedError as err:
         raise training_error(err, run_name, max_failures) from err
     finally:

@@ -46,6 +46,7 @@ from raymlops.train.loop import (
     read_checkpoint,
     resolve_train_config,
     shard_arrays,
+    skip_dynamo_import,
     split_datasets,
     storage_args,
     training_error,
@@ -116,6 +117,7 @@ def _trial(params: dict, *, train: dict, transform: Any, datasets: dict, in_memo
 
     Splits in ``in_memory`` are read once and iterated from memory, as a single Ray Train worker does.
     """
+    skip_dynamo_import()  # a trial's process only runs this loop
     tc = resolve_train_config(TrainConfig.model_validate(train), params)
     io = _TuneIO(tc.use_gpu)
     held: dict[str, dict] = {}
