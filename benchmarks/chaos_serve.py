@@ -77,8 +77,10 @@ function done(summary, latency, requests)
   local parts = {}
   for s, n in pairs(t.statuses) do table.insert(parts, string.format('"%%s": %%d', s, n)) end
   io.write(string.format('CHAOS {"ok_first": %%d, "ok_retry": %%d, "failed_first": %%d, "lost": %%d, ' ..
-    '"socket_errors": %%d, "p99_ms": %%.2f, "statuses": {%%s}}\\n', t.ok_first, t.ok_retry, t.failed_first, t.lost,
-    e.connect + e.read + e.write + e.timeout, latency:percentile(99) / 1000, table.concat(parts, ", ")))
+    '"socket_errors": %%d, "socket_error_kinds": {"connect": %%d, "read": %%d, "write": %%d, "timeout": %%d}, ' ..
+    '"p99_ms": %%.2f, "statuses": {%%s}}\\n', t.ok_first, t.ok_retry, t.failed_first, t.lost,
+    e.connect + e.read + e.write + e.timeout, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(99) / 1000, table.concat(parts, ", ")))
 end
 """
 
