@@ -413,13 +413,15 @@ class _Preview:
 
 
 def _deploy_preview(preview: Config, info: ModelVersionInfo, champion: str | None, budget: _Budget) -> _Preview:
-    from raymlops.serve.deploy import deploy_alone, plan_alone
+    from raymlops.model.package import verify_package
+    from raymlops.serve.deploy import deploy_alone
 
     reference, note = None, ""
     if champion is not None and preview.pre_exposure.load_requests > 0:
         try:
             reference = ModelRegistry(preview.tracking_uri).get(preview.name, champion)
-            plan_alone(preview, info, reference)  # the champion's package verifies, or it is left out
+            # The champion's package verifies here, or it is left out (rather than failing the preview's deploy).
+            verify_package(reference.package_uri, reference.digest, policy=preview.model.policy())
         except RaymlopsError as err:
             reference, note = None, f"champion {champion} could not be measured: {err}"
     what = "deploying the preview app"
