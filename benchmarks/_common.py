@@ -161,13 +161,17 @@ class Watch(threading.Thread):
         while not self._halt.wait(self.interval_s):
             self._sample()
 
+    def our_cpu_s(self) -> float:
+        """CPU seconds used by this process and its descendants while the watch ran (less noisy than wall time)."""
+        return sum(t - self._ours0.get(pid, 0) for pid, t in self._ours.items()) / os.sysconf("SC_CLK_TCK")
+
     def others_share(self) -> float | None:
         """Share of all cores' time used by processes not below this one while the watch ran."""
         if self._busy0 is None or self._busy1 is None or self.elapsed_s <= 0:
             return None
-        ours = sum(t - self._ours0.get(pid, 0) for pid, t in self._ours.items())
-        capacity = self.elapsed_s * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
-        return max(0.0, (self._busy1 - self._busy0 - ours) / capacity)
+        tick = os.sysconf("SC_CLK_TCK")
+        capacity = self.elapsed_s * tick * (os.cpu_count() or 1)
+        return max(0.0, (self._busy1 - self._busy0 - self.our_cpu_s() * tick) / capacity)
 
     def report(self) -> dict:
         """Load averages, others' CPU share, the busy verdict and peak PSS, as a benchmark's JSON records them."""
@@ -177,7 +181,7 @@ class Watch(threading.Thread):
         return {"load_before": [round(v, 2) for v in self.load_before],
                 "load_after": [round(v, 2) for v in self.load_after],
                 "others_cpu_share": share,
-                "busy": reasons, "peak_pss_bytes": self.peak_pss}
+                "busy": reasons, "our_cpu_s": round(self.our_cpu_s(), 2), "peak_pss_bytes": self.peak_pss}
 
 
 def print_load(report: dict) -> None:
