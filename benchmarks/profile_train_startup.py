@@ -88,7 +88,7 @@ def traced_worker(config: dict) -> None:
 
     import raymlops.train.loop as loop
 
-    mark("worker: imports done", trace, s=time.time() - t0)
+    mark(f"worker: imports done ({loop.__file__})", trace, s=time.time() - t0)
 
     def wrap(owner, name, label):
         fn = getattr(owner, name)
