@@ -14,8 +14,9 @@ Questions and goals (2-core machine):
    a time (so the trial times can be summed). Goal ≤ 0.3 s per trial.
 3. The CT pipeline (``run_ct_pipeline``, tune off) on N rows: wall time and the per-step breakdown.
 
-Each part prints the load average before and after it and says when the machine was too busy (1-minute load
-above the core count) for its absolute seconds to be trusted; the ratios, measured side by side, suffer less.
+Each part prints the load average before and after it, the share of the CPU other processes used while it ran
+(``_common.Watch``), and says when the machine was too busy (1-minute load above the core count, or one of Watch's
+reasons) for its absolute seconds to be trusted; the ratios, measured side by side, suffer less.
 ``benchmarks/profile_train_startup.py`` breaks one Ray Train fit's start-up into its phases.
 
 One process, one Ray (``ray.init(num_cpus=2)``), one run; medians over epochs. The CT pipeline runs first, and
@@ -36,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import actor_threads, machine  # benchmarks/_common.py, beside this script
+from _common import Watch, actor_threads, machine  # benchmarks/_common.py, beside this script
 
 # Before anything imports ray.train: the loop is written for Train v2 (as the CLI and the tests run it).
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -51,9 +52,16 @@ def busy(load: tuple[float, float, float] | list[float]) -> bool:
     return load[0] > (os.cpu_count() or 1)
 
 
-def load_line(label: str, before, after) -> str:
-    warn = " — machine too busy to trust absolute seconds" if busy(before) or busy(after) else ""
-    return f"{label}: load average {before[0]:.2f} before, {after[0]:.2f} after ({os.cpu_count()} cores){warn}"
+def load_line(label: str, before, after, watch: dict | None = None) -> str:
+    """The load average before and after a part, the CPU others used during it (``_common.Watch``), and the
+    verdict: too busy when the load exceeded the core count or ``Watch`` found a reason."""
+    reasons = list((watch or {}).get("busy") or [])
+    share = (watch or {}).get("others_cpu_share")
+    warn = " — MACHINE TOO BUSY to trust absolute seconds" if busy(before) or busy(after) or reasons else ""
+    others = "" if share is None or reasons else f"; other processes used {share:.0%} of the CPU"
+    why = f" ({'; '.join(reasons)})" if reasons else ""
+    return (f"{label}: load average {before[0]:.2f} before, {after[0]:.2f} after ({os.cpu_count()} cores)"
+            f"{others}{warn}{why}")
 
 
 class EpochClock:
@@ -296,7 +304,7 @@ def table(res: dict) -> str:
     out.append(f"the driver's part of Ray Train's start-up (splits read, transformed, put in the object store): "
                f"{tr['ray_data_materialize_s']:.1f} s")
     if "loadavg" in tr:
-        out.append(load_line("part 1", *tr["loadavg"]))
+        out.append(load_line("part 1", *tr["loadavg"], tr.get("watch")))
     out += ["", f"2. Ray Tune: {tu['trials']} trials ({tu['trial_setup']})"]
     out += _grid(("tune wall (s)", "sum of trials (s)", "overhead per trial (s)", "trial cycle (s)",
                   "steady overhead per trial (s)", "first result at (s)", "after last result (s)"),
@@ -306,14 +314,14 @@ def table(res: dict) -> str:
     out.append("overhead per trial = (wall − sum of trial times) / trials (goal ≤ 0.3 s); steady overhead = median gap "
                "between consecutive trial results − median trial time")
     if "loadavg" in tu:
-        out.append(load_line("part 2", *tu["loadavg"]))
+        out.append(load_line("part 2", *tu["loadavg"], tu.get("watch")))
     out += ["", f"3. CT pipeline on {res['rows']:,} rows, tune off, train.epochs {ct['epochs']}: {ct['wall_s']:.1f} s wall"]
     steps = [(name, f"{s:.1f}", f"{100 * s / ct['wall_s']:.0f}%") for name, s in ct["steps_s"].items()]
     steps.append(("(outside the steps: run record, MLflow, DAG)", f"{ct['outside_steps_s']:.1f}",
                   f"{100 * ct['outside_steps_s'] / ct['wall_s']:.0f}%"))
     out += _grid(("step", "duration (s)", "share"), steps)
     if "loadavg" in ct:
-        out.append(load_line("part 3", *ct["loadavg"]))
+        out.append(load_line("part 3", *ct["loadavg"], ct.get("watch")))
     return "\n".join(out)
 
 
@@ -360,8 +368,9 @@ def main() -> None:
     print(f"[1/3] CT pipeline on {a.rows:,} rows ...", flush=True)
     ct_cfg = load_config(None, base)
     before = os.getloadavg()
-    res["ct"], prepared_uri = bench_ct(ct_cfg)
-    res["ct"]["loadavg"] = [before, os.getloadavg()]
+    with Watch(interval_s=1.0) as watch:  # this process and what it started (Ray's GCS, raylet, workers)
+        res["ct"], prepared_uri = bench_ct(ct_cfg)
+    res["ct"]["loadavg"], res["ct"]["watch"] = [before, os.getloadavg()], watch.report()
     res["ct"]["epochs"] = ct_cfg.train.epochs
     res["loadavg_after_ct"] = os.getloadavg()
     save(res)
@@ -370,9 +379,11 @@ def main() -> None:
     print(f"[2/3] Ray Train vs plain loop, {a.epochs} epochs ...", flush=True)
     train_cfg = load_config(None, [*base, f"train.epochs={a.epochs}", "train.early_stopping_patience=0"])
     before = os.getloadavg()
-    res["train"] = bench_train(train_cfg, prepared, str(root / "ckpt"), sorted(a.workers or [2, 1], reverse=True))
-    res["train"]["loadavg"] = [before, os.getloadavg()]
-    print(load_line("  Ray Train vs plain vs native DDP", *res["train"]["loadavg"]), flush=True)
+    with Watch(interval_s=1.0) as watch:
+        res["train"] = bench_train(train_cfg, prepared, str(root / "ckpt"), sorted(a.workers or [2, 1], reverse=True))
+    res["train"]["loadavg"], res["train"]["watch"] = [before, os.getloadavg()], watch.report()
+    print(load_line("  Ray Train vs plain vs native DDP", *res["train"]["loadavg"], res["train"]["watch"]),
+          flush=True)
     res["loadavg_after_train"] = os.getloadavg()
     save(res)
 
@@ -383,8 +394,9 @@ def main() -> None:
         'tune.search_space={"learning_rate": {"type": "loguniform", "low": 0.0001, "high": 0.01}}',
     ])
     before = os.getloadavg()
-    res["tune"] = bench_tune(tune_cfg, prepared, str(root / "tune"))
-    res["tune"]["loadavg"] = [before, os.getloadavg()]
+    with Watch(interval_s=1.0) as watch:
+        res["tune"] = bench_tune(tune_cfg, prepared, str(root / "tune"))
+    res["tune"]["loadavg"], res["tune"]["watch"] = [before, os.getloadavg()], watch.report()
     res["tune"]["trial_setup"] = (f"each {tune_cfg.train.cpus_per_worker} CPU, 1 epoch, learning_rate searched, "
                                   "max_concurrent_trials=1")
     res["loadavg_end"] = os.getloadavg()
