@@ -40,12 +40,14 @@ def extra_feature_file(cfg: Config) -> Path:
 def fake_pipeline(cfg: Config, *, run_id: str | None = None, resume_run_id: str | None = None,
                   progress=print) -> FakeResult:
     run_id = resume_run_id or run_id or f"fake-{uuid.uuid4().hex[:8]}"
-    seed = int(seed_file(cfg).read_text()) if seed_file(cfg).exists() else 1
+    # Through the storage layer, not Path: on a cluster storage_uri is s3://... (tests/cluster).
+    seed_uri, extra_uri = (storage.join(cfg.storage_uri, f.name) for f in (seed_file(cfg), extra_feature_file(cfg)))
+    seed = int(storage.read_text(seed_uri)) if storage.exists(seed_uri) else 1
     progress(f"fake run {run_id}: seed {seed}")
     time.sleep(0.5)  # a kill can land while the run is in flight
-    out = Path(cfg.storage_uri) / "fake-packages" / run_id
-    storage.makedirs(str(out.parent))
-    extra = extra_feature_file(cfg).read_text().strip() if extra_feature_file(cfg).exists() else None
+    storage.makedirs(storage.join(cfg.storage_uri, "fake-packages"))
+    out = storage.join(cfg.storage_uri, "fake-packages", run_id)
+    extra = storage.read_text(extra_uri).strip() if storage.exists(extra_uri) else None
     info = build_package(cfg, out, seed=seed, metrics={"run_id": run_id}, extra_feature=extra)
     version = ModelRegistry(cfg.tracking_uri).register(cfg.name, info.uri, run_id=None, digest=info.digest,
                                                        tags={"pipeline_run_id": run_id}).version

@@ -287,11 +287,22 @@ def _write_splits(ds: Any, root: str) -> dict[str, list[str]]:
         target = f"{base}/{split}"
         hive = f"{base}/{SPLIT_COLUMN}={split}"
         if fs.get_file_info(hive).type == pafs.FileType.Directory:
-            fs.move(hive, target)
+            _move_dir(fs, hive, target)
         else:
             fs.create_dir(target, recursive=True)  # an empty split still gets its directory
         files[split] = storage.list_files(storage.join(root, split), suffixes=(".parquet",))
     return files
+
+
+def _move_dir(fs: pafs.FileSystem, src: str, dst: str) -> None:
+    """Rename directory ``src`` to ``dst``; on an object store, which has no directories (S3's CopyObject takes one
+    key, so pyarrow's move of a "directory" fails), object by object."""
+    if not storage.is_object_store(fs):
+        fs.move(src, dst)
+        return
+    for info in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+        if info.type == pafs.FileType.File:
+            fs.move(info.path, dst + info.path[len(src):])
 
 
 def _iso_cuts(plan: SplitPlan, ts_type: pa.DataType | None) -> list[str] | None:
@@ -393,7 +404,9 @@ def _check_rows(rows: dict[str, int], spec: SplitSpec) -> None:
 
 def _write_success(root: str, files: dict[str, list[str]]) -> None:
     fs, base = storage.resolve(root)
-    listed = [f"{base}/transform.json", f"{base}/split_stats.json"] + [f for s in SPLITS for f in files[s]]
+    # URIs, not ``base`` paths: resolving a scheme-less bucket path would make it a local one
+    listed = [storage.join(root, "transform.json"), storage.join(root, "split_stats.json")]
+    listed += [f for s in SPLITS for f in files[s]]
     paths = [storage.resolve(p)[1] for p in listed]
     sizes = {info.path[len(base) + 1:]: info.size for info in fs.get_file_info(paths)}
     storage.atomic_write_text(storage.join(root, _SUCCESS), json.dumps({"files": sizes}, indent=1, sort_keys=True))

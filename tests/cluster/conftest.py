@@ -31,18 +31,15 @@ from pathlib import Path
 
 import pytest
 
+# free_port: one registry of ports for the servers and the Ray cluster, which start in parallel
+from tests.cluster.ray_cluster import RayCluster, free_port
+
 BUCKET = "raymlops"
 _BIN = Path(sys.executable).parent
 # What a user exports to reach an S3-compatible store; AWS_EC2_METADATA_DISABLED keeps the AWS SDK from probing an
 # instance-metadata endpoint (seconds of timeouts off EC2).
 _AWS_ENV = {"AWS_ACCESS_KEY_ID": "raymlops-test-key", "AWS_SECRET_ACCESS_KEY": "raymlops-test-secret",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120.0) -> None:
@@ -190,9 +187,9 @@ class _Background:
 
 
 @pytest.fixture(scope="package")
-def _servers(request, tmp_path_factory) -> Iterator[tuple[S3Server, _Background | None]]:
+def _servers(request, tmp_path_factory) -> Iterator[tuple[S3Server, _Background | None, _Background | None]]:
     root = tmp_path_factory.mktemp("cluster")
-    pg_root, background = None, None
+    pg_root, background, ray_start = None, None, None
     procs: list[tuple[subprocess.Popen, int]] = []  # each server and the signal that stops it
     mp = pytest.MonkeyPatch()
     try:
@@ -207,10 +204,17 @@ def _servers(request, tmp_path_factory) -> Iterator[tuple[S3Server, _Background 
         # Not under pytest's base temp (0700, root's): the postgres user must reach its data directory.
         pg_root = Path(tempfile.mkdtemp(prefix="raymlops-pg-"))
         background = _Background(_start_mlflow, pg_root, s3, procs) if wants_mlflow else None
-        yield s3, background
+        wants_ray = any("ray_cluster" in getattr(item, "fixturenames", ()) for item in request.session.items)
+        # The Ray cluster starts beside MLflow (each ~20-40 s under load), while the S3 tests run.
+        ray_start = _Background(RayCluster.start, s3.env) if wants_ray else None
+        yield s3, background, ray_start
     finally:
         if background is not None:
             background.wait()  # a start-up still running would start a server after this teardown
+        if ray_start is not None:
+            ray_start.wait()
+            if ray_start._value is not None:
+                ray_start._value.stop()
         mp.undo()
         for proc, sig in reversed(procs):  # MLflow before its database, the S3 server last
             _stop(proc, sig)
@@ -231,3 +235,38 @@ def mlflow_server(_servers) -> MlflowServer:
     if background is None:
         raise RuntimeError("mlflow_server was not started: the tier starts it for tests that name the fixture")
     return background.result()
+
+
+@pytest.fixture(scope="package")
+def ray_cluster(_servers) -> RayCluster:
+    """A Ray cluster of a head and two worker nodes (see ``tests.cluster.ray_cluster``), shared by the tier."""
+    return _servers[2].result()
+
+
+@pytest.fixture(scope="package")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A redis-server on a free loopback port (no persistence), stopped by pid after the tier."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: `make system-deps` installs Debian's redis-server")
+    root, port = tmp_path_factory.mktemp("redis"), free_port()
+    log = root / "redis.log"
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(root)], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        _stop(proc)
