@@ -9,7 +9,8 @@ seconds until two replicas run again (goal ≤ 30 s; the lost one is started on 
 
     python benchmarks/chaos_cluster.py                  # about 2 minutes with the cluster start
 
-The training fault (a worker node killed during a Ray Train fit) is a test: tests/cluster/test_cluster_loop.py.
+Not here yet: a worker node killed during a Ray Train fit (tried: Ray Train V2 restored on the surviving node once
+and failed the run once with "controller error: the actor's node was terminated unexpectedly").
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def main() -> None:
     cluster = RayCluster.start({})
     print(f"cluster of 3 nodes up in {time.monotonic() - t_start:.0f} s", flush=True)
     try:
-        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_ADDRESS": cluster.gcs})
+        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.env["RAY_AUTH_TOKEN"],
+                           "RAY_ADDRESS": cluster.gcs})
         import ray
         from ray.util.state import list_actors
 

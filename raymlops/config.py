@@ -617,8 +617,8 @@ class PreExposureConfig(_Section):
     )
     load_concurrency: PositiveInt = 8
     max_p99_increase_pct: Annotated[float, Field(ge=0)] | None = Field(
-        100.0, description="Challenger p99 may exceed the champion's by this much (percent; requests interleaved "
-        "between the two in one replica)."
+        100.0, description="Challenger p99 may exceed the champion's by this much (percent; both loaded in one "
+        "preview replica, measured in blocks that take turns)."
     )
     min_qps: Annotated[float, Field(gt=0)] | None = Field(None, description="Minimum challenger throughput.")
     timeout_s: Annotated[float, Field(gt=0)] = Field(180.0, description="Whole test budget; over it fails.")
@@ -804,6 +804,9 @@ def _interpolate(value: Any, path: str, secret_vars: tuple[str, ...] = _SECRET_V
         return [_interpolate(v, f"{path}[{i}]", secret_vars) for i, v in enumerate(value)]
     if not isinstance(value, str) or not _ENV.search(value):
         return value
+    if "${" in _ENV.sub("", value):  # the template itself, never a value: `${A:-${B:-${C}}}` is one level too deep
+        raise ConfigError(f"{path}: {value!r} nests ${{...}} more than one level deep in a default, or leaves a "
+                          "${ unclosed; write at most ${A:-...${B:-default}...}")
     if not _interpolated_key(path):
         name = _ENV.search(value).group(1)
         raise ConfigError(f"{path}: ${{{name}}} is not substituted here; environment variables are read only in "

@@ -38,8 +38,9 @@ __all__ = [
     "check_predictions",
     "expected_outputs",
     "load_figures",
+    "interleaved_blocks",
+    "interleaved_figures",
     "load_gate",
-    "paired_figures",
     "summarize_error_details",
     "synthetic_instances",
 ]
@@ -296,22 +297,28 @@ def load_figures(latencies_ms: Sequence[float], statuses: Sequence[int], duratio
                        dict(sorted(errors.items())))
 
 
-def paired_figures(samples: Iterable[tuple[str, int, float]], concurrency: int) -> dict[str, LoadFigures]:
-    """Figures per version of one interleaved load: each sample is (version, status, latency ms; any status).
+def interleaved_blocks(versions: Sequence[str], requests: int, block: int) -> list[tuple[str, int, int]]:
+    """The order of an interleaved load: ``(version, start, stop)`` blocks of the same ``requests`` bodies, the
+    versions taking turns, first one way then back (A[0:b], B[0:b], B[b:2b], A[b:2b], ...: neither always goes
+    first), so a burst from a neighbour lands on blocks of every version."""
+    if block < 1:
+        raise ValueError(f"block must be at least 1, got {block}")
+    order = list(versions)
+    return [(v, start, min(start + block, requests))
+            for i, start in enumerate(range(0, requests, block)) for v in (order if i % 2 == 0 else order[::-1])]
 
-    The versions shared the client's ``concurrency`` slots at the same moments, so each one's duration is the
-    slot-time its own requests held (the sum of their latencies / ``concurrency``), and its QPS is what it would
-    sustain alone at that concurrency (Little's law), not its half of the shared wall time.
-    """
+
+def interleaved_figures(samples: Iterable[tuple[str, int, float]],
+                        seconds: Mapping[str, float]) -> dict[str, LoadFigures]:
+    """Figures per version of one interleaved load: ``samples`` are (version, status, latency ms) of every request,
+    ``seconds`` each version's wall time (the sum of its blocks; a block runs alone, so its QPS is its own)."""
     by_version: dict[str, tuple[list[float], list[int]]] = {}
-    held: Counter[str] = Counter()
     for version, status, ms in samples:
         ok, statuses = by_version.setdefault(version, ([], []))
         statuses.append(status)
-        held[version] += ms / 1000
         if status == 200:
             ok.append(ms)
-    return {v: load_figures(ok, statuses, held[v] / concurrency) for v, (ok, statuses) in by_version.items()}
+    return {v: load_figures(ok, statuses, seconds.get(v, 0.0)) for v, (ok, statuses) in by_version.items()}
 
 
 @dataclass(frozen=True)
@@ -356,16 +363,3 @@ def load_gate(challenger: LoadFigures, champion: LoadFigures | None, *, max_p99_
                            f"{max_p99_increase_pct:g}% = {limit:.1f} ms (pre_exposure.max_p99_increase_pct); make "
                            "the model faster or raise the gate")
     return LoadGate(not reasons, reasons, notes, limit, exceeded)
-
-
-def better_round(a: LoadFigures, b: LoadFigures) -> LoadFigures:
-    """Of two rounds of the same load on the same version, the one with the lower p99 (None counts as worst).
-
-    Each version is judged on its better round: a version that is really slower is slow in both rounds, while a
-    burst from a neighbour on a shared machine spoils only one.
-    """
-    if a.p99_ms is None:
-        return b
-    if b.p99_ms is None:
-        return a
-    return a if a.p99_ms <= b.p99_ms else b

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -68,8 +69,10 @@ class RayCluster:
     def start(cls, extra_env: dict[str, str]) -> RayCluster:
         root = Path(tempfile.mkdtemp(prefix="rmc-", dir="/tmp"))  # short: socket paths
         # PYTHONPATH: the cluster's workers import tests.controller_helpers (the controller test's fake pipeline).
+        # The cluster's own token, in the environment of its nodes and clients: without one, `ray start` in token
+        # mode would write ~/.ray/auth_token, which turns every later local Ray of this user to token mode.
         env = {**os.environ, **extra_env, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-               "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
+               "RAY_AUTH_TOKEN": secrets.token_hex(32), "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
         env.pop("RAY_ADDRESS", None)
         cluster = cls(root, env)
         try:

@@ -91,9 +91,8 @@ def test_a_good_challenger_passes_all_three_checks_with_figures(env):
     assert 0 < load.figures["p50_ms"] <= load.figures["p99_ms"]
     assert load.figures["champion_p99_ms"] > 0 and load.figures["champion"] == "1"
     assert "interleaved" in load.detail and load.figures["champion_qps"] > 0  # one load, both versions pinned
-    # Each check says where its time went; the fresh-process check ran beside the preview, not before it.
+    # Each check says where its time went.
     assert all(c.figures["seconds"] > 0 for c in result.checks) and contract.figures["preview_deploy_s"] > 0
-    assert result.duration_s < sum(c.figures["seconds"] for c in result.checks) + contract.figures["preview_deploy_s"]
     _assert_preview_gone_and_live_untouched(env)
     # The preview's requests never reach the live prediction log (the canary analysis reads it).
     logged = read_log(log_uris(env.cfg)[0], PREDICTION_SCHEMA)

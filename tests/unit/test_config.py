@@ -55,6 +55,9 @@ def test_a_default_may_hold_a_reference_and_a_value_is_never_expanded_again(tmp_
     assert load_config(p).tracking_uri == "sqlite:////data/mlflow.db"
     monkeypatch.setenv("RMO_TRACKING", "http://127.0.0.1:5000/${RMO_STORE}")  # data, not another reference
     assert load_config(p).tracking_uri == "http://127.0.0.1:5000/${RMO_STORE}"
+    p.write_text("tracking_uri: ${RMO_A:-${RMO_B:-${RMO_C:-x}}}\n")  # two levels: an error, not a literal
+    with pytest.raises(ConfigError, match="more than one level"):
+        load_config(p)
 
 
 def test_unset_env_var_names_key_and_variable(tmp_path, monkeypatch):

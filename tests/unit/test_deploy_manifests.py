@@ -77,6 +77,7 @@ def test_kuberay_manifests_match_the_crd_and_the_ray_version(name, kind):
     assert unknown_fields(doc, _crd_schema(kind)) == []
     cluster = doc["spec"].get("rayClusterSpec") or doc["spec"]["rayClusterConfig"]
     assert cluster["rayVersion"] == ray.__version__  # the version pyproject bounds raymlops to
+    assert cluster["authOptions"] == {"mode": "token"}  # job submission and the GCS need Ray's token
     assert set(_images(doc)) == {"ghcr.io/your-org/raymlops:0.1.0"}  # the image deploy/Dockerfile builds
 
 
@@ -139,3 +140,9 @@ def test_the_image_is_rays_own_at_the_bounded_version():
     (base,) = re.findall(r"^FROM (\S+)", dockerfile, flags=re.M)
     assert base == f"rayproject/ray:{ray.__version__}-py311-cpu"
     assert "-c /tmp/raymlops-src/constraints.txt" in dockerfile and "[redis]" in dockerfile
+    # The build context is an allow-list: what the install needs, nothing else from the checkout.
+    rules = [ln for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert rules[0] == "*"
+    allowed = {r[1:] for r in rules if r.startswith("!")}
+    assert allowed == {"raymlops", "pyproject.toml", "README.md", "LICENSE", "constraints.txt", "configs"}
+    assert all((ROOT / name).exists() for name in allowed)

@@ -16,13 +16,13 @@ from raymlops.core.exposure import (
     LoadFigures,
     as_request_instance,
     bad_input_cases,
-    better_round,
     check_error_response,
     check_predictions,
     expected_outputs,
+    interleaved_blocks,
+    interleaved_figures,
     load_figures,
     load_gate,
-    paired_figures,
     synthetic_instances,
 )
 from raymlops.core.request_validation import RequestError, RequestValidator
@@ -183,16 +183,21 @@ def test_load_figures_count_qps_of_successes_and_quantiles():
     assert load_figures([], [], 0.0).p99_ms is None
 
 
-def test_an_interleaved_load_gives_each_version_the_figures_it_would_have_alone():
-    # Concurrency 2, the versions alternating: v2 answers in 10 ms (one 503 in 5 ms), the champion v1 in 30 ms.
-    samples = [s for _ in range(50) for s in (("2", 200, 10.0), ("1", 200, 30.0))] + [("2", 503, 5.0)]
-    f = paired_figures(samples, concurrency=2)
+def test_an_interleaved_load_takes_turns_in_blocks_neither_version_always_first():
+    plan = interleaved_blocks(["2", "1"], 10, 4)
+    assert plan == [("2", 0, 4), ("1", 0, 4), ("1", 4, 8), ("2", 4, 8), ("2", 8, 10), ("1", 8, 10)]
+    for v in ("1", "2"):  # every version gets every body once
+        assert sorted(i for w, a, b in plan if w == v for i in range(a, b)) == list(range(10))
+    with pytest.raises(ValueError):
+        interleaved_blocks(["1"], 10, 0)
+
+
+def test_an_interleaved_load_gives_each_version_its_own_figures():
+    samples = [("2", 200, 10.0)] * 50 + [("1", 200, 30.0)] * 50 + [("2", 503, 5.0)]
+    f = interleaved_figures(samples, {"2": 0.5, "1": 1.5})
     assert (f["2"].requests, f["2"].ok, f["2"].errors, f["2"].statuses) == (51, 50, 1, {"503": 1})
     assert f["2"].p99_ms == pytest.approx(10.0) and f["1"].p99_ms == pytest.approx(30.0)
-    # Each held the two client slots only for its own requests: QPS = concurrency / mean latency (Little's law).
-    assert f["1"].duration_s == pytest.approx(50 * 0.030 / 2) and f["1"].qps == pytest.approx(2 / 0.030)
-    assert f["2"].duration_s == pytest.approx((50 * 0.010 + 0.005) / 2)
-    assert f["2"].qps == pytest.approx(50 / f["2"].duration_s)
+    assert f["2"].qps == pytest.approx(100.0) and f["1"].qps == pytest.approx(50 / 1.5)  # over its own blocks' time
 
 
 def _figures(p99: float | None, qps: float = 100.0, errors: int = 0) -> LoadFigures:
@@ -211,12 +216,6 @@ def test_a_p99_miss_is_flagged_apart_from_errors_and_qps_so_only_it_is_confirmed
     assert not load_gate(_figures(19.9), _figures(10.0), max_p99_increase_pct=100, min_qps=None).p99_exceeded
     gate = load_gate(_figures(30.0, qps=5.0), _figures(10.0), max_p99_increase_pct=100, min_qps=10)
     assert gate.p99_exceeded and len(gate.reasons) == 2  # the caller confirms only a p99-only miss
-
-
-def test_each_version_is_judged_on_its_better_round():
-    noisy, calm, unanswered = _figures(160.0), _figures(40.0), _figures(None)
-    assert better_round(noisy, calm) is calm and better_round(calm, noisy) is calm
-    assert better_round(unanswered, noisy) is noisy and better_round(noisy, unanswered) is noisy
 
 
 def test_without_a_champion_only_min_qps_applies():
