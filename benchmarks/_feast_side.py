@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 
 def _latency(fn, calls: int) -> dict[str, float]:
-    # The same loop as bench_features._latency: 200 warm-up calls, then `calls` timed ones.
+    # bench_features times raymlops with this same loop: 200 warm-up calls, then `calls` timed ones.
     for _ in range(min(200, calls)):
         fn()
     samples = np.empty(calls)

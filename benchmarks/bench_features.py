@@ -45,6 +45,9 @@ import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+# One timing loop for both sides: _feast_side runs in Feast's own virtualenv, so it imports nothing of ours.
+from benchmarks._feast_side import _latency  # noqa: E402
+
 T0_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 DAYS = 30
 TTL_S = 7 * 86_400
@@ -152,17 +155,6 @@ def _timed(fn, reps: int) -> tuple[float, object]:
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
-
-
-def _latency(fn, calls: int) -> dict[str, float]:
-    for _ in range(min(200, calls)):
-        fn()
-    samples = np.empty(calls)
-    for i in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        samples[i] = time.perf_counter() - t0
-    return {"median_ms": round(float(np.median(samples)) * 1e3, 4), "p99_ms": round(float(np.percentile(samples, 99)) * 1e3, 4)}
 
 
 def main() -> None:

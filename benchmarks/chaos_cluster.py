@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench_serve import free_port, loadavg, warn_if_busy  # benchmarks/, beside this script
-from chaos_serve import CHAOS_LUA
+from chaos_serve import CHAOS_LUA, chaos_summary
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -114,12 +114,7 @@ def main() -> None:
         watcher.start()
         out, err = wrk.communicate()
         watcher.join(timeout=30)
-        line = next((ln for ln in out.splitlines() if ln.startswith("CHAOS ")), None)
-        if line is None:
-            raise RuntimeError(f"wrk gave no summary: {out}{err}")
-        chaos = json.loads(line[6:])
-        logical = chaos["ok_first"] + chaos["failed_first"] + chaos["socket_errors"]
-        answered = chaos["ok_first"] + chaos["ok_retry"]
+        chaos, logical, answered = chaos_summary(out, err)
         chaos.update(seconds=args.seconds, killed_node=name, replicas_before=placed, capacity_back_s=back_s,
                      success_with_one_retry=round(answered / max(logical, 1), 5),
                      success_first_try=round(chaos["ok_first"] / max(logical, 1), 5),

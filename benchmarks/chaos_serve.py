@@ -85,6 +85,17 @@ end
 """
 
 
+def chaos_summary(out: str, err: str) -> tuple[dict, int, int]:
+    """wrk's CHAOS line (CHAOS_LUA's summary) with the logical requests (a retry is not a new one) and those
+    answered, at the first try or on the retry."""
+    line = next((ln for ln in out.splitlines() if ln.startswith("CHAOS ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no summary: {out}{err}")
+    chaos = json.loads(line[6:])
+    logical = chaos["ok_first"] + chaos["failed_first"] + chaos["socket_errors"]
+    return chaos, logical, chaos["ok_first"] + chaos["ok_retry"]
+
+
 def hey(url: str, body_file: Path, seconds: float, concurrency: int, qps_per_worker: float | None) -> list[dict]:
     """One ``hey`` run; its per-request CSV as rows of (status, seconds)."""
     cmd = ["hey", "-z", f"{seconds:g}s", "-c", str(concurrency), "-t", "10", "-m", "POST", "-T", "application/json",
@@ -183,12 +194,7 @@ def main() -> None:
             time.sleep(0.2)
         out, err = wrk.communicate()
         t1 = time.time()
-        line = next((ln for ln in out.splitlines() if ln.startswith("CHAOS ")), None)
-        if line is None:
-            raise RuntimeError(f"wrk gave no summary: {out}{err}")
-        chaos = json.loads(line[6:])
-        logical = chaos["ok_first"] + chaos["failed_first"] + chaos["socket_errors"]
-        answered = chaos["ok_first"] + chaos["ok_retry"]
+        chaos, logical, answered = chaos_summary(out, err)
         deadline = time.monotonic() + 40
         while any(k["back_s"] is None for k in kills) and time.monotonic() < deadline:
             time.sleep(0.5)
