@@ -15,8 +15,6 @@ HAProxy's template also opens a stats page (``*:8404``) and a Prometheus exporte
 at fixed ports: they would expose backend addresses to the network, and a second Serve on the same machine could
 not start. ``strip_haproxy_listeners`` (run in Serve's workers through Ray's worker setup hook) removes both
 from the template; Ray still exports HAProxy's figures as ``serve_haproxy_*`` metrics, read from its admin socket.
-The same hook makes HAProxy read a request's body before it picks a replica, so that its retries can replay a POST
-that a dying replica refused (``option http-buffer-request``).
 That admin socket is created ``mode 666`` under ``/tmp/haproxy-serve`` by default: any local user could drain or
 disable our backends through it. Its files go to a directory of our own instead, made 0700 by the same hook.
 The hook also turns HAProxy's own error answer (no replica left, all retries failed: a plain-text 500 in Serve's
@@ -66,7 +64,10 @@ _HA_STATE_BASE = "RAY_SERVE_HAPROXY_SERVER_STATE_BASE"
 # A request that found no replica (all retried) or whose replica died: the client should retry shortly.
 _RETRY_AFTER_S = 1
 # HAProxy retries a request on another replica when the connection failed or the replica died before answering
-# (a killed or restarting replica); predictions are safe to repeat.
+# (a killed or restarting replica); predictions are safe to repeat. It can replay only a request it buffered whole,
+# and `option http-buffer-request` was tried and left out: HAProxy then holds a slow body itself (no
+# `timeout http-request` in Serve's template), so the replica's body deadline (408 JSON) never fires and a client
+# that stops sending keeps its connection forever.
 _RETRY_ENV, _RETRY_ON = "RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response"
 
 logger = logging.getLogger(__name__)
@@ -167,21 +168,10 @@ _LISTENERS = (
 )
 
 
-# HAProxy replays a request on another replica (retry-on, above) only when the whole request is in its buffer: a
-# POST whose body was still streaming when the replica died would fail instead. Waiting for the body first (bodies
-# up to HAProxy's 16 KiB buffer; larger ones stream as before and are not replayed) makes a killed replica's
-# refused or empty answers invisible to clients.
-_DEFAULTS_ANCHOR = "    option abortonclose\n"
-_BUFFER_REQUEST = "    option http-buffer-request\n"
-
-
 def strip_template(template: str) -> str:
-    """``template`` without HAProxy's stats page and Prometheus exporter sections, with request bodies buffered
-    before a replica is chosen (so a retry can replay them)."""
+    """``template`` without HAProxy's stats page and Prometheus exporter sections."""
     for pattern in _LISTENERS:
         template = pattern.sub("", template)
-    if _BUFFER_REQUEST not in template:
-        template = template.replace(_DEFAULTS_ANCHOR, _DEFAULTS_ANCHOR + _BUFFER_REQUEST, 1)
     return template
 
 
@@ -198,9 +188,6 @@ def strip_haproxy_listeners() -> None:
     stripped = strip_template(haproxy.HAPROXY_CONFIG_TEMPLATE)
     if "listen stats" in stripped or "frontend prometheus" in stripped:
         logger.warning("Serve's HAProxy template changed shape: its stats page may listen on every interface")
-    if _BUFFER_REQUEST not in stripped:
-        logger.warning("Serve's HAProxy template changed shape: request bodies are not buffered, so a request a "
-                       "killed replica refused is not replayed on another")
     haproxy.HAPROXY_CONFIG_TEMPLATE = stripped
     _private_dirs()
     _json_error_file(haproxy)

@@ -25,11 +25,6 @@ def test_the_stats_page_and_exporter_leave_serves_haproxy_template():
     # The rest is untouched: the frontend clients use and the backends stay.
     assert "frontend http_frontend" in stripped and "bind {{ config.frontend_host }}" in stripped
     assert len(HAPROXY_CONFIG_TEMPLATE) - len(stripped) < 400
-    # Bodies are buffered before a replica is picked, once, in the defaults every backend inherits, so the L7
-    # retries (retry-on) can replay a POST that a dying replica refused.
-    defaults = stripped.split("\ndefaults\n", 1)[1].split("\nfrontend ", 1)[0]
-    assert defaults.count("option http-buffer-request") == 1 == stripped.count("option http-buffer-request")
-    assert ingress.strip_template(stripped) == stripped
 
 
 def test_the_setup_hook_patches_the_template_the_manager_renders():
