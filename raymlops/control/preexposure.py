@@ -417,12 +417,11 @@ class _Preview:
 
 
 def _deploy_preview(preview: Config, info: ModelVersionInfo, champion: str | None, budget: _Budget) -> _Preview:
-    from raymlops.model.package import verify_package
-    from raymlops.serve.deploy import deploy_alone
+    from raymlops.serve.deploy import deploy_alone, verify_version
 
     def champion_info() -> ModelVersionInfo:
         info = ModelRegistry(preview.tracking_uri).get(preview.name, champion)
-        verify_package(info.package_uri, info.digest, policy=preview.model.policy())
+        verify_version(info, preview)  # serving's own check, so a champion it would refuse is left out here
         return info
 
     reference, note = None, ""

@@ -39,6 +39,7 @@ from raymlops.serve.urls import base_url, model_url, predict_url, route_prefix
 
 __all__ = [
     "DEPLOYMENT_NAME", "DeployInfo", "app_name", "build_app", "deploy", "plan", "set_weights", "status", "undeploy",
+    "verify_version",
 ]
 
 DEPLOYMENT_NAME = "ModelServer"
@@ -134,7 +135,7 @@ def plan(
     for v, info in sorted(infos.items(), key=lambda kv: int(kv[0])):
         if v != str(champion.version) and v != shadow_version and resolved.get(v, 0.0) == 0:
             continue  # named with weight 0 and not the shadow: nothing would reach it
-        _verify(info, cfg)
+        verify_version(info, cfg)
         role = "champion" if v == str(champion.version) else "shadow" if v == shadow_version else "canary"
         versions[v] = {"uri": info.package_uri, "digest": info.digest, "role": role}
     resolved = {v: w for v, w in resolved.items() if v in versions}
@@ -173,7 +174,9 @@ def _resolve(registry: ModelRegistry, name: str, ref: str | int) -> ModelVersion
         raise ServingError(f"cannot route traffic to '{ref}': {err}") from None
 
 
-def _verify(info: ModelVersionInfo, cfg: Config) -> None:
+def verify_version(info: ModelVersionInfo, cfg: Config) -> None:
+    """What serving checks before it loads a registered version: a digest in the registry, and the package matches
+    it under the config's package policy. Raises ``PackageError``."""
     from raymlops.model.package import verify_package
 
     if not info.digest:
@@ -300,7 +303,7 @@ def plan_alone(cfg: Config, info: ModelVersionInfo, reference: ModelVersionInfo 
     versions: dict[str, dict[str, str]] = {}
     for each, role in ((info, "champion"), (reference, "reference")):
         if each is not None:
-            _verify(each, cfg)  # a tampered package is refused before Serve loads it
+            verify_version(each, cfg)  # a tampered package is refused before Serve loads it
             versions[str(each.version)] = {"uri": each.package_uri, "digest": each.digest, "role": role}
     v = str(info.version)
     return {
